@@ -1,0 +1,37 @@
+"""Extrapolate a run from Python: build a small planted run, scan it, jump, load the result with PEFT.
+
+Run: ``python examples/python_api.py`` (CPU, a few seconds, no network). For your own run, replace
+``run_dir`` with the output folder of your trainer (TRL ``checkpoint-N``, verl ``global_step_N``, ...).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import nextrap
+from nextrap.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="nextrap-example-"))
+    shapes = llama_like_shapes(layers=2, hidden=64, intermediate=128, kv_dim=32)
+    run_dir = write_synthetic_run(work / "run", range(10, 161, 10), shapes, PlantSpec(rank=8, alpha=16))
+
+    summary = nextrap.scan(run_dir)
+    print(
+        f"{summary['layout']} run: {summary['checkpoints']} checkpoints, {summary['modules']} modules, "
+        f"rank {summary['rank']}"
+    )
+
+    options = nextrap.ExtrapolateOptions(coefs=(1.0, 2.0), rank_policy="keep", device="auto")
+    result = nextrap.extrapolate(run_dir, work / "jump", options)
+    for out in result.report["outputs"]:
+        print(f"coef {out['coef']}: virtual step {out['virtual_step']:g} -> {result.adapters[out['coef']]}")
+    print("report:", result.report_path)
+    # Resume with your trainer from result.adapters[2.0], e.g.
+    #   model = PeftModel.from_pretrained(base, result.adapters[2.0], is_trainable=True)
+
+
+if __name__ == "__main__":
+    main()

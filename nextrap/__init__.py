@@ -1,0 +1,65 @@
+"""nextrap: extrapolate LoRA checkpoints of RLVR runs along their rank-1 trajectory (NExt).
+
+Point it at a folder of LoRA checkpoints written by any trainer, and it writes adapters that jump
+ahead along the predicted trajectory, for you to resume training from::
+
+    import nextrap
+    nextrap.scan("runs/grpo")                                     # what was found
+    result = nextrap.extrapolate("runs/grpo", "out/jump",
+                                 nextrap.ExtrapolateOptions(coefs=(1.0, 2.0)))
+    result.adapters[2.0]                                          # a PEFT adapter folder
+"""
+
+from __future__ import annotations
+
+import logging
+
+__version__ = "0.1.0"
+
+from nextrap.errors import (
+    CheckpointError,
+    ConfigError,
+    DeviceError,
+    InputNotFoundError,
+    LayoutError,
+    MismatchError,
+    NextrapError,
+    OutputExistsError,
+)
+from nextrap.extrapolate import (
+    ExtrapolateOptions,
+    ExtrapolationResult,
+    extrapolate,
+    open_run,
+    scan,
+)
+from nextrap.layouts import CheckpointRef, Discovery, discover, from_explicit
+from nextrap.predictors import NExtConfig, NExtPredictor
+from nextrap.trajectory import Trajectory, compute_features
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointRef",
+    "ConfigError",
+    "DeviceError",
+    "Discovery",
+    "ExtrapolateOptions",
+    "ExtrapolationResult",
+    "InputNotFoundError",
+    "LayoutError",
+    "MismatchError",
+    "NExtConfig",
+    "NExtPredictor",
+    "NextrapError",
+    "OutputExistsError",
+    "Trajectory",
+    "__version__",
+    "compute_features",
+    "discover",
+    "extrapolate",
+    "from_explicit",
+    "open_run",
+    "scan",
+]

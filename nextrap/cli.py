@@ -1,0 +1,311 @@
+"""The ``nextrap`` command: each subcommand parses options, calls one library function, prints a summary.
+
+Errors on bad input print one line (``error: ...``) and exit with code 1 (2 for usage errors);
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from nextrap import __version__
+from nextrap.errors import NextrapError
+from nextrap.predictors import PRESETS
+
+logger = logging.getLogger("nextrap")
+
+
+def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        try:
+            return fn(*args, **kwargs)
+        except NextrapError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing was written", err=True)
+            ctx.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="nextrap")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug messages).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress bars.")
+@click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
+    """Extrapolate LoRA checkpoints of an RLVR run along their rank-1 trajectory (NExt).
+
+    Typical use: `nextrap scan RUN_DIR`, then `nextrap extrapolate RUN_DIR -o OUT --coef 1 --coef 2`,
+    then resume training with your own trainer from OUT/coef-2.0.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj.update(debug=debug, progress=not quiet and sys.stderr.isatty())
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("nextrap")
+    root.handlers = [h for h in root.handlers if isinstance(h, logging.NullHandler)] + [handler]
+    root.setLevel(level)
+
+
+_input_options = [
+    click.argument("run_dir", required=False, type=click.Path(path_type=Path)),
+    click.option(
+        "--checkpoint",
+        "checkpoints",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        help="An adapter folder; repeat for each checkpoint (instead of RUN_DIR).",
+    ),
+    click.option(
+        "--step",
+        "steps",
+        multiple=True,
+        type=int,
+        help="The step of each --checkpoint, in the same order (default: from the folder).",
+    ),
+    click.option("--adapter-name", default=None, help="Adapters saved under a name sit in <ckpt>/<name>/."),
+]
+
+
+def _with_inputs(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for deco in reversed(_input_options):
+        fn = deco(fn)
+    return fn
+
+
+@main.command()
+@_with_inputs
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+@_handle_errors
+def scan(
+    ctx: click.Context,
+    run_dir: Path | None,
+    checkpoints: tuple[Path, ...],
+    steps: tuple[int, ...],
+    adapter_name: str | None,
+    as_json: bool,
+) -> None:
+    """Show what RUN_DIR holds: layout, steps, modules, rank, dtype."""
+    from nextrap.extrapolate import scan as scan_run
+
+    summary = scan_run(run_dir, list(checkpoints) or None, list(steps) or None, adapter_name)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    steps_s = summary["steps"]
+    shown = (
+        ", ".join(map(str, steps_s))
+        if len(steps_s) <= 12
+        else (f"{', '.join(map(str, steps_s[:5]))}, ..., {', '.join(map(str, steps_s[-3:]))}")
+    )
+    spacing = summary["spacing"]
+    lines = [
+        f"run:          {summary['root'] or '(explicit checkpoints)'}",
+        f"layout:       {summary['layout']}",
+        f"checkpoints:  {summary['checkpoints']} (steps {shown})",
+        f"spacing:      every {spacing['median']:g} steps"
+        + (f" (uneven: {spacing['spread']:.0%})" if spacing["spread"] > 0.1 else ""),
+        f"modules:      {summary['modules']} LoRA modules ({', '.join(summary['module_kinds'])}) in "
+        f"{len(summary['shape_groups'])} shape groups",
+        f"rank:         {summary['rank']}, scaling {', '.join(f'{s:g}' for s in summary['scalings'])}"
+        + (" (rsLoRA)" if summary["use_rslora"] else "")
+        + (" (DoRA)" if summary["use_dora"] else ""),
+        f"dtype:        {summary['dtype']}",
+        f"parameters:   {summary['lora_parameters']:,} LoRA + {len(summary['raw_tensors'])} other trainable tensors",
+        f"base model:   {summary['base_model'] or 'unknown'}",
+    ]
+    lines += [f"note:         {n}" for n in summary["notes"]]
+    click.echo("\n".join(lines))
+
+
+@main.command()
+@_with_inputs
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output folder: the adapter (one --coef) or coef-<c>/ subfolders, plus nextrap.json.",
+)
+@click.option(
+    "--coef",
+    "coefs",
+    multiple=True,
+    type=float,
+    default=(1.0,),
+    show_default=True,
+    help="Extending coefficient c: jump c horizons ahead. Repeat for several adapters.",
+)
+@click.option(
+    "--method", type=click.Choice(["next"]), default="next", show_default=True, help="Extrapolation method."
+)
+@click.option(
+    "--horizon",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Prediction horizon in checkpoint intervals [default: 5, shortened for short runs].",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(sorted(PRESETS)),
+    default="auto",
+    show_default=True,
+    help="Predictor settings: 'auto' converges on any model size; 'reference' is the paper's.",
+)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Predictor epochs (preset: 1000).")
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Predictor learning rate (preset auto: 1e-3, reference: 2e-5).",
+)
+@click.option("--loss", type=click.Choice(["l1", "l2"]), default=None, help="Predictor loss (preset: l1).")
+@click.option(
+    "--patience",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Stop after this many epochs without improvement; 0 never stops early (auto: 100).",
+)
+@click.option("--seed", type=int, default=None, help="Seed of the predictor's initialization (default 0).")
+@click.option(
+    "--rank-policy",
+    type=click.Choice(["keep", "grow"]),
+    default="keep",
+    show_default=True,
+    help="keep: best rank-r adapter (resumable by any trainer); grow: exact, rank r+1.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--base-model", default=None, help="Base model folder, for --merge.")
+@click.option(
+    "--merge", is_flag=True, help="Write merged full weights (needs --base-model) instead of adapters."
+)
+@click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
+@click.option("--no-hash", is_flag=True, help="Skip the sha256 of the input files in nextrap.json.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report (nextrap.json) instead of a summary.")
+@click.pass_context
+@_handle_errors
+def extrapolate(
+    ctx: click.Context,
+    run_dir: Path | None,
+    checkpoints: tuple[Path, ...],
+    steps: tuple[int, ...],
+    adapter_name: str | None,
+    output: Path,
+    coefs: tuple[float, ...],
+    method: str,
+    horizon: int | None,
+    preset: str,
+    epochs: int | None,
+    lr: float | None,
+    loss: str | None,
+    patience: int | None,
+    seed: int | None,
+    rank_policy: str,
+    device: str,
+    base_model: str | None,
+    merge: bool,
+    overwrite: bool,
+    no_hash: bool,
+    as_json: bool,
+) -> None:
+    """Predict where the run goes next and write adapters to resume from."""
+    from nextrap.extrapolate import ExtrapolateOptions
+    from nextrap.extrapolate import extrapolate as run_extrapolate
+    from nextrap.predictors import NExtConfig
+
+    predictor = NExtConfig.from_preset(preset, epochs=epochs, lr=lr, loss=loss, patience=patience, seed=seed)
+    options = ExtrapolateOptions(
+        coefs=coefs,
+        method=method,
+        horizon=horizon,
+        rank_policy=rank_policy,
+        device=device,
+        predictor=predictor,
+        base_model=base_model,
+        merge=merge,
+        overwrite=overwrite,
+        hash_inputs=not no_hash,
+    )
+    result = run_extrapolate(
+        run_dir,
+        output,
+        options,
+        checkpoints=list(checkpoints) or None,
+        steps=list(steps) or None,
+        adapter_name=adapter_name,
+        progress=ctx.obj["progress"],
+    )
+    if as_json:
+        click.echo(json.dumps(result.report, indent=2, default=str))
+        return
+    click.echo(_summary(result))
+
+
+def _summary(result: Any) -> str:
+    rep = result.report
+    hz = rep["horizon"]
+    lines = [
+        f"read {len(rep['inputs']['checkpoints'])} checkpoints (steps {rep['inputs']['checkpoints'][0]['step']}"
+        f"..{rep['last_step']}, layout {rep['inputs']['layout']}); horizon {hz['intervals']} intervals = "
+        f"{hz['steps']} steps, {hz['training_pairs']} training pairs; device {rep['device']}",
+    ]
+    for g in rep["predictor"]["groups"]:
+        lines.append(
+            f"  predictor d={g['dim']:<6} {g['vectors']:>5} vectors  {g['epochs_run']:>5} epochs  "
+            f"loss {g['relative_loss']:.3f} of predicting zeros"
+            + ("" if g["converged"] else "  (not converged)")
+        )
+    lines.append(f"{'coef':>6}  {'virtual step':>12}  {'max trunc. err':>14}  output")
+    for out in rep["outputs"]:
+        path = result.adapters[out["coef"]]
+        lines.append(
+            f"{out['coef']:>6g}  {out['virtual_step']:>12g}  {out['max_relative_truncation_error']:>14.2e}  {path}"
+        )
+    lines += [f"note: {n}" for n in rep["notes"]]
+    lines.append(f"report: {result.report_path}")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option(
+    "-o",
+    "--output",
+    default="nextrap-demo",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Folder for the planted run (run/) and the extrapolated adapters (jump/).",
+)
+@click.option("--coef", "coefs", multiple=True, type=float, default=(1.0, 2.0), show_default=True)
+@click.option("--overwrite", is_flag=True, help="Regenerate the run and replace earlier output.")
+@click.pass_context
+@_handle_errors
+def demo(ctx: click.Context, output: Path, coefs: tuple[float, ...], overwrite: bool) -> None:
+    """Extrapolate a small planted run and score the jump against its known future."""
+    from nextrap.demo import run_demo
+
+    result, rows = run_demo(output, coefs=coefs, overwrite=overwrite, progress=ctx.obj["progress"])
+    click.echo(_summary(result))
+    click.echo("\nerror against the planted future (relative Frobenius, all modules):")
+    click.echo(f"{'coef':>6}  {'virtual step':>12}  {'stay at last':>12}  {'NExt jump':>10}  {'ratio':>6}")
+    for r in rows:
+        click.echo(
+            f"{r.coef:>6g}  {r.virtual_step:>12g}  {r.error_stay:>12.4f}  {r.error_jump:>10.4f}  "
+            f"{r.error_jump / r.error_stay:>6.2f}"
+        )

@@ -1,0 +1,52 @@
+"""Exceptions raised by nextrap.
+
+Every error nextrap raises on bad input derives from :class:`NextrapError`, so callers can catch one
+type; each subclass also derives from the builtin it refines, so ``except FileNotFoundError`` keeps
+working for people who do not know about nextrap. Messages are one line: what was wrong, where
+(path, key, step), what was expected and how to fix it. The CLI prints them as they are.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DeviceError",
+    "InputNotFoundError",
+    "LayoutError",
+    "MismatchError",
+    "NextrapError",
+    "OutputExistsError",
+]
+
+
+class NextrapError(Exception):
+    """Base class of every error nextrap raises on bad input or an impossible request."""
+
+
+class InputNotFoundError(NextrapError, FileNotFoundError):
+    """A path the user gave does not exist, or is empty."""
+
+
+class LayoutError(NextrapError, ValueError):
+    """No checkpoints could be found, or the ones found are ambiguous (several runs, duplicate steps)."""
+
+
+class CheckpointError(NextrapError, ValueError):
+    """One checkpoint is unreadable or invalid: corrupt file, ZeRO-3 placeholder, NaN/Inf, bad config."""
+
+
+class MismatchError(NextrapError, ValueError):
+    """Checkpoints of one run disagree (module sets, ranks, shapes, scalings)."""
+
+
+class ConfigError(NextrapError, ValueError):
+    """An option has an invalid value, or options contradict each other or the run."""
+
+
+class OutputExistsError(NextrapError, FileExistsError):
+    """The output path exists and ``overwrite`` was not requested."""
+
+
+class DeviceError(NextrapError, ValueError):
+    """The requested device is unknown or not available on this machine."""

@@ -1,0 +1,438 @@
+"""The pipeline: checkpoints -> features -> prediction -> extrapolated adapters + ``nextrap.json``.
+
+``extrapolate()`` is what ``nextrap extrapolate`` runs. Everything that can fail on bad input
+(discovery, headers, options, the output path) is checked before the expensive work, and all files
+are written into a temporary folder that is renamed into place at the end, so a failure leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nextrap import lowrank
+from nextrap.adapters import write_adapter
+from nextrap.atomic import atomic_directory, check_output
+from nextrap.devices import resolve_device
+from nextrap.errors import ConfigError, LayoutError
+from nextrap.layouts import Discovery, discover, from_explicit
+from nextrap.predictors import NExtConfig, NExtPredictor, Prediction
+from nextrap.progress import Progress, progress_bar
+from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Trajectory, compute_features, load_trajectory
+
+__all__ = [
+    "DEFAULT_HORIZON",
+    "MIN_PAIRS",
+    "REPORT_NAME",
+    "ExtrapolateOptions",
+    "ExtrapolationResult",
+    "extrapolate",
+    "open_run",
+    "resolve_horizon",
+    "scan",
+]
+
+logger = logging.getLogger(__name__)
+
+REPORT_NAME = "nextrap.json"
+DEFAULT_HORIZON = 5
+MIN_PAIRS = 3
+METHODS = ("next",)
+RANK_POLICIES = ("keep", "grow")
+
+
+@dataclass(frozen=True)
+class ExtrapolateOptions:
+    """Everything that shapes an extrapolation; the CLI's options map one to one onto these fields.
+
+    ``coefs``: extending coefficients c (one adapter each). ``horizon``: in checkpoint intervals;
+    ``None`` means 5, shortened when the run is too short for 3 training pairs. ``rank_policy``:
+    ``keep`` (rank r, best approximation) or ``grow`` (exact, rank r + 1). ``merge`` with
+    ``base_model`` writes merged full weights instead of adapters.
+    """
+
+    coefs: tuple[float, ...] = (1.0,)
+    method: str = "next"
+    horizon: int | None = None
+    rank_policy: str = "keep"
+    device: str = "auto"
+    predictor: NExtConfig = field(default_factory=NExtConfig)
+    base_model: str | None = None
+    merge: bool = False
+    overwrite: bool = False
+    hash_inputs: bool = True
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+
+    def __post_init__(self) -> None:
+        coefs = tuple(float(c) for c in self.coefs)
+        object.__setattr__(self, "coefs", coefs)
+        if not coefs:
+            raise ConfigError("coefs is empty: give at least one extending coefficient (--coef)")
+        if any(not math.isfinite(c) for c in coefs):
+            raise ConfigError(f"coefs = {list(coefs)}: every coefficient must be a finite number")
+        if len(set(coefs)) != len(coefs):
+            raise ConfigError(f"coefs = {list(coefs)}: a coefficient is given twice")
+        if self.method not in METHODS:
+            raise ConfigError(f"method {self.method!r}: expected one of {list(METHODS)}")
+        if self.horizon is not None and self.horizon < 1:
+            raise ConfigError(f"horizon = {self.horizon}: expected at least 1 checkpoint interval")
+        if self.rank_policy not in RANK_POLICIES:
+            raise ConfigError(f"rank_policy {self.rank_policy!r}: expected one of {list(RANK_POLICIES)}")
+        if self.merge and not self.base_model:
+            raise ConfigError("merge needs base_model: pass --base-model PATH with --merge")
+        if self.chunk_bytes < 1:
+            raise ConfigError(f"chunk_bytes = {self.chunk_bytes}: expected a positive number of bytes")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["coefs"] = list(self.coefs)
+        return d
+
+
+@dataclass(frozen=True)
+class ExtrapolationResult:
+    """What :func:`extrapolate` produced: the output folder, one path per coefficient, the report.
+
+    ``prediction`` is the predicted update per horizon (factored, float32), for callers who want to
+    score or reuse it.
+    """
+
+    output: Path
+    adapters: dict[float, Path]
+    report: dict[str, Any]
+    prediction: Prediction | None = field(default=None, repr=False)
+
+    @property
+    def report_path(self) -> Path:
+        return self.output / REPORT_NAME
+
+
+def open_run(
+    run: str | os.PathLike | Discovery | Trajectory | None = None,
+    checkpoints: Sequence[str | os.PathLike] | None = None,
+    steps: Sequence[int] | None = None,
+    adapter_name: str | None = None,
+) -> Trajectory:
+    """Find and check a run's checkpoints: a folder to search, or explicit ``checkpoints`` (+ ``steps``)."""
+    if isinstance(run, Trajectory):
+        return run
+    if isinstance(run, Discovery):
+        return load_trajectory(run)
+    if checkpoints:
+        if run is not None:
+            raise ConfigError("give either a run folder or explicit checkpoints (--checkpoint), not both")
+        return load_trajectory(from_explicit(checkpoints, steps))
+    if steps:
+        raise ConfigError("steps (--step) need explicit checkpoints (--checkpoint PATH) to go with them")
+    if run is None:
+        raise ConfigError("no input: give a run folder or --checkpoint PATH --step N for each checkpoint")
+    return load_trajectory(discover(run, adapter_name=adapter_name))
+
+
+def scan(
+    run: str | os.PathLike | Discovery | None = None,
+    checkpoints: Sequence[str | os.PathLike] | None = None,
+    steps: Sequence[int] | None = None,
+    adapter_name: str | None = None,
+) -> dict[str, Any]:
+    """What a run folder holds (layout, steps, modules, rank, dtype), read from headers only."""
+    return open_run(run, checkpoints, steps, adapter_name).summary()
+
+
+def resolve_horizon(checkpoints: int, requested: int | None) -> tuple[int, str | None]:
+    """The horizon in checkpoint intervals, and a note when the default had to be shortened.
+
+    A horizon h gives ``checkpoints - h`` training pairs (k, k + h). The default (5) is shortened to
+    leave 3 pairs where the run is short; an explicit horizon is kept and must leave at least one.
+    """
+    if requested is not None:
+        if checkpoints - requested < 1:
+            raise LayoutError(
+                f"horizon {requested} needs at least {requested + 1} checkpoints, the run has {checkpoints}; "
+                f"lower --horizon to at most {checkpoints - 1} or save more checkpoints"
+            )
+        return requested, None
+    h = min(DEFAULT_HORIZON, max(1, checkpoints - MIN_PAIRS))
+    if h == DEFAULT_HORIZON:
+        return h, None
+    pairs = checkpoints - h
+    return h, (
+        f"horizon shortened from {DEFAULT_HORIZON} to {h} checkpoint intervals: {checkpoints} checkpoints give "
+        f"{pairs} training pair(s) at horizon {h}; {DEFAULT_HORIZON + MIN_PAIRS} checkpoints allow the default"
+    )
+
+
+def extrapolate(
+    run: str | os.PathLike | Discovery | Trajectory | None,
+    output: str | os.PathLike,
+    options: ExtrapolateOptions | None = None,
+    *,
+    checkpoints: Sequence[str | os.PathLike] | None = None,
+    steps: Sequence[int] | None = None,
+    adapter_name: str | None = None,
+    progress: bool | Progress = False,
+) -> ExtrapolationResult:
+    """Predict where the run goes next and write one adapter per coefficient.
+
+    With one coefficient the adapter is written to ``output`` itself; with several, to
+    ``output/coef-<c>/``. ``output/nextrap.json`` is the report either way.
+    """
+    options = options or ExtrapolateOptions()
+    wrap = progress if callable(progress) else progress_bar(bool(progress))
+    started = time.perf_counter()
+    traj = open_run(run, checkpoints, steps, adapter_name)
+    device = resolve_device(options.device)
+    output = check_output(output, options.overwrite)
+    horizon, horizon_note = resolve_horizon(len(traj.headers), options.horizon)
+    notes = list(traj.discovery.notes) + list(traj.notes) + ([horizon_note] if horizon_note else [])
+    spacing = traj.spacing()
+    if spacing["spread"] > 0.1:
+        notes.append(
+            f"checkpoints are unevenly spaced (intervals vary by {spacing['spread']:.0%} of the median): pairs are "
+            "formed by checkpoint index, so horizons span different numbers of steps; the virtual step uses the "
+            "steps actually spanned by the last horizon"
+        )
+    if options.merge:
+        _check_base_model(options.base_model)
+
+    features = compute_features(traj, horizon, device, options.chunk_bytes, wrap)
+    prediction = NExtPredictor(options.predictor).predict(traj, features, wrap)
+    del features  # large on big models; not needed past this point
+    horizon_steps = traj.steps[-1] - traj.steps[-1 - horizon]
+
+    outputs, adapters = [], {}
+    with atomic_directory(output, options.overwrite) as tmp:
+        for coef in wrap(list(options.coefs), "writing adapters"):
+            sub = tmp if len(options.coefs) == 1 else tmp / f"coef-{coef}"
+            sub.mkdir(exist_ok=True)
+            tensors, modules, overrides = _extended_tensors(traj, prediction, coef, options, device)
+            entry = {
+                "coef": coef,
+                "path": "." if sub == tmp else sub.name,
+                "virtual_step": traj.steps[-1] + coef * horizon_steps,
+                "rank": _rank_summary(traj, options.rank_policy),
+                "max_relative_truncation_error": max(
+                    (m["relative_truncation_error"] for m in modules.values()), default=0.0
+                ),
+                "modules": modules,
+            }
+            if options.merge:
+                from nextrap.merge import write_merged
+
+                adapter_tmp = tmp / f".adapter-{coef}"
+                adapter_tmp.mkdir()
+                write_adapter(adapter_tmp, tensors, traj.config, overrides)
+                write_merged(adapter_tmp, options.base_model, sub)
+                _remove_tree(adapter_tmp)
+                entry["format"] = "merged"
+            else:
+                write_adapter(sub, tensors, traj.config, overrides)
+                entry["format"] = "peft"
+            outputs.append(entry)
+            adapters[coef] = output if sub == tmp else output / sub.name
+        report = _report(
+            traj,
+            options,
+            prediction,
+            horizon,
+            horizon_steps,
+            outputs,
+            notes,
+            device,
+            time.perf_counter() - started,
+        )
+        (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    return ExtrapolationResult(output=output, adapters=adapters, report=report, prediction=prediction)
+
+
+def _check_base_model(path: str | None) -> None:
+    if path and not Path(path).exists() and Path(path).is_absolute():
+        raise ConfigError(
+            f"base model {path}: no such folder; pass the folder of the model the adapters were trained on"
+        )
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)
+
+
+def _rank_summary(traj: Trajectory, policy: str) -> int | list[int]:
+    ranks = sorted({m.rank + (policy == "grow") for m in traj.modules.values()})
+    return ranks[0] if len(ranks) == 1 else ranks
+
+
+def _stack_updates(
+    pred: Prediction, names: Sequence[str], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack the predicted factored updates of ``names``, zero-padding them to a common inner size."""
+    pairs = [pred.matrices[n] for n in names]
+    k = max(L.shape[-1] for L, _ in pairs)
+    Ls = [torch.nn.functional.pad(L, (0, k - L.shape[-1])) for L, _ in pairs]
+    Rs = [torch.nn.functional.pad(R, (0, 0, 0, k - R.shape[-2])) for _, R in pairs]
+    return torch.stack(Ls).to(device, torch.float32), torch.stack(Rs).to(device, torch.float32)
+
+
+def _extended_tensors(
+    traj: Trajectory,
+    pred: Prediction,
+    coef: float,
+    options: ExtrapolateOptions,
+    device: torch.device,
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, float]], dict[str, Any]]:
+    """The new adapter's tensors (run's keys and dtypes), per-module figures, config overrides."""
+    last = len(traj.headers) - 1
+    tensors: dict[str, torch.Tensor] = {}
+    figures: dict[str, dict[str, float]] = {}
+    for (out_f, in_f, rank), names in traj.shape_groups().items():
+        per_module = (out_f + in_f) * (rank + 1) * 4 * 4
+        size = max(1, options.chunk_bytes // per_module)
+        for i in range(0, len(names), size):
+            chunk = names[i : i + size]
+            B, A = traj.load_factors(chunk, device, indices=[last], scaled=False)
+            B, A = B[:, 0], A[:, 0]
+            scaling = torch.tensor([traj.modules[n].scaling for n in chunk], device=device).view(-1, 1, 1)
+            Lp, Rp = _stack_updates(pred, chunk, device)
+            Lp = Lp * coef
+            if options.rank_policy == "keep":
+                new = lowrank.refactor_to_rank(
+                    torch.cat([scaling * B, Lp], -1),
+                    torch.cat([A, Rp], -2),
+                    rank,
+                    scaling,
+                    B,
+                    A,
+                )
+                B_new, A_new, err, norm = new.B, new.A, new.error, new.norm
+            else:
+                top = lowrank.factored_svd(Lp, Rp)  # grow keeps the update's rank-1 part exactly
+                root = (top.S[:, :1].sqrt().unsqueeze(-2)) / scaling.sqrt()
+                B_new = torch.cat([B, top.U[..., :1] * root], -1)
+                A_new = torch.cat([A, root.transpose(-1, -2) * top.Vh[..., :1, :]], -2)
+                err = top.S[:, 1:].square().sum(-1).sqrt()
+                norm = lowrank.frobenius_norm(scaling * B_new, A_new)
+            upd_norm = lowrank.frobenius_norm(Lp, Rp)
+            for j, name in enumerate(chunk):
+                mod = traj.modules[name]
+                tensors[mod.b_key] = B_new[j].to("cpu", mod.dtype)
+                tensors[mod.a_key] = A_new[j].to("cpu", mod.dtype)
+                figures[name] = {
+                    "predicted_sigma": float(
+                        pred.diagnostics.get("predicted_sigma", {}).get(name, float("nan"))
+                    ),
+                    "update_norm": float(upd_norm[j]),
+                    "truncation_error": float(err[j]),
+                    "relative_truncation_error": float(err[j] / norm[j]) if float(norm[j]) > 0 else 0.0,
+                }
+    for key, raw in traj.raw.items():
+        x = traj.load_raw(key, device, indices=[last])[0]
+        if key in pred.vectors:
+            x = x + coef * pred.vectors[key].to(device)
+        elif key in pred.matrices:
+            L, R = pred.matrices[key]
+            x = x + coef * (L @ R).to(device).reshape(x.shape)
+        tensors[key] = x.to("cpu", raw.dtype)
+    return tensors, figures, _grow_overrides(traj) if options.rank_policy == "grow" else {}
+
+
+def _grow_overrides(traj: Trajectory) -> dict[str, Any]:
+    """Config for rank r + 1 at unchanged scaling (PEFT: alpha = s r, or s sqrt(r) with rsLoRA)."""
+    cfg = traj.config
+
+    def alpha(scaling: float, rank: int) -> float:
+        return scaling * (math.sqrt(rank) if cfg.use_rslora else rank)
+
+    mods = list(traj.modules.values())
+    if not cfg.rank_pattern and not cfg.alpha_pattern:
+        return {"r": cfg.r + 1, "lora_alpha": alpha(mods[0].scaling, cfg.r + 1)}
+    # Per-module ranks: spell every module out so that no pattern can match the wrong one.
+    ranks = {re.escape(m.name): m.rank + 1 for m in mods}
+    alphas = {re.escape(m.name): alpha(m.scaling, m.rank + 1) for m in mods}
+    return {
+        "r": cfg.r + 1,
+        "lora_alpha": alpha(cfg.lora_alpha / _denominator(cfg, cfg.r), cfg.r + 1),
+        "rank_pattern": ranks,
+        "alpha_pattern": alphas,
+    }
+
+
+def _denominator(cfg: Any, rank: int) -> float:
+    return math.sqrt(rank) if cfg.use_rslora else rank
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.dtype):
+        return str(obj).replace("torch.", "")
+    if isinstance(obj, torch.device):
+        return str(obj)
+    raise TypeError(f"not JSON-serializable: {type(obj).__name__}")
+
+
+def _report(
+    traj: Trajectory,
+    options: ExtrapolateOptions,
+    prediction: Prediction,
+    horizon: int,
+    horizon_steps: int,
+    outputs: list[dict[str, Any]],
+    notes: list[str],
+    device: torch.device,
+    seconds: float,
+) -> dict[str, Any]:
+    from nextrap import __version__
+
+    inputs = []
+    for ref in traj.refs:
+        item = {
+            "step": ref.step,
+            "path": str(ref.path),
+            "weights": str(ref.weights),
+            "step_source": ref.step_source,
+        }
+        if options.hash_inputs:
+            item["sha256"] = _sha256(ref.weights)
+        inputs.append(item)
+    diagnostics = {k: v for k, v in prediction.diagnostics.items() if k != "predicted_sigma"}
+    return {
+        "nextrap_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "inputs": {"root": traj.discovery.root, "layout": traj.discovery.layout, "checkpoints": inputs},
+        "options": options.to_dict(),
+        "device": str(device),
+        "method": prediction.method,
+        "horizon": {
+            "intervals": horizon,
+            "steps": horizon_steps,
+            "requested": options.horizon,
+            "training_pairs": len(traj.headers) - horizon,
+        },
+        "last_step": traj.steps[-1],
+        "spacing": traj.spacing(),
+        "predictor": diagnostics,
+        "outputs": outputs,
+        "notes": notes,
+        "seconds": round(seconds, 3),
+    }

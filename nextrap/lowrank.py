@@ -1,0 +1,279 @@
+"""Pure torch math on low-rank updates kept in factored form.
+
+A factored matrix is a pair ``(L, R)`` with ``L`` of shape ``(..., out, k)`` and ``R`` of shape
+``(..., k, in)``; it stands for ``L @ R`` (``out x in``), which is never built here. A LoRA update is
+``(scaling * B, A)``; the difference of two updates is ``([s1 B1, -s0 B0], [A1; A0])`` of rank <= 2r.
+Every function takes a leading batch of modules of equal shape, computes in the dtype it is given
+(callers pass float32) and does no I/O.
+
+The SVD of ``L @ R`` comes from a thin QR of ``L`` and of ``R^T`` and the SVD of the small ``k x k``
+core, which is exact and costs ``O((out + in) k^2)`` instead of ``O(out * in * min(out, in))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "FactoredSVD",
+    "Refactored",
+    "Triplets",
+    "align_signs",
+    "canonicalize_signs",
+    "cosine",
+    "difference",
+    "factored_svd",
+    "frobenius_inner",
+    "frobenius_norm",
+    "refactor_to_rank",
+    "relative_error",
+    "top_triplet",
+]
+
+
+@dataclass(frozen=True)
+class Triplets:
+    """Top singular triplets of a batch of matrices: ``u (M, out)``, ``s (M,)``, ``v (M, in)``.
+
+    ``u`` and ``v`` have unit norm (or are zero when the matrix is zero); ``s >= 0``.
+    """
+
+    u: torch.Tensor
+    s: torch.Tensor
+    v: torch.Tensor
+
+
+@dataclass(frozen=True)
+class FactoredSVD:
+    """Thin SVD of ``L @ R``: ``U (..., out, k')``, ``S (..., k')`` descending, ``Vh (..., k', in)``."""
+
+    U: torch.Tensor
+    S: torch.Tensor
+    Vh: torch.Tensor
+
+
+def factored_svd(L: torch.Tensor, R: torch.Tensor) -> FactoredSVD:
+    """Exact thin SVD of ``L @ R`` without forming it.
+
+    Args:
+        L: ``(..., out, k)`` left factor.
+        R: ``(..., k, in)`` right factor.
+
+    Returns:
+        ``FactoredSVD`` with ``k' = min(k, out, in)`` singular triplets, same dtype and device as ``L``.
+    """
+    if L.shape[-1] != R.shape[-2]:
+        raise ValueError(f"inner dimensions differ: L is {tuple(L.shape)}, R is {tuple(R.shape)}")
+    q_left, r_left = torch.linalg.qr(L, mode="reduced")  # (out, a), (a, k)
+    q_right, r_right = torch.linalg.qr(R.transpose(-1, -2), mode="reduced")  # (in, b), (b, k)
+    core = r_left @ r_right.transpose(-1, -2)  # (a, b): L R = q_left core q_right^T
+    p, s, wh = torch.linalg.svd(core, full_matrices=False)
+    return FactoredSVD(U=q_left @ p, S=s, Vh=wh @ q_right.transpose(-1, -2))
+
+
+def top_triplet(L: torch.Tensor, R: torch.Tensor) -> Triplets:
+    """Top singular triplet of each ``L @ R`` in a batch, signs canonicalized (see below).
+
+    Args:
+        L: ``(M, out, k)``; R: ``(M, k, in)``.
+
+    Returns:
+        ``Triplets`` with ``u (M, out)``, ``s (M,)``, ``v (M, in)``.
+    """
+    svd = factored_svd(L, R)
+    u, s, v = svd.U[..., :, 0], svd.S[..., 0], svd.Vh[..., 0, :]
+    # A zero matrix has an arbitrary basis vector as "singular vector"; report zeros instead so
+    # that a module that has not moved contributes nothing downstream.
+    moving = (s > 0).to(u.dtype).unsqueeze(-1)
+    return canonicalize_signs(Triplets(u=u * moving, s=s, v=v * moving))
+
+
+def difference(
+    B1: torch.Tensor,
+    A1: torch.Tensor,
+    s1: torch.Tensor | float,
+    B0: torch.Tensor,
+    A0: torch.Tensor,
+    s0: torch.Tensor | float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors of ``s1 B1 A1 - s0 B0 A0``: ``([s1 B1, -s0 B0], [A1; A0])``, rank <= r1 + r0.
+
+    ``B*`` are ``(..., out, r)``, ``A*`` are ``(..., r, in)``; scalings broadcast over the batch
+    (pass a ``(M, 1, 1)`` tensor for per-module values).
+    """
+    return torch.cat([s1 * B1, -s0 * B0], dim=-1), torch.cat([A1, A0], dim=-2)
+
+
+def canonicalize_signs(t: Triplets) -> Triplets:
+    """Fix the sign of each triplet so that the largest-magnitude entry of ``u`` is positive.
+
+    ``(u, v)`` and ``(-u, -v)`` give the same matrix; without a convention a predictor sees random
+    sign flips. Ties go to the first index (``argmax`` is deterministic).
+    """
+    idx = t.u.abs().argmax(dim=-1, keepdim=True)
+    sign = torch.sign(torch.gather(t.u, -1, idx))
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return Triplets(u=t.u * sign, s=t.s, v=t.v * sign)
+
+
+def align_signs(t: Triplets, ref: Triplets) -> Triplets:
+    """Flip each triplet of ``t`` whose ``(u, v)`` points away from ``ref``'s.
+
+    The score ``u . u_ref + v . v_ref`` is invariant to nothing but the joint flip, so a flip is taken
+    when it is negative. Where the score is exactly zero (orthogonal or zero reference) ``t`` is kept.
+    Used along time: the triplet at step t is aligned with the same module's triplet at the previous
+    checkpoint, the first one by :func:`canonicalize_signs`.
+    """
+    score = (t.u * ref.u).sum(-1) + (t.v * ref.v).sum(-1)
+    sign = torch.where(score < 0, -torch.ones_like(score), torch.ones_like(score)).unsqueeze(-1)
+    return Triplets(u=t.u * sign, s=t.s, v=t.v * sign)
+
+
+def frobenius_inner(L1: torch.Tensor, R1: torch.Tensor, L2: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
+    """``<L1 R1, L2 R2>_F`` per batch element, as ``sum((L1^T L2) * (R1 R2^T))``: ``O((out+in) k1 k2)``."""
+    return ((L1.transpose(-1, -2) @ L2) * (R1 @ R2.transpose(-1, -2))).sum(dim=(-1, -2))
+
+
+def frobenius_norm(L: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """``||L R||_F`` per batch element, exact in factored form."""
+    return frobenius_inner(L, R, L, R).clamp_min(0).sqrt()
+
+
+def relative_error(
+    L: torch.Tensor, R: torch.Tensor, L_ref: torch.Tensor, R_ref: torch.Tensor
+) -> torch.Tensor:
+    """``||L R - L_ref R_ref||_F / ||L_ref R_ref||_F`` per batch element (inf where the reference is 0)."""
+    diff_l = torch.cat([L, -L_ref], dim=-1)
+    diff_r = torch.cat([R, R_ref], dim=-2)
+    return frobenius_norm(diff_l, diff_r) / frobenius_norm(L_ref, R_ref)
+
+
+def cosine(L1: torch.Tensor, R1: torch.Tensor, L2: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of ``L1 R1`` and ``L2 R2`` seen as vectors (0 where either is 0)."""
+    denom = frobenius_norm(L1, R1) * frobenius_norm(L2, R2)
+    inner = frobenius_inner(L1, R1, L2, R2)
+    return torch.where(
+        denom > 0, inner / denom.clamp_min(torch.finfo(denom.dtype).tiny), torch.zeros_like(inner)
+    )
+
+
+@dataclass(frozen=True)
+class Refactored:
+    """A rank-r LoRA factorization ``B (M, out, r)``, ``A (M, r, in)`` of a target update.
+
+    ``scaling * B @ A`` is the best rank-r approximation of the target; ``error`` is the exact
+    Frobenius norm of what was cut off (``sqrt`` of the dropped squared singular values) and
+    ``norm`` the Frobenius norm of the target, both ``(M,)``. ``aligned`` tells, per module, whether
+    the least-squares alignment to the previous factors was used (else the Procrustes fallback).
+    """
+
+    B: torch.Tensor
+    A: torch.Tensor
+    error: torch.Tensor
+    norm: torch.Tensor
+    aligned: torch.Tensor
+
+
+def refactor_to_rank(
+    L: torch.Tensor,
+    R: torch.Tensor,
+    rank: int,
+    scaling: torch.Tensor | float,
+    B_prev: torch.Tensor,
+    A_prev: torch.Tensor,
+    max_condition: float = 1e4,
+) -> Refactored:
+    """Best rank-``rank`` LoRA factors of ``L @ R``, close to the previous factors ``(B_prev, A_prev)``.
+
+    ``scaling B A = U_r S_r Vh_r`` leaves an ``r x r`` invertible freedom ``(B M, M^{-1} A)``. We pick
+    it so that ``A`` moves as little as possible: ``A = C Vh_r`` with ``C = A_prev Vh_r^T`` (the
+    projection of the old rows onto the new row space) and ``B = U_r S_r C^{-1} / scaling``. When the
+    target equals the old update this returns the old factors exactly, and for a small jump the
+    factors (and so the optimizer's view of them) change little. Where ``C`` is singular or badly
+    conditioned (the old ``A`` is zero, or the row space turned) we fall back to balanced factors
+    ``U S^1/2, S^1/2 Vh`` scaled to the old ``||B|| / ||A||`` ratio and rotated onto the old ones by
+    orthogonal Procrustes.
+
+    Args:
+        L: ``(M, out, k)``; R: ``(M, k, in)``: the target update (already including the scaling).
+        rank: r, the number of factor columns to return (``k`` may be larger or smaller).
+        scaling: LoRA scaling, a float or ``(M, 1, 1)`` tensor.
+        B_prev: ``(M, out, r)``; A_prev: ``(M, r, in)``: the factors to stay close to.
+        max_condition: largest accepted condition number of ``C`` before the fallback.
+    """
+    svd = factored_svd(L, R)
+    S = svd.S
+    error = S[..., rank:].square().sum(-1).sqrt()
+    norm = S.square().sum(-1).sqrt()
+    U, S_r, Vh = svd.U[..., :rank], S[..., :rank], svd.Vh[..., :rank, :]
+    short = rank - S_r.shape[-1]
+    if short > 0:  # k < r: pad with zero singular values so the output has exactly r columns
+        U = torch.nn.functional.pad(U, (0, short))
+        Vh = _complete_rows(Vh, A_prev, short)
+        S_r = torch.nn.functional.pad(S_r, (0, short))
+    scaling_t = torch.as_tensor(scaling, dtype=L.dtype, device=L.device)
+    if scaling_t.dim() == 0:
+        scaling_t = scaling_t.reshape(1, 1, 1).expand(L.shape[0], 1, 1)
+    # Least-squares alignment: keep A's rows, projected onto the new row space.
+    C = A_prev @ Vh.transpose(-1, -2)  # (M, r, r)
+    svals_c = torch.linalg.svdvals(C)
+    cond = svals_c[..., 0] / svals_c[..., -1].clamp_min(torch.finfo(C.dtype).tiny)
+    ok = torch.isfinite(cond) & (cond < max_condition) & (svals_c[..., -1] > 0)
+    US = U * S_r.unsqueeze(-2) / scaling_t
+    eye = torch.eye(rank, dtype=C.dtype, device=C.device).expand_as(C)
+    C_safe = torch.where(ok.view(-1, 1, 1), C, eye)
+    B_ls = torch.linalg.solve(C_safe, US, left=False)  # US @ C^-1
+    A_ls = C_safe @ Vh
+    if bool(ok.all()):
+        return Refactored(B=B_ls, A=A_ls, error=error, norm=norm, aligned=ok)
+    B_pc, A_pc = _procrustes_factors(U, S_r, Vh, scaling_t, B_prev, A_prev)
+    sel = ok.view(-1, 1, 1)
+    return Refactored(
+        B=torch.where(sel, B_ls, B_pc),
+        A=torch.where(sel, A_ls, A_pc),
+        error=error,
+        norm=norm,
+        aligned=ok,
+    )
+
+
+def _complete_rows(Vh: torch.Tensor, A_prev: torch.Tensor, extra: int) -> torch.Tensor:
+    """Append ``extra`` orthonormal rows to ``Vh`` (``(M, k, in)``), preferring the old rows' span.
+
+    Needed only when the target has rank below r: the zero singular values then get directions that
+    keep ``A`` close to ``A_prev`` instead of arbitrary ones.
+    """
+    basis = torch.cat([Vh, A_prev], dim=-2).transpose(-1, -2)  # (M, in, k + r)
+    q, _ = torch.linalg.qr(basis, mode="reduced")
+    k = Vh.shape[-2]
+    return torch.cat([Vh, q[..., k : k + extra].transpose(-1, -2)], dim=-2)
+
+
+def _procrustes_factors(
+    U: torch.Tensor,
+    S: torch.Tensor,
+    Vh: torch.Tensor,
+    scaling: torch.Tensor,
+    B_prev: torch.Tensor,
+    A_prev: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Balanced factors of ``U S Vh / scaling`` rescaled to the old norm ratio and rotated onto the old ones."""
+    root = S.clamp_min(0).sqrt().unsqueeze(-2) / scaling.sqrt()
+    B0 = U * root
+    A0 = root.transpose(-1, -2) * Vh
+    tiny = torch.finfo(U.dtype).tiny
+    nb, na = B_prev.norm(dim=(-2, -1)), A_prev.norm(dim=(-2, -1))
+    nb0, na0 = B0.norm(dim=(-2, -1)), A0.norm(dim=(-2, -1))
+    gamma = ((nb * na0) / (na * nb0).clamp_min(tiny)).sqrt()
+    gamma = torch.where(
+        (nb > 0) & (na > 0) & (nb0 > 0) & torch.isfinite(gamma), gamma, torch.ones_like(gamma)
+    )
+    gamma = gamma.view(-1, 1, 1)
+    B0, A0 = B0 * gamma, A0 / gamma
+    # Maximize tr(Q^T (B0^T B_prev + A0 A_prev^T)) over orthogonal Q.
+    m = B0.transpose(-1, -2) @ B_prev + A0 @ A_prev.transpose(-1, -2)
+    p, _, rh = torch.linalg.svd(m)
+    Q = p @ rh
+    return B0 @ Q, Q.transpose(-1, -2) @ A0

@@ -1,0 +1,351 @@
+"""An ordered set of LoRA checkpoints of one run, checked for consistency, and the rank-1 features of it.
+
+:class:`Trajectory` holds only headers; tensors are read lazily, a chunk of equally shaped modules
+at a time across all checkpoints, so the memory needed is bounded by ``chunk_bytes`` whatever the
+model size. :func:`compute_features` turns the trajectory into rank-1 triplets of the global, local
+and target deltas (METHOD.md), computed in factored form on the chosen device.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from nextrap import lowrank
+from nextrap.adapters import AdapterConfig, AdapterHeader, LoraModule, RawTensor, open_adapter, read_header
+from nextrap.errors import LayoutError, MismatchError
+from nextrap.layouts import CheckpointRef, Discovery
+from nextrap.progress import Progress, no_progress
+
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "Features",
+    "MatrixFeatures",
+    "Trajectory",
+    "VectorFeatures",
+    "compute_features",
+    "load_trajectory",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_BYTES = 512 * 2**20
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Checkpoints of one run (sorted by step) whose module sets, ranks, shapes and scalings agree."""
+
+    discovery: Discovery
+    headers: tuple[AdapterHeader, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def refs(self) -> tuple[CheckpointRef, ...]:
+        return tuple(h.ref for h in self.headers)
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        return tuple(h.ref.step for h in self.headers)
+
+    @property
+    def last(self) -> AdapterHeader:
+        return self.headers[-1]
+
+    @property
+    def modules(self) -> dict[str, LoraModule]:
+        return self.last.modules
+
+    @property
+    def raw(self) -> dict[str, RawTensor]:
+        return self.last.raw
+
+    @property
+    def config(self) -> AdapterConfig:
+        return self.last.config
+
+    def shape_groups(self) -> dict[tuple[int, int, int], list[str]]:
+        """Module names grouped by ``(out, in, rank)``, the unit of batched math."""
+        groups: dict[tuple[int, int, int], list[str]] = {}
+        for m in self.modules.values():
+            groups.setdefault(m.shape, []).append(m.name)
+        return groups
+
+    def load_factors(
+        self,
+        names: Sequence[str],
+        device: torch.device,
+        indices: Sequence[int] | None = None,
+        scaled: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Factors of ``names`` (equal shapes) at the checkpoints ``indices`` (default all), float32.
+
+        Returns ``B (M, K, out, r)`` (times the module's scaling when ``scaled``) and ``A (M, K, r, in)``
+        on ``device``.
+        """
+        mods = [self.modules[n] for n in names]
+        out_f, in_f, rank = mods[0].shape
+        refs = self.refs if indices is None else [self.refs[i] for i in indices]
+        K = len(refs)
+        B = torch.empty(len(mods), K, out_f, rank, dtype=torch.float32)
+        A = torch.empty(len(mods), K, rank, in_f, dtype=torch.float32)
+        for k, ref in enumerate(refs):
+            with open_adapter(ref) as reader:
+                for i, m in enumerate(mods):
+                    B[i, k] = reader.get(m.b_key) * (m.scaling if scaled else 1.0)
+                    A[i, k] = reader.get(m.a_key)
+        return B.to(device), A.to(device)
+
+    def load_raw(self, key: str, device: torch.device, indices: Sequence[int] | None = None) -> torch.Tensor:
+        """One raw tensor at the checkpoints ``indices`` (default all): ``(K, *shape)`` float32 on ``device``."""
+        out = []
+        for ref in self.refs if indices is None else [self.refs[i] for i in indices]:
+            with open_adapter(ref) as reader:
+                out.append(reader.get(key))
+        return torch.stack(out).to(device)
+
+    def spacing(self) -> dict[str, float]:
+        """Intervals between checkpoints: median and relative spread (0 for even spacing)."""
+        gaps = [b - a for a, b in zip(self.steps, self.steps[1:], strict=False)]
+        if not gaps:
+            return {"median": 0.0, "spread": 0.0}
+        med = statistics.median(gaps)
+        return {"median": float(med), "spread": float((max(gaps) - min(gaps)) / med) if med else 0.0}
+
+    def summary(self) -> dict:
+        """What ``nextrap scan`` prints: layout, steps, modules, ranks, dtypes, sizes."""
+        mods = self.modules
+        ranks = sorted({m.rank for m in mods.values()})
+        dtypes = sorted({str(m.dtype).replace("torch.", "") for m in mods.values()})
+        params = sum((m.out_features + m.in_features) * m.rank for m in mods.values())
+        return {
+            "root": str(self.discovery.root) if self.discovery.root else None,
+            "layout": self.discovery.layout,
+            "checkpoints": len(self.headers),
+            "steps": list(self.steps),
+            "spacing": self.spacing(),
+            "modules": len(mods),
+            "module_kinds": sorted({m.kind for m in mods.values()}),
+            "shape_groups": {f"{o}x{i} r{r}": len(n) for (o, i, r), n in self.shape_groups().items()},
+            "rank": ranks[0] if len(ranks) == 1 else ranks,
+            "scalings": sorted({round(m.scaling, 6) for m in mods.values()}),
+            "use_rslora": self.config.use_rslora,
+            "use_dora": self.config.use_dora,
+            "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
+            "lora_parameters": params,
+            "raw_tensors": {k: list(t.shape) for k, t in self.raw.items()},
+            "base_model": self.config.base_model,
+            "checkpoint_paths": [str(r.path) for r in self.refs],
+            "notes": list(self.discovery.notes) + list(self.notes),
+        }
+
+
+def load_trajectory(discovery: Discovery) -> Trajectory:
+    """Read every checkpoint's header and check that they describe one run; no tensor data is read."""
+    if len(discovery.checkpoints) < 2:
+        where = discovery.root or "the given checkpoints"
+        raise LayoutError(
+            f"{where}: found {len(discovery.checkpoints)} checkpoint(s); extrapolation needs at least 2 "
+            "(better 4 or more) saved along one run"
+        )
+    headers = tuple(read_header(ref) for ref in discovery.checkpoints)
+    _check_consistent(headers)
+    notes: list[str] = []
+    for h in headers:
+        notes.extend(n for n in h.notes if n not in notes)
+    return Trajectory(discovery=discovery, headers=headers, notes=tuple(notes))
+
+
+def _check_consistent(headers: Sequence[AdapterHeader]) -> None:
+    first = headers[0]
+    for h in headers[1:]:
+        where = f"step {h.ref.step} ({h.ref.path}) vs step {first.ref.step}"
+        missing = sorted(set(first.modules) - set(h.modules))
+        extra = sorted(set(h.modules) - set(first.modules))
+        if missing or extra:
+            name = (missing or extra)[0]
+            verb = "lacks" if missing else "adds"
+            raise MismatchError(
+                f"{where}: {verb} LoRA module {name}; all checkpoints must come from one run with the same target_modules"
+            )
+        for name, m in first.modules.items():
+            o = h.modules[name]
+            if o.shape != m.shape:
+                raise MismatchError(
+                    f"{where}: module {name} has (out, in, r) = {o.shape}, expected {m.shape}; checkpoints of different runs?"
+                )
+            if abs(o.scaling - m.scaling) > 1e-9 * max(1.0, abs(m.scaling)):
+                raise MismatchError(
+                    f"{where}: module {name} has scaling {o.scaling:g}, expected {m.scaling:g}; "
+                    "lora_alpha / use_rslora / alpha_pattern differ between checkpoints"
+                )
+        raw_a, raw_b = first.raw, h.raw
+        if set(raw_a) != set(raw_b):
+            name = sorted(set(raw_a) ^ set(raw_b))[0]
+            raise MismatchError(f"{where}: tensor {name} is present in one checkpoint only")
+        for key, t in raw_a.items():
+            if raw_b[key].shape != t.shape:
+                raise MismatchError(
+                    f"{where}: tensor {key} has shape {list(raw_b[key].shape)}, expected {list(t.shape)}"
+                )
+
+
+# --------------------------------------------------------------------------------------------- features
+
+
+@dataclass(frozen=True)
+class MatrixFeatures:
+    """Rank-1 triplets of one matrix-shaped parameter along the run.
+
+    ``global_`` and ``local`` have one row per checkpoint (``u (K, out)``, ``s (K,)``, ``v (K, in)``);
+    ``target`` has one row per training pair (checkpoint k with k + horizon <= K).
+    """
+
+    global_: lowrank.Triplets
+    local: lowrank.Triplets
+    target: lowrank.Triplets
+
+
+@dataclass(frozen=True)
+class VectorFeatures:
+    """Raw differences of a 1-D trainable tensor: ``global_``/``local`` ``(K, d)``, ``target (K - h, d)``.
+
+    The start of a raw tensor is unknown (it is not zero like LoRA's B), so its global delta is taken
+    from the first checkpoint.
+    """
+
+    global_: torch.Tensor
+    local: torch.Tensor
+    target: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Features:
+    """Features of a whole trajectory, on the device they were computed on (float32)."""
+
+    steps: tuple[int, ...]
+    horizon: int
+    matrices: dict[str, MatrixFeatures] = field(default_factory=dict)
+    vectors: dict[str, VectorFeatures] = field(default_factory=dict)
+
+    @property
+    def pairs(self) -> int:
+        return len(self.steps) - self.horizon
+
+
+def _chunks(names: list[str], per_module_bytes: int, chunk_bytes: int) -> Iterator[list[str]]:
+    size = max(1, chunk_bytes // max(1, per_module_bytes))
+    for i in range(0, len(names), size):
+        yield names[i : i + size]
+
+
+def compute_features(
+    traj: Trajectory,
+    horizon: int,
+    device: torch.device,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    progress: Progress = no_progress,
+) -> Features:
+    """Global, local and target rank-1 features of every module (METHOD.md, "Rank-1 features").
+
+    Args:
+        traj: the run.
+        horizon: in checkpoint intervals; targets are ``dW[k + horizon] - dW[k]``.
+        device: where the math runs.
+        chunk_bytes: upper bound on the factor bytes held at once (one chunk of equal-shape modules
+            across all checkpoints).
+        progress: wraps an iterable to show progress (identity by default: the library is silent).
+    """
+    K = len(traj.headers)
+    if not 1 <= horizon < K:
+        raise ValueError(f"horizon must be in [1, {K - 1}] for {K} checkpoints, got {horizon}")
+    feats = Features(steps=traj.steps, horizon=horizon)
+    jobs: list[tuple[str, list[str]]] = []
+    for (out_f, in_f, rank), names in traj.shape_groups().items():
+        per_module = (out_f + in_f) * rank * 4 * K
+        jobs.extend(("lora", chunk) for chunk in _chunks(names, per_module, chunk_bytes))
+    jobs.extend(("raw", [key]) for key in traj.raw)
+    for kind, names in progress(jobs, "rank-1 features"):
+        if kind == "lora":
+            B, A = traj.load_factors(names, device)
+            for name, f in zip(names, _lora_features(B, A, horizon), strict=True):
+                feats.matrices[name] = f
+        else:
+            X = traj.load_raw(names[0], device)
+            if X.dim() == 2:  # (K, d): a vector parameter
+                feats.vectors[names[0]] = VectorFeatures(
+                    global_=X - X[:1],
+                    local=torch.cat([torch.zeros_like(X[:1]), X[1:] - X[:-1]]),
+                    target=X[horizon:] - X[:-horizon],
+                )
+            else:
+                feats.matrices[names[0]] = _dense_features(X.reshape(K, X.shape[1], -1), horizon)
+    return feats
+
+
+def _sequence(L: torch.Tensor, R: torch.Tensor) -> lowrank.Triplets:
+    """Top triplets of ``L[:, k] @ R[:, k]`` for a ``(M, n, ...)`` stack, signs aligned along ``n``."""
+    M, n = L.shape[:2]
+    t = lowrank.top_triplet(L.flatten(0, 1), R.flatten(0, 1))
+    u, s, v = (x.unflatten(0, (M, n)) for x in (t.u, t.s, t.v))
+    return _align_along_time(u, s, v)
+
+
+def _align_along_time(u: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> lowrank.Triplets:
+    # The first row keeps top_triplet's canonical sign; each later row follows its predecessor.
+    us, vs = [u[:, 0]], [v[:, 0]]
+    for k in range(1, u.shape[1]):
+        prev = lowrank.Triplets(u=us[-1], s=s[:, k - 1], v=vs[-1])
+        cur = lowrank.align_signs(lowrank.Triplets(u=u[:, k], s=s[:, k], v=v[:, k]), prev)
+        us.append(cur.u)
+        vs.append(cur.v)
+    return lowrank.Triplets(u=torch.stack(us, 1), s=s, v=torch.stack(vs, 1))
+
+
+def _lora_features(B: torch.Tensor, A: torch.Tensor, horizon: int) -> list[MatrixFeatures]:
+    """Features of a chunk: ``B (M, K, out, r)`` already scaled, ``A (M, K, r, in)``."""
+    glob = _sequence(B, A)
+    # Local delta at k: dW[k] - dW[k-1], with dW before the first checkpoint taken as 0 (B = 0 at init).
+    B_prev = torch.cat([torch.zeros_like(B[:, :1]), B[:, :-1]], dim=1)
+    A_prev = torch.cat([A[:, :1], A[:, :-1]], dim=1)
+    local = _sequence(*lowrank.difference(B, A, 1.0, B_prev, A_prev, 1.0))
+    target = _sequence(
+        *lowrank.difference(B[:, horizon:], A[:, horizon:], 1.0, B[:, :-horizon], A[:, :-horizon], 1.0)
+    )
+
+    def pick(t: lowrank.Triplets, i: int) -> lowrank.Triplets:
+        return lowrank.Triplets(u=t.u[i], s=t.s[i], v=t.v[i])
+
+    return [
+        MatrixFeatures(global_=pick(glob, i), local=pick(local, i), target=pick(target, i))
+        for i in range(B.shape[0])
+    ]
+
+
+def _dense_top(X: torch.Tensor) -> lowrank.Triplets:
+    """Top triplets of dense matrices ``(n, out, in)`` (only for raw 2-D tensors, which exist densely anyway)."""
+    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    moving = (S[:, :1] > 0).to(X.dtype)
+    return lowrank.canonicalize_signs(
+        lowrank.Triplets(u=U[:, :, 0] * moving, s=S[:, 0], v=Vh[:, 0, :] * moving)
+    )
+
+
+def _dense_features(X: torch.Tensor, horizon: int) -> MatrixFeatures:
+    def seq(D: torch.Tensor) -> lowrank.Triplets:
+        t = _dense_top(D)
+        return _align_along_time(t.u.unsqueeze(0), t.s.unsqueeze(0), t.v.unsqueeze(0))
+
+    def squeeze(t: lowrank.Triplets) -> lowrank.Triplets:
+        return lowrank.Triplets(u=t.u[0], s=t.s[0], v=t.v[0])
+
+    local = torch.cat([torch.zeros_like(X[:1]), X[1:] - X[:-1]])
+    return MatrixFeatures(
+        global_=squeeze(seq(X - X[:1])),
+        local=squeeze(seq(local)),
+        target=squeeze(seq(X[horizon:] - X[:-horizon])),
+    )

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny planted runs and a tiny Llama model, all built in-process (no network)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from nextrap.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
+
+TINY_SHAPES = llama_like_shapes(layers=2, hidden=32, intermediate=64, kv_dim=16)
+TINY_SPEC = PlantSpec(curve="saturating", rank=4, alpha=8.0, tau=200.0, seed=0)
+STEPS = list(range(10, 101, 10))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def tiny_run(tmp_path: Path) -> Path:
+    """A TRL-layout run: 10 checkpoints (steps 10..100) of a 2-layer model, r = 4, float32."""
+    return write_synthetic_run(tmp_path / "run", STEPS, TINY_SHAPES, TINY_SPEC)
+
+
+def tiny_llama(seed: int = 0):
+    """A 2-layer Llama with hidden 32, 4 heads, 2 KV heads (k/v out = 16), intermediate 64."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=61,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def edit_config(folder: Path, **changes) -> None:
+    path = folder / "adapter_config.json"
+    cfg = json.loads(path.read_text())
+    cfg.update(changes)
+    path.write_text(json.dumps(cfg))

@@ -1,0 +1,145 @@
+"""The factored math against dense computations (torch.linalg.svd on the materialized matrices)."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nextrap import lowrank
+
+
+def _factors(seed: int, M: int, out: int, inn: int, r: int):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(M, out, r, generator=g, dtype=torch.float64),
+        torch.randn(M, r, inn, generator=g, dtype=torch.float64),
+    )
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    out=st.integers(1, 24),
+    inn=st.integers(1, 24),
+    r=st.integers(1, 6),
+    s1=st.floats(0.1, 4),
+    s0=st.floats(0.1, 4),
+)
+def test_factored_svd_matches_dense(seed, out, inn, r, s1, s0):
+    B1, A1 = _factors(seed, 2, out, inn, r)
+    B0, A0 = _factors(seed + 1, 2, out, inn, r)
+    L, R = lowrank.difference(B1, A1, s1, B0, A0, s0)
+    dense = s1 * B1 @ A1 - s0 * B0 @ A0
+    svd = lowrank.factored_svd(L, R)
+    S_dense = torch.linalg.svdvals(dense)
+    k = svd.S.shape[-1]
+    torch.testing.assert_close(svd.S, S_dense[..., :k], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close((svd.U * svd.S.unsqueeze(-2)) @ svd.Vh, dense, rtol=1e-9, atol=1e-9)
+
+
+def test_top_triplet_float32_against_dense_svd():
+    """The issue's tolerance: sigma to 1e-5 relative, |cos| of u and v to 1e-5, in float32."""
+    g = torch.Generator().manual_seed(0)
+    B1, A1 = torch.randn(5, 96, 8, generator=g), torch.randn(5, 8, 64, generator=g)
+    B0, A0 = B1 + 0.1 * torch.randn(5, 96, 8, generator=g), A1 + 0.1 * torch.randn(5, 8, 64, generator=g)
+    t = lowrank.top_triplet(*lowrank.difference(B1, A1, 2.0, B0, A0, 2.0))
+    U, S, Vh = torch.linalg.svd((2.0 * B1 @ A1 - 2.0 * B0 @ A0).double())
+    assert torch.all((t.s.double() - S[:, 0]).abs() / S[:, 0] < 1e-5)
+    assert torch.all(1 - (t.u.double() * U[:, :, 0]).sum(-1).abs() < 1e-5)
+    assert torch.all(1 - (t.v.double() * Vh[:, 0, :]).sum(-1).abs() < 1e-5)
+
+
+def test_sign_convention_is_deterministic_and_aligns():
+    g = torch.Generator().manual_seed(1)
+    B, A = torch.randn(3, 20, 4, generator=g), torch.randn(3, 4, 15, generator=g)
+    t1 = lowrank.top_triplet(B, A)
+    t2 = lowrank.top_triplet(-B, -A)  # same matrix, factors flipped: the convention must ignore that
+    torch.testing.assert_close(t1.u, t2.u)
+    torch.testing.assert_close(t1.v, t2.v)
+    idx = t1.u.abs().argmax(-1)
+    assert torch.all(t1.u.gather(-1, idx[:, None]) > 0)
+    flipped = lowrank.Triplets(u=-t1.u, s=t1.s, v=-t1.v)
+    aligned = lowrank.align_signs(flipped, t1)
+    torch.testing.assert_close(aligned.u, t1.u)
+    torch.testing.assert_close(aligned.v, t1.v)
+
+
+def test_zero_matrix_gives_zero_triplet():
+    t = lowrank.top_triplet(torch.zeros(2, 5, 3), torch.randn(2, 3, 4))
+    assert torch.all(t.s == 0) and torch.all(t.u == 0) and torch.all(t.v == 0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_frobenius_inner_and_cosine_match_dense(seed):
+    B1, A1 = _factors(seed, 3, 17, 11, 3)
+    B2, A2 = _factors(seed + 7, 3, 17, 11, 5)
+    d1, d2 = B1 @ A1, B2 @ A2
+    torch.testing.assert_close(lowrank.frobenius_inner(B1, A1, B2, A2), (d1 * d2).sum((-1, -2)))
+    cos = (d1 * d2).sum((-1, -2)) / (d1.norm(dim=(-1, -2)) * d2.norm(dim=(-1, -2)))
+    torch.testing.assert_close(lowrank.cosine(B1, A1, B2, A2), cos)
+    rel = (d1 - d2).norm(dim=(-1, -2)) / d2.norm(dim=(-1, -2))
+    torch.testing.assert_close(lowrank.relative_error(B1, A1, B2, A2), rel)
+
+
+def test_refactor_is_exact_when_update_fits_in_rank_r():
+    """A rank-1 update of a module of rank < r fits in rank r: the output equals it exactly."""
+    g = torch.Generator().manual_seed(2)
+    r, s = 4, 2.0
+    B = torch.randn(2, 30, r, generator=g, dtype=torch.float64)
+    B[..., -1] = 0  # the old update has rank r - 1
+    A = torch.randn(2, r, 20, generator=g, dtype=torch.float64)
+    u, v = (
+        torch.randn(2, 30, 1, generator=g, dtype=torch.float64),
+        torch.randn(2, 1, 20, generator=g, dtype=torch.float64),
+    )
+    out = lowrank.refactor_to_rank(torch.cat([s * B, u], -1), torch.cat([A, v], -2), r, s, B, A)
+    torch.testing.assert_close(s * out.B @ out.A, s * B @ A + u @ v)
+    assert torch.all(out.error < 1e-10)
+
+
+def test_refactor_is_best_rank_r_and_reports_exact_error():
+    g = torch.Generator().manual_seed(3)
+    r, s = 4, 0.5
+    B, A = (
+        torch.randn(3, 25, r, generator=g, dtype=torch.float64),
+        torch.randn(3, r, 18, generator=g, dtype=torch.float64),
+    )
+    u, v = (
+        torch.randn(3, 25, 1, generator=g, dtype=torch.float64),
+        torch.randn(3, 1, 18, generator=g, dtype=torch.float64),
+    )
+    out = lowrank.refactor_to_rank(torch.cat([s * B, u], -1), torch.cat([A, v], -2), r, s, B, A)
+    dense = s * B @ A + u @ v
+    U, S, Vh = torch.linalg.svd(dense)
+    best = (U[..., :r] * S[:, None, :r]) @ Vh[:, :r]
+    torch.testing.assert_close(s * out.B @ out.A, best)
+    torch.testing.assert_close(out.error, (dense - best).norm(dim=(-1, -2)))
+    torch.testing.assert_close(out.norm, dense.norm(dim=(-1, -2)))
+
+
+def test_refactor_keeps_old_factors_when_nothing_changes():
+    g = torch.Generator().manual_seed(4)
+    B, A = (
+        torch.randn(2, 12, 3, generator=g, dtype=torch.float64),
+        torch.randn(2, 3, 9, generator=g, dtype=torch.float64),
+    )
+    out = lowrank.refactor_to_rank(1.5 * B, A, 3, 1.5, B, A)
+    torch.testing.assert_close(out.B, B)
+    torch.testing.assert_close(out.A, A)
+    assert bool(out.aligned.all())
+
+
+def test_refactor_falls_back_to_procrustes_when_old_factors_are_zero():
+    g = torch.Generator().manual_seed(5)
+    L, R = (
+        torch.randn(2, 12, 5, generator=g, dtype=torch.float64),
+        torch.randn(2, 5, 9, generator=g, dtype=torch.float64),
+    )
+    out = lowrank.refactor_to_rank(
+        L, R, 3, 2.0, torch.zeros(2, 12, 3, dtype=torch.float64), torch.zeros(2, 3, 9, dtype=torch.float64)
+    )
+    assert not bool(out.aligned.any())
+    U, S, Vh = torch.linalg.svd(L @ R)
+    torch.testing.assert_close(2.0 * out.B @ out.A, (U[..., :3] * S[:, None, :3]) @ Vh[:, :3])
