@@ -258,10 +258,14 @@ def extrapolate(
 
 
 def _check_base_model(path: str | None) -> None:
-    if path and not Path(path).exists() and Path(path).is_absolute():
+    """Fail before any work when ``--base-model`` is neither a folder nor something shaped like a hub id."""
+    if path and not Path(path).is_dir() and not _HUB_ID.match(path):
         raise ConfigError(
-            f"base model {path}: no such folder; pass the folder of the model the adapters were trained on"
+            f"base model {path}: no such folder; pass the folder (or hub id) of the model the adapters were trained on"
         )
+
+
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
 def _remove_tree(path: Path) -> None:
@@ -351,26 +355,18 @@ def _extended_tensors(
 def _grow_overrides(traj: Trajectory) -> dict[str, Any]:
     """Config for rank r + 1 at unchanged scaling (PEFT: alpha = s r, or s sqrt(r) with rsLoRA)."""
     cfg = traj.config
+    root = math.sqrt if cfg.use_rslora else float
 
     def alpha(scaling: float, rank: int) -> float:
-        return scaling * (math.sqrt(rank) if cfg.use_rslora else rank)
+        return scaling * root(rank)
 
-    mods = list(traj.modules.values())
-    if not cfg.rank_pattern and not cfg.alpha_pattern:
-        return {"r": cfg.r + 1, "lora_alpha": alpha(mods[0].scaling, cfg.r + 1)}
-    # Per-module ranks: spell every module out so that no pattern can match the wrong one.
-    ranks = {re.escape(m.name): m.rank + 1 for m in mods}
-    alphas = {re.escape(m.name): alpha(m.scaling, m.rank + 1) for m in mods}
-    return {
-        "r": cfg.r + 1,
-        "lora_alpha": alpha(cfg.lora_alpha / _denominator(cfg, cfg.r), cfg.r + 1),
-        "rank_pattern": ranks,
-        "alpha_pattern": alphas,
-    }
-
-
-def _denominator(cfg: Any, rank: int) -> float:
-    return math.sqrt(rank) if cfg.use_rslora else rank
+    overrides: dict[str, Any] = {"r": cfg.r + 1, "lora_alpha": alpha(cfg.lora_alpha / root(cfg.r), cfg.r + 1)}
+    if cfg.rank_pattern or cfg.alpha_pattern:
+        # Per-module ranks: spell every module out so that no pattern can match the wrong one.
+        mods = traj.modules.values()
+        overrides["rank_pattern"] = {re.escape(m.name): m.rank + 1 for m in mods}
+        overrides["alpha_pattern"] = {re.escape(m.name): alpha(m.scaling, m.rank + 1) for m in mods}
+    return overrides
 
 
 def _sha256(path: Path) -> str:

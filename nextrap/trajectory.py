@@ -231,6 +231,7 @@ class Features:
     horizon: int
     matrices: dict[str, MatrixFeatures] = field(default_factory=dict)
     vectors: dict[str, VectorFeatures] = field(default_factory=dict)
+    frozen: list[str] = field(default_factory=list)
 
     @property
     def pairs(self) -> int:
@@ -276,7 +277,10 @@ def compute_features(
                 feats.matrices[name] = f
         else:
             X = traj.load_raw(names[0], device)
-            if X.dim() == 2:  # (K, d): a vector parameter
+            if bool((X[:1] == X).all()):
+                # Saved but never trained (PEFT saves embedding base weights along): nothing to predict.
+                feats.frozen.append(names[0])
+            elif X.dim() == 2:  # (K, d): a vector parameter
                 feats.vectors[names[0]] = VectorFeatures(
                     global_=X - X[:1],
                     local=torch.cat([torch.zeros_like(X[:1]), X[1:] - X[:-1]]),
@@ -326,9 +330,19 @@ def _lora_features(B: torch.Tensor, A: torch.Tensor, horizon: int) -> list[Matri
     ]
 
 
+_DENSE_SVD_MAX = 2048
+
+
 def _dense_top(X: torch.Tensor) -> lowrank.Triplets:
-    """Top triplets of dense matrices ``(n, out, in)`` (only for raw 2-D tensors, which exist densely anyway)."""
-    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    """Top triplets of dense matrices ``(n, out, in)`` (only for raw 2-D tensors, which exist densely anyway).
+
+    Large ones (``modules_to_save`` of an embedding, say) use a randomized SVD with power iterations.
+    """
+    if min(X.shape[-2:]) <= _DENSE_SVD_MAX:
+        U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    else:
+        U, S, V = torch.svd_lowrank(X, q=6, niter=8)
+        Vh = V.transpose(-1, -2)
     moving = (S[:, :1] > 0).to(X.dtype)
     return lowrank.canonicalize_signs(
         lowrank.Triplets(u=U[:, :, 0] * moving, s=S[:, 0], v=Vh[:, 0, :] * moving)

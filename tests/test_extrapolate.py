@@ -214,3 +214,32 @@ def test_features_on_gpu_match_cpu(tiny_run: Path):
     for name, f in cpu.matrices.items():
         torch.testing.assert_close(gpu.matrices[name].global_.s.cpu(), f.global_.s, rtol=1e-4, atol=1e-6)
         assert torch.all((gpu.matrices[name].global_.u.cpu() * f.global_.u).sum(-1) > 1 - 1e-4)
+
+
+def test_merge_writes_full_weights_equal_to_base_plus_adapter(tmp_path: Path, tiny_run: Path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_dir = tmp_path / "base"
+    tiny_llama().save_pretrained(str(base_dir))
+    opts = ExtrapolateOptions(coefs=(1.0,), predictor=FAST, hash_inputs=False)
+    adapter = nextrap.extrapolate(tiny_run, tmp_path / "adapter", opts)
+    merged = nextrap.extrapolate(
+        tiny_run,
+        tmp_path / "merged",
+        ExtrapolateOptions(coefs=(1.0,), predictor=FAST, base_model=str(base_dir), merge=True),
+    )
+    assert merged.report["outputs"][0]["format"] == "merged"
+    assert not list((tmp_path / "merged").glob(".adapter-*"))
+    full = AutoModelForCausalLM.from_pretrained(str(merged.output)).eval()
+    peft_model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(str(base_dir)), str(adapter.output)
+    )
+    ids = torch.randint(0, 61, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(full(ids).logits, peft_model.eval()(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_merge_without_base_model_is_a_config_error():
+    with pytest.raises(nextrap.ConfigError, match="--base-model"):
+        ExtrapolateOptions(merge=True)

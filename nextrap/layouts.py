@@ -1,0 +1,310 @@
+"""Finding LoRA checkpoints in trainers' output folders (TRL, verl, OpenRLHF, NeMo-RL, ROLL, plain).
+
+Stdlib only: no torch here, so ``nextrap scan`` can tell what a folder holds before anything heavy
+is imported. A checkpoint is an *adapter folder* (``adapter_config.json`` next to
+``adapter_model.safetensors`` or ``adapter_model.bin``) at a path that one trainer's layout explains;
+its step comes from the trainer's own record where one exists, else from the folder name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nextrap.errors import CheckpointError, InputNotFoundError, LayoutError
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "LAYOUTS",
+    "WEIGHT_FILES",
+    "CheckpointRef",
+    "Discovery",
+    "discover",
+    "find_adapter_weights",
+    "from_explicit",
+]
+
+ADAPTER_CONFIG = "adapter_config.json"
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")  # preference order
+
+# (name, how it looks) in the order they are tried, for error messages.
+LAYOUTS: tuple[str, ...] = ("trl", "verl", "openrlhf", "nemo-rl", "roll", "plain")
+_LAYOUT_HINTS = (
+    "trl checkpoint-N",
+    "ms-swift vK-DATE/checkpoint-N",
+    "verl global_step_N/actor/lora_adapter",
+    "OpenRLHF global_stepN_hf",
+    "NeMo-RL step_N/policy/weights",
+    "ROLL <worker>/checkpoint-N",
+    "plain <name-with-number>/",
+)
+_MAX_DEPTH = 4
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_VERL_STEP = re.compile(r"^global_step_(\d+)$")
+_OPENRLHF = re.compile(r"^global_step(\d+)_hf$")
+_NEMO_STEP = re.compile(r"^step_(\d+)$")
+_SWIFT_VERSION = re.compile(r"^v\d+-")
+_LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+# Folders that look like a checkpoint of some trainer: reported when they hold no adapter.
+_STEP_FOLDER = re.compile(r"^(checkpoint-\d+|global_step_?\d+(_hf)?|step_\d+)$")
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """One saved adapter of a run."""
+
+    step: int
+    path: Path  # the adapter folder (holds adapter_config.json and the weights file)
+    weights: Path  # adapter_model.safetensors (preferred) or adapter_model.bin
+    layout: str  # one of LAYOUTS, or "explicit"
+    step_source: str  # where the step came from, for humans
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """The checkpoints of one run, sorted by step (steps unique), and what the user should know."""
+
+    root: Path | None  # None for explicit lists
+    layout: str
+    checkpoints: tuple[CheckpointRef, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        return tuple(c.step for c in self.checkpoints)
+
+    def to_dict(self) -> dict:
+        return {
+            "root": str(self.root) if self.root else None,
+            "layout": self.layout,
+            "checkpoints": [
+                {
+                    "step": c.step,
+                    "path": str(c.path),
+                    "weights": str(c.weights),
+                    "layout": c.layout,
+                    "step_source": c.step_source,
+                }
+                for c in self.checkpoints
+            ],
+            "notes": list(self.notes),
+        }
+
+
+def find_adapter_weights(folder: Path) -> Path | None:
+    """The weights file of an adapter folder, or None when ``folder`` holds no adapter."""
+    if not (folder / ADAPTER_CONFIG).is_file():
+        return None
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+@dataclass(frozen=True)
+class _Match:
+    layout: str
+    step: int
+    step_dir: Path  # the folder named after the step (where trainer records live)
+    run: Path  # the run folder the step folder sits in
+
+
+def _classify(root: Path, adapter: Path) -> _Match | None:
+    """Which layout explains the adapter folder ``adapter`` (a path under ``root``), if any."""
+    parts = adapter.relative_to(root).parts
+    n = len(parts)
+    if n >= 3 and parts[-2:] == ("actor", "lora_adapter") and _VERL_STEP.match(parts[-3]):
+        return _Match("verl", int(_VERL_STEP.match(parts[-3])[1]), adapter.parents[1], adapter.parents[2])
+    if n >= 2 and parts[-1] == "actor" and _VERL_STEP.match(parts[-2]):
+        return _Match("verl", int(_VERL_STEP.match(parts[-2])[1]), adapter.parent, adapter.parents[1])
+    if n >= 3 and parts[-2:] == ("policy", "weights") and _NEMO_STEP.match(parts[-3]):
+        return _Match("nemo-rl", int(_NEMO_STEP.match(parts[-3])[1]), adapter.parents[1], adapter.parents[2])
+    if _OPENRLHF.match(parts[-1]):
+        return _Match("openrlhf", int(_OPENRLHF.match(parts[-1])[1]), adapter, adapter.parent)
+    if _CHECKPOINT.match(parts[-1]):
+        step = int(_CHECKPOINT.match(parts[-1])[1])
+        if n == 1 or _SWIFT_VERSION.match(parts[-2]):
+            return _Match("trl", step, adapter, adapter.parent)
+        return _Match("roll", step, adapter, adapter.parent)
+    if n == 1 and _LAST_NUMBER.search(parts[0]):
+        return _Match("plain", int(_LAST_NUMBER.search(parts[0])[1]), adapter, adapter.parent)
+    return None
+
+
+def _walk(root: Path) -> tuple[list[Path], list[Path]]:
+    """Folders under ``root`` (bounded depth, no hidden ones, no symlinked dirs): adapters, step-like folders."""
+    adapters, step_like = [], []
+    for dirpath, dirnames, _ in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        depth = len(here.relative_to(root).parts)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not d.startswith("tmp_"))
+        if depth >= _MAX_DEPTH:
+            dirnames[:] = []
+        if here != root and find_adapter_weights(here) is not None:
+            adapters.append(here)
+        if _STEP_FOLDER.match(here.name):
+            step_like.append(here)
+    return adapters, step_like
+
+
+def _json_step(path: Path, key: str) -> int | None:
+    try:
+        value = json.loads(path.read_text()).get(key)
+        return int(value) if value is not None else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def _recorded_step(match: _Match, notes: list[str]) -> tuple[int, str]:
+    """The step from the trainer's own record where it keeps one, else from the folder name."""
+    record = {
+        "trl": ("trainer_state.json", "global_step"),
+        "roll": ("trainer_state.json", "global_step"),
+        "nemo-rl": ("training_info.json", "step"),
+    }.get(match.layout)
+    if record is None:
+        return match.step, "folder name"
+    recorded = _json_step(match.step_dir / record[0], record[1])
+    if recorded is None:
+        return match.step, "folder name"
+    if recorded != match.step:
+        notes.append(f"{match.step_dir.name}: {record[0]} says {record[1]} = {recorded}; using {recorded}")
+    return recorded, f"{record[0]} {record[1]}"
+
+
+def discover(root: str | os.PathLike, *, adapter_name: str | None = None) -> Discovery:
+    """Find the LoRA checkpoints of one run under ``root``.
+
+    ``adapter_name``: PEFT saves adapters not named "default" in ``<folder>/<name>/``; with it, only
+    such subfolders count. Raises :class:`InputNotFoundError` for a missing or empty folder and
+    :class:`LayoutError` when nothing (or several runs) is found.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise InputNotFoundError(f"no such folder: {root}; pass the output folder of your training run")
+    if not root.is_dir():
+        raise InputNotFoundError(
+            f"{root} is a file, not a folder; pass the output folder of your training run"
+        )
+    if not any(root.iterdir()):
+        raise InputNotFoundError(f"{root} is empty; pass the output folder of your training run")
+    if find_adapter_weights(root) is not None:
+        raise LayoutError(
+            f"{root} is a single adapter (checkpoint), not a run; pass the folder that holds its checkpoints, "
+            f"e.g. {root.parent}"
+        )
+    adapters, step_like = _walk(root)
+    notes: list[str] = []
+    matches: dict[Path, _Match] = {}
+    for folder in adapters:
+        if adapter_name is not None:
+            if folder.name != adapter_name:
+                continue
+            match = _classify(root, folder.parent) if folder.parent != root else None
+        else:
+            match = _classify(root, folder)
+            if match is None and folder.parent != root:
+                # PEFT puts a named adapter in a subfolder of the checkpoint folder.
+                match = _classify(root, folder.parent)
+                if match is not None and find_adapter_weights(folder.parent) is None:
+                    notes.append(f"{folder.parent.name}: using the adapter in its subfolder {folder.name}/")
+                else:
+                    match = None
+        if match is not None:
+            matches[folder] = match
+    if not matches:
+        raise LayoutError(
+            f"no LoRA checkpoints found under {root} (tried layouts: {', '.join(_LAYOUT_HINTS)}); "
+            "pass --checkpoint PATH --step N for each checkpoint"
+        )
+    runs = sorted({(m.layout, m.run) for m in matches.values()}, key=lambda x: (str(x[1]), x[0]))
+    if len(runs) > 1:
+        listed = ", ".join(f"{run} ({layout})" for layout, run in runs[:4])
+        raise LayoutError(
+            f"checkpoints of several runs under {root}: {listed}; point nextrap at one of these folders"
+        )
+    used = {m.step_dir for m in matches.values()} | set(matches)
+    for folder in step_like:
+        if not any(u == folder or folder in u.parents or u in folder.parents for u in used):
+            notes.append(
+                f"skipped {folder.relative_to(root)}: no adapter_config.json + adapter weights in it"
+            )
+    refs: dict[int, CheckpointRef] = {}
+    for folder, match in sorted(matches.items(), key=lambda kv: kv[1].step):
+        step, source = _recorded_step(match, notes)
+        ref = CheckpointRef(
+            step=step,
+            path=folder,
+            weights=find_adapter_weights(folder),
+            layout=match.layout,
+            step_source=source,
+        )
+        if step in refs:
+            raise LayoutError(f"two checkpoints for step {step}: {refs[step].path} and {folder}; remove one")
+        refs[step] = ref
+    layout = runs[0][0]
+    if layout == "verl":
+        latest = _read_int(root / "latest_checkpointed_iteration.txt")
+        if latest is not None and latest not in refs:
+            notes.append(
+                f"latest_checkpointed_iteration.txt names step {latest}, which has no LoRA adapter here"
+            )
+    return Discovery(
+        root=root, layout=layout, checkpoints=tuple(refs[s] for s in sorted(refs)), notes=tuple(notes)
+    )
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def from_explicit(paths: Sequence[str | os.PathLike], steps: Sequence[int] | None) -> Discovery:
+    """Checkpoints named one by one (``--checkpoint PATH [--step N]``); a weights file stands for its folder."""
+    if steps is not None and len(steps) != len(paths):
+        raise LayoutError(
+            f"{len(paths)} --checkpoint but {len(steps)} --step given; give one --step per --checkpoint, or none"
+        )
+    refs: dict[int, CheckpointRef] = {}
+    notes: list[str] = []
+    for i, raw in enumerate(paths):
+        path = Path(raw)
+        if not path.exists():
+            raise InputNotFoundError(f"no such checkpoint: {path}")
+        folder = path.parent if path.is_file() else path
+        weights = find_adapter_weights(folder)
+        if weights is None:
+            raise CheckpointError(
+                f"{folder}: not an adapter folder; expected {ADAPTER_CONFIG} and one of {', '.join(WEIGHT_FILES)}"
+            )
+        if path.is_file() and path.name in WEIGHT_FILES:
+            weights = path
+        if steps is not None:
+            step, source = int(steps[i]), "given"
+        else:
+            recorded = _json_step(folder / "trainer_state.json", "global_step")
+            number = _LAST_NUMBER.search(folder.name)
+            if recorded is not None:
+                step, source = recorded, "trainer_state.json global_step"
+            elif number:
+                step, source = int(number[1]), "folder name"
+            else:
+                raise LayoutError(
+                    f"{folder}: cannot tell its step from the folder name; pass --step N for it"
+                )
+        if step in refs:
+            raise LayoutError(
+                f"two checkpoints for step {step}: {refs[step].path} and {folder}; give distinct steps"
+            )
+        refs[step] = CheckpointRef(
+            step=step, path=folder, weights=weights, layout="explicit", step_source=source
+        )
+    return Discovery(
+        root=None, layout="explicit", checkpoints=tuple(refs[s] for s in sorted(refs)), notes=tuple(notes)
+    )
