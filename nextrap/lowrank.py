@@ -82,8 +82,15 @@ def top_triplet(L: torch.Tensor, R: torch.Tensor) -> Triplets:
     Returns:
         ``Triplets`` with ``u (M, out)``, ``s (M,)``, ``v (M, in)``.
     """
-    svd = factored_svd(L, R)
-    u, s, v = svd.U[..., :, 0], svd.S[..., 0], svd.Vh[..., 0, :]
+    if L.shape[-1] != R.shape[-2]:
+        raise ValueError(f"inner dimensions differ: L is {tuple(L.shape)}, R is {tuple(R.shape)}")
+    q_left, r_left = torch.linalg.qr(L, mode="reduced")
+    q_right, r_right = torch.linalg.qr(R.transpose(-1, -2), mode="reduced")
+    p, sv, wh = torch.linalg.svd(r_left @ r_right.transpose(-1, -2), full_matrices=False)
+    # Only the first singular vectors are lifted back to full length: (out, k) @ (k, 1), not (k, k).
+    u = (q_left @ p[..., :, :1]).squeeze(-1)
+    v = (q_right @ wh[..., :1, :].transpose(-1, -2)).squeeze(-1)
+    s = sv[..., 0]
     # A zero matrix has an arbitrary basis vector as "singular vector"; report zeros instead so
     # that a module that has not moved contributes nothing downstream.
     moving = (s > 0).to(u.dtype).unsqueeze(-1)
@@ -103,7 +110,8 @@ def difference(
     ``B*`` are ``(..., out, r)``, ``A*`` are ``(..., r, in)``; scalings broadcast over the batch
     (pass a ``(M, 1, 1)`` tensor for per-module values).
     """
-    return torch.cat([s1 * B1, -s0 * B0], dim=-1), torch.cat([A1, A0], dim=-2)
+    left = B1 if isinstance(s1, float) and s1 == 1.0 else s1 * B1  # skips a copy in the common case
+    return torch.cat([left, -s0 * B0], dim=-1), torch.cat([A1, A0], dim=-2)
 
 
 def canonicalize_signs(t: Triplets) -> Triplets:

@@ -33,7 +33,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_BYTES = 512 * 2**20
+DEFAULT_CHUNK_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -291,11 +291,18 @@ def compute_features(
     return feats
 
 
+# Upper bound on the factor bytes one batched QR/SVD call works on: LAPACK's workspace and outputs
+# are a few times its input, so this keeps the transient memory well under a checkpoint's size.
+_PIECE_BYTES = 32 * 2**20
+
+
 def _sequence(L: torch.Tensor, R: torch.Tensor) -> lowrank.Triplets:
     """Top triplets of ``L[:, k] @ R[:, k]`` for a ``(M, n, ...)`` stack, signs aligned along ``n``."""
     M, n = L.shape[:2]
-    t = lowrank.top_triplet(L.flatten(0, 1), R.flatten(0, 1))
-    u, s, v = (x.unflatten(0, (M, n)) for x in (t.u, t.s, t.v))
+    L, R = L.flatten(0, 1), R.flatten(0, 1)
+    step = max(1, _PIECE_BYTES // ((L[0].numel() + R[0].numel()) * L.element_size()))
+    pieces = [lowrank.top_triplet(L[i : i + step], R[i : i + step]) for i in range(0, L.shape[0], step)]
+    u, s, v = (torch.cat([getattr(t, f) for t in pieces]).unflatten(0, (M, n)) for f in ("u", "s", "v"))
     return _align_along_time(u, s, v)
 
 
@@ -313,10 +320,12 @@ def _align_along_time(u: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> lowr
 def _lora_features(B: torch.Tensor, A: torch.Tensor, horizon: int) -> list[MatrixFeatures]:
     """Features of a chunk: ``B (M, K, out, r)`` already scaled, ``A (M, K, r, in)``."""
     glob = _sequence(B, A)
-    # Local delta at k: dW[k] - dW[k-1], with dW before the first checkpoint taken as 0 (B = 0 at init).
-    B_prev = torch.cat([torch.zeros_like(B[:, :1]), B[:, :-1]], dim=1)
-    A_prev = torch.cat([A[:, :1], A[:, :-1]], dim=1)
-    local = _sequence(*lowrank.difference(B, A, 1.0, B_prev, A_prev, 1.0))
+    # Local delta at k: dW[k] - dW[k-1]. Before the first checkpoint dW = 0 (B = 0 at init), so the
+    # first local delta is the first global one.
+    moved = _sequence(*lowrank.difference(B[:, 1:], A[:, 1:], 1.0, B[:, :-1], A[:, :-1], 1.0))
+    local = _align_along_time(
+        *(torch.cat([getattr(glob, f)[:, :1], getattr(moved, f)], 1) for f in ("u", "s", "v"))
+    )
     target = _sequence(
         *lowrank.difference(B[:, horizon:], A[:, horizon:], 1.0, B[:, :-horizon], A[:, :-horizon], 1.0)
     )
