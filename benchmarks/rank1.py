@@ -34,6 +34,12 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _current_rss_mb() -> float:
+    """Resident memory now (the base to subtract: the peak so far may be a transient of the imports)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -48,7 +54,7 @@ def phase_read(run: Path, device: torch.device) -> dict:
     from nextrap.adapters import open_adapter
 
     traj = nextrap.open_run(run)
-    base = _peak_rss_mb()
+    base = _current_rss_mb()
     t0 = time.perf_counter()
     n = 0
     for ref in traj.refs:
@@ -68,7 +74,7 @@ def phase_factored(run: Path, device: torch.device, horizon: int, chunk_mb: int)
     import nextrap
 
     traj = nextrap.open_run(run)
-    base = _peak_rss_mb()
+    base = _current_rss_mb()
     t0 = time.perf_counter()
     feats = nextrap.compute_features(traj, horizon, device, chunk_bytes=chunk_mb * 2**20)
     _sync(device)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 
-__version__ = "0.1.0"
-
 from nextrap.errors import (
     CheckpointError,
     ConfigError,
@@ -36,6 +34,7 @@ from nextrap.extrapolate import (
 from nextrap.layouts import CheckpointRef, Discovery, discover, from_explicit
 from nextrap.predictors import NExtConfig, NExtPredictor
 from nextrap.trajectory import Trajectory, compute_features
+from nextrap.version import __version__
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import click
 
-from nextrap import __version__
 from nextrap.errors import NextrapError
 from nextrap.predictors import PRESETS
+from nextrap.version import __version__
 
 logger = logging.getLogger("nextrap")
 

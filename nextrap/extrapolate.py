@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +32,7 @@ from nextrap.layouts import Discovery, discover, from_explicit
 from nextrap.predictors import NExtConfig, NExtPredictor, Prediction
 from nextrap.progress import Progress, progress_bar
 from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Trajectory, compute_features, load_trajectory
+from nextrap.version import __version__
 
 __all__ = [
     "DEFAULT_HORIZON",
@@ -235,7 +237,7 @@ def extrapolate(
                 adapter_tmp.mkdir()
                 write_adapter(adapter_tmp, tensors, traj.config, overrides)
                 write_merged(adapter_tmp, options.base_model, sub)
-                _remove_tree(adapter_tmp)
+                shutil.rmtree(adapter_tmp)
                 entry["format"] = "merged"
             else:
                 write_adapter(sub, tensors, traj.config, overrides)
@@ -266,12 +268,6 @@ def _check_base_model(path: str | None) -> None:
 
 
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path)
 
 
 def _rank_summary(traj: Trajectory, policy: str) -> int | list[int]:
@@ -398,8 +394,6 @@ def _report(
     device: torch.device,
     seconds: float,
 ) -> dict[str, Any]:
-    from nextrap import __version__
-
     inputs = []
     for ref in traj.refs:
         item = {

@@ -143,3 +143,33 @@ def test_refactor_falls_back_to_procrustes_when_old_factors_are_zero():
     assert not bool(out.aligned.any())
     U, S, Vh = torch.linalg.svd(L @ R)
     torch.testing.assert_close(2.0 * out.B @ out.A, (U[..., :3] * S[:, None, :3]) @ Vh[:, :3])
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    out=st.integers(1, 30),
+    inn=st.integers(1, 30),
+    r=st.integers(1, 6),
+    s1=st.floats(0.1, 4),
+    s0=st.floats(0.1, 4),
+)
+def test_top_triplet_matches_dense_for_any_scalings(seed, out, inn, r, s1, s0):
+    B1, A1 = _factors(seed, 2, out, inn, r)
+    B0, A0 = _factors(seed + 1, 2, out, inn, r)
+    t = lowrank.top_triplet(*lowrank.difference(B1, A1, s1, B0, A0, s0))
+    U, S, Vh = torch.linalg.svd(s1 * B1 @ A1 - s0 * B0 @ A0)
+    torch.testing.assert_close(t.s, S[:, 0], rtol=1e-9, atol=1e-9)
+    gap = S[:, 0] - (S[:, 1] if S.shape[1] > 1 else 0)
+    ok = gap > 1e-6 * S[:, 0]  # the top vector is defined only up to a tie
+    assert torch.all((1 - (t.u * U[:, :, 0]).sum(-1).abs())[ok] < 1e-8)
+    assert torch.all((1 - (t.v * Vh[:, 0, :]).sum(-1).abs())[ok] < 1e-8)
+
+
+def test_difference_of_identical_updates_is_zero_not_nan():
+    g = torch.Generator().manual_seed(6)
+    B, A = torch.randn(3, 16, 4, generator=g), torch.randn(3, 4, 10, generator=g)
+    L, R = lowrank.difference(B, A, 1.0, B.clone(), A.clone(), 1.0)
+    t = lowrank.top_triplet(L, R)
+    assert torch.all(t.s == 0) and torch.all(t.u == 0) and torch.all(t.v == 0)
+    torch.testing.assert_close(L @ R, torch.zeros(3, 16, 10))

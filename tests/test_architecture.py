@@ -1,0 +1,84 @@
+"""Imports point one way (STYLE.md): each module may import only modules listed before it here."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).parents[1] / "nextrap"
+
+# Low to high. A module may import (at top level or inside a function) only modules above it.
+ORDER = [
+    "version",
+    "errors",
+    "progress",
+    "devices",
+    "atomic",
+    "merge",
+    "layouts",
+    "adapters",
+    "lowrank",
+    "trajectory",
+    "predictors.base",
+    "predictors.next",
+    "predictors",
+    "extrapolate",
+    "synthetic",
+    "demo",
+    "__init__",
+    "cli",
+]
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" and len(rel.parts) > 1 else rel.parts
+    return ".".join(parts)
+
+
+def _nextrap_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "nextrap":
+            # "from nextrap import lowrank" names a submodule; anything else comes from __init__.
+            for alias in node.names:
+                is_module = (PACKAGE / f"{alias.name}.py").exists() or (PACKAGE / alias.name).is_dir()
+                found.add(alias.name if is_module else "__init__")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nextrap."):
+            found.add(node.module[len("nextrap.") :])
+        elif isinstance(node, ast.Import):
+            found |= {a.name[len("nextrap.") :] for a in node.names if a.name.startswith("nextrap.")}
+    return found
+
+
+def test_every_module_is_placed():
+    modules = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+    assert modules <= set(ORDER), f"add new modules to ORDER: {sorted(modules - set(ORDER))}"
+
+
+def test_no_back_edges():
+    rank = {name: i for i, name in enumerate(ORDER)}
+    problems = []
+    for path in PACKAGE.rglob("*.py"):
+        me = _module_name(path)
+        for dep in _nextrap_imports(path):
+            if dep not in rank or rank[dep] >= rank[me]:
+                problems.append(f"{me} imports {dep}")
+    assert not problems, problems
+
+
+def test_library_never_imports_heavy_optional_modules_at_top_level():
+    """transformers and huggingface_hub are imported inside the functions that need them."""
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in {"transformers", "huggingface_hub", "matplotlib"}, (
+                    path,
+                    name,
+                )
