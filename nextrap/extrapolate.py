@@ -211,6 +211,11 @@ def extrapolate(
 
     features = compute_features(traj, horizon, device, options.chunk_bytes, wrap)
     prediction = NExtPredictor(options.predictor).predict(traj, features, wrap)
+    if features.frozen:
+        notes.append(
+            f"{len(features.frozen)} saved tensor(s) never change along the run (e.g. {features.frozen[0]}): "
+            "copied unchanged"
+        )
     del features  # large on big models; not needed past this point
     horizon_steps = traj.steps[-1] - traj.steps[-1 - horizon]
 

@@ -291,8 +291,8 @@ def compute_features(
     return feats
 
 
-# Upper bound on the factor bytes one batched QR/SVD call works on: LAPACK's workspace and outputs
-# are a few times its input, so this keeps the transient memory well under a checkpoint's size.
+# Upper bound on the factor bytes one batched top_triplet call works on: the differences, Gram
+# products and lifted vectors are a few times its input, so this keeps transient memory small.
 _PIECE_BYTES = 32 * 2**20
 
 

@@ -243,3 +243,14 @@ def test_merge_writes_full_weights_equal_to_base_plus_adapter(tmp_path: Path, ti
 def test_merge_without_base_model_is_a_config_error():
     with pytest.raises(nextrap.ConfigError, match="--base-model"):
         ExtrapolateOptions(merge=True)
+
+
+def test_uneven_spacing_is_noted_and_virtual_step_uses_real_steps(tmp_path: Path):
+    steps = [10, 20, 30, 50, 60, 70, 100, 110]
+    run = write_synthetic_run(tmp_path / "run", steps, TINY_SHAPES, TINY_SPEC)
+    res = nextrap.extrapolate(
+        run, tmp_path / "out", ExtrapolateOptions(coefs=(0.5,), horizon=2, predictor=FAST)
+    )
+    assert any("unevenly spaced" in n for n in res.report["notes"])
+    assert res.report["horizon"]["steps"] == 110 - 70  # the last 2 intervals span 40 steps
+    assert res.report["outputs"][0]["virtual_step"] == 110 + 0.5 * 40
