@@ -283,6 +283,169 @@ def _summary(result: Any) -> str:
     return "\n".join(lines)
 
 
+_reference_options = [
+    click.option(
+        "--task",
+        default="sort",
+        show_default=True,
+        help="Reference task: sort, add or reverse (digit strings).",
+    ),
+    click.option(
+        "--base-seed",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Seed of the base model and its warm start.",
+    ),
+]
+
+
+def _with_reference(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for deco in reversed(_reference_options):
+        fn = deco(fn)
+    return fn
+
+
+def _warm_config(task: str, base_seed: int):
+    from nextrap.errors import ConfigError
+    from nextrap.reference import TASKS, WarmStartConfig
+
+    if task not in TASKS:
+        raise ConfigError(f"--task {task!r} is not a reference task; choose one of {', '.join(TASKS)}")
+    return WarmStartConfig(task=task, seed=base_seed)
+
+
+@main.command("train-reference")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=Path), help="Run folder (checkpoint-N/)."
+)
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=60, show_default=True, help="GRPO steps to train."
+)
+@click.option(
+    "--save-steps",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Save a checkpoint every K steps.",
+)
+@click.option(
+    "--init-adapter",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Start from this adapter (e.g. one nextrap wrote) with a fresh optimizer.",
+)
+@click.option(
+    "--start-step",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Step counter to continue from (the virtual step of an extrapolated adapter).",
+)
+@_with_reference
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the RL run (problems, samples)."
+)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option(
+    "--group-size", type=click.IntRange(min=2), default=8, show_default=True, help="Answers per prompt."
+)
+@click.option(
+    "--prompts", type=click.IntRange(min=1), default=16, show_default=True, help="Prompts per step."
+)
+@click.option(
+    "--kl-coef", type=click.FloatRange(min=0), default=0.0, show_default=True, help="KL penalty to the base."
+)
+@click.option(
+    "--rank", type=click.IntRange(min=1), default=8, show_default=True, help="LoRA rank (new adapters)."
+)
+@click.option(
+    "--eval-size",
+    type=click.IntRange(min=0, max=2048),
+    default=256,
+    show_default=True,
+    help="Held-out problems scored at every checkpoint (0: none).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
+@click.pass_context
+@_handle_errors
+def train_reference(
+    ctx: click.Context,
+    output: Path,
+    steps: int,
+    save_steps: int,
+    init_adapter: Path | None,
+    start_step: int,
+    task: str,
+    base_seed: int,
+    seed: int,
+    lr: float,
+    group_size: int,
+    prompts: int,
+    kl_coef: float,
+    rank: int,
+    eval_size: int,
+    overwrite: bool,
+) -> None:
+    """Train the bundled reference policy with GRPO + LoRA, saving TRL-style checkpoints."""
+    from nextrap.reference import GRPOConfig, train
+
+    config = GRPOConfig(
+        steps=steps,
+        save_steps=save_steps,
+        prompts_per_step=prompts,
+        group_size=group_size,
+        lr=lr,
+        rank=rank,
+        kl_coef=kl_coef,
+        seed=seed,
+        eval_size=eval_size,
+        warm=_warm_config(task, base_seed),
+    )
+    result = train(
+        output,
+        config,
+        init_adapter=init_adapter,
+        start_step=start_step,
+        overwrite=overwrite,
+        progress=ctx.obj["progress"],
+    )
+    rewards = [e["reward"] for e in result.log_history if "reward" in e]
+    tail = rewards[-max(1, len(rewards) // 5) :]
+    click.echo(
+        f"trained steps {start_step + 1}..{result.final_step}: {len(result.checkpoints)} checkpoints in {output}"
+    )
+    click.echo(
+        f"mean reward: first step {rewards[0]:.3f}, last {len(tail)} steps {sum(tail) / len(tail):.3f}"
+    )
+    acc = result.eval_accuracy()
+    if acc:
+        first, last = min(acc), max(acc)
+        click.echo(f"held-out accuracy: {acc[first]:.3f} at step {first} -> {acc[last]:.3f} at step {last}")
+
+
+@main.command("evaluate-reference")
+@click.argument("adapter_dir", type=click.Path(path_type=Path))
+@_with_reference
+@click.option(
+    "--size", type=click.IntRange(1, 2048), default=512, show_default=True, help="Held-out problems."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@_handle_errors
+def evaluate_reference(adapter_dir: Path, task: str, base_seed: int, size: int, as_json: bool) -> None:
+    """Held-out greedy accuracy of an adapter on the reference task (the one it was trained on)."""
+    from nextrap.reference import evaluate_adapter
+
+    warm = _warm_config(task, base_seed)
+    acc = evaluate_adapter(adapter_dir, warm, size)
+    if as_json:
+        click.echo(
+            json.dumps({"adapter": str(adapter_dir), "task": warm.task, "size": size, "accuracy": acc})
+        )
+        return
+    click.echo(f"{adapter_dir}: accuracy {acc:.3f} on {size} held-out {warm.task} problems")
+
+
 @main.command()
 @click.option(
     "-o",
@@ -290,17 +453,64 @@ def _summary(result: Any) -> str:
     default="nextrap-demo",
     show_default=True,
     type=click.Path(path_type=Path),
-    help="Folder for the planted run (run/) and the extrapolated adapters (jump/).",
+    help="Folder for the runs (plain/, jump/, resumed/) and end_to_end.json.",
 )
-@click.option("--coef", "coefs", multiple=True, type=float, default=(1.0, 2.0), show_default=True)
-@click.option("--overwrite", is_flag=True, help="Regenerate the run and replace earlier output.")
+@click.option(
+    "--observe", type=click.IntRange(min=1), default=50, show_default=True, help="RL steps before the jump."
+)
+@click.option(
+    "--resume", type=click.IntRange(min=1), default=100, show_default=True, help="RL steps after it."
+)
+@click.option("--coef", type=float, default=1.0, show_default=True, help="Extending coefficient.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the RL runs.")
+@click.option(
+    "--synthetic", is_flag=True, help="Instead: extrapolate a planted run and score it (seconds, no RL)."
+)
+@click.option("--overwrite", is_flag=True, help="Replace earlier output.")
 @click.pass_context
 @_handle_errors
-def demo(ctx: click.Context, output: Path, coefs: tuple[float, ...], overwrite: bool) -> None:
-    """Extrapolate a small planted run and score the jump against its known future."""
+def demo(
+    ctx: click.Context,
+    output: Path,
+    observe: int,
+    resume: int,
+    coef: float,
+    seed: int,
+    synthetic: bool,
+    overwrite: bool,
+) -> None:
+    """Train the reference policy, extrapolate with nextrap, resume, and compare with the plain run."""
+    if synthetic:
+        _synthetic_demo(ctx, output, coef, overwrite)
+        return
+    from nextrap.reference import EndToEndConfig, GRPOConfig, run_end_to_end
+
+    config = EndToEndConfig(observe=observe, resume=resume, coef=coef, grpo=GRPOConfig(seed=seed))
+    r = run_end_to_end(output, config, overwrite=overwrite, progress=ctx.obj["progress"])
+    plain_final, jump_final = max(r.plain), max(r.jump)
+    click.echo(f"plain run:        {plain_final} steps, held-out accuracy {r.plain[plain_final]:.3f}")
+    click.echo(
+        f"jump arm:         {observe} steps, jump to step {r.report['virtual_step']} "
+        f"(accuracy {r.accuracy_before_jump:.3f} -> {r.accuracy_at_jump:.3f}), then {resume} steps: "
+        f"{jump_final} steps, accuracy {r.jump[jump_final]:.3f}"
+    )
+
+    def reached(steps: int | None) -> str:
+        return f"after {steps} steps" if steps is not None else "never"
+
+    click.echo(
+        f"target accuracy {r.target:.3f} ({config.target_fraction:.0%} of the plain run's final): "
+        f"plain {reached(r.plain_steps_to_target)}, jump {reached(r.jump_steps_to_target)}"
+    )
+    if r.steps_saved is not None:
+        click.echo(f"steps saved by the jump: {r.steps_saved:.0%} (the paper reports 37.5%)")
+    click.echo(f"details: {r.output / 'end_to_end.json'}")
+
+
+def _synthetic_demo(ctx: click.Context, output: Path, coef: float, overwrite: bool) -> None:
     from nextrap.demo import run_demo
 
-    result, rows = run_demo(output, coefs=coefs, overwrite=overwrite, progress=ctx.obj["progress"])
+    result, rows = run_demo(output, coefs=(coef,), overwrite=overwrite, progress=ctx.obj["progress"])
     click.echo(_summary(result))
     click.echo("\nerror against the planted future (relative Frobenius, all modules):")
     click.echo(f"{'coef':>6}  {'virtual step':>12}  {'stay at last':>12}  {'NExt jump':>10}  {'ratio':>6}")

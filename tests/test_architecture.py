@@ -26,6 +26,13 @@ ORDER = [
     "synthetic",
     "demo",
     "__init__",
+    "reference.tasks",
+    "reference.model",
+    "reference.policy",
+    "reference.warmstart",
+    "reference.grpo",
+    "reference.endtoend",
+    "reference",
     "cli",
 ]
 
@@ -68,8 +75,14 @@ def test_no_back_edges():
 
 
 def test_library_never_imports_heavy_optional_modules_at_top_level():
-    """transformers and huggingface_hub are imported inside the functions that need them."""
+    """transformers and huggingface_hub are imported inside the functions that need them.
+
+    The bundled reference trainer is exempt: it is a transformers model by design, and nothing in
+    the library imports it (the CLI does, inside its commands).
+    """
     for path in PACKAGE.rglob("*.py"):
+        if path.parent.name == "reference":
+            continue
         tree = ast.parse(path.read_text())
         for node in tree.body:
             names = []

@@ -57,7 +57,7 @@ def test_reference_preset_from_cli(tmp_path: Path, tiny_run: Path):
 
 
 def test_demo_beats_staying_put(tmp_path: Path):
-    text = _ok(["demo", "-o", str(tmp_path / "demo"), "--coef", "1.0"])
+    text = _ok(["demo", "-o", str(tmp_path / "demo"), "--coef", "1.0", "--synthetic"])
     table = text.split("error against the planted future")[1].splitlines()
     coef, _, stay, jump, ratio = (float(x) for x in table[-1].split())
     assert coef == 1.0 and jump < stay and ratio == pytest.approx(jump / stay, abs=0.01)

@@ -1,0 +1,243 @@
+"""A GRPO trainer with LoRA (peft), in plain PyTorch, that saves checkpoints the way TRL does.
+
+Each step draws ``prompts_per_step`` problems, samples ``group_size`` answers per problem from the
+current policy, rewards exact matches with 1, normalises rewards within each group (the advantage)
+and takes ``updates_per_step`` AdamW steps on the clipped policy-gradient objective, optionally
+with a KL penalty (k3 estimator) to the base model. Problems and samples at step t depend only on
+``(seed, t)``, so a run resumed at step S from some adapter sees the same problems as an unbroken
+run does after step S.
+
+Every ``save_steps`` steps it writes ``checkpoint-N/`` with ``adapter_model.safetensors``,
+``adapter_config.json``, ``trainer_state.json`` (``global_step``, ``log_history`` with the reward),
+``optimizer.pt`` and ``scheduler.pt``; each folder appears atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from peft import PeftModel, get_peft_model
+
+from nextrap.atomic import atomic_directory, check_output
+from nextrap.errors import ConfigError, InputNotFoundError
+from nextrap.reference.model import encode, lora_config
+from nextrap.reference.policy import accuracy, answer_logprobs, generate
+from nextrap.reference.tasks import get_task
+from nextrap.reference.warmstart import WarmStartConfig, load_base
+
+__all__ = ["RUN_INFO", "GRPOConfig", "TrainResult", "load_policy", "train"]
+
+logger = logging.getLogger(__name__)
+
+RUN_INFO = "nextrap_reference.json"
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """Settings of one GRPO run. ``steps`` are counted from ``start_step`` (a resumed run's first step is S+1)."""
+
+    steps: int = 60
+    save_steps: int = 5
+    prompts_per_step: int = 16
+    group_size: int = 8
+    lr: float = 1e-3
+    rank: int = 8
+    alpha: float = 16.0
+    clip: float = 0.2
+    kl_coef: float = 0.0
+    updates_per_step: int = 1
+    temperature: float = 1.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    eval_size: int = 256
+    warm: WarmStartConfig = field(default_factory=WarmStartConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "save_steps", "prompts_per_step", "group_size", "rank", "updates_per_step"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"GRPOConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ConfigError(
+                f"GRPOConfig.group_size must be >= 2 (advantages compare answers), got {self.group_size}"
+            )
+        if self.lr <= 0 or self.temperature <= 0:
+            raise ConfigError(
+                f"GRPOConfig: lr and temperature must be > 0, got {self.lr} and {self.temperature}"
+            )
+
+
+@dataclass
+class TrainResult:
+    """Where the run went: its checkpoint folders by step, and the log (rewards, losses, accuracies)."""
+
+    output: Path
+    checkpoints: dict[int, Path]
+    log_history: list[dict]
+
+    @property
+    def final_step(self) -> int:
+        return max(self.checkpoints)
+
+    def eval_accuracy(self) -> dict[int, float]:
+        """Held-out accuracy at each saved step."""
+        return {e["step"]: e["eval_accuracy"] for e in self.log_history if "eval_accuracy" in e}
+
+
+def load_policy(
+    warm: WarmStartConfig, adapter: str | os.PathLike | None, trainable: bool, progress: bool = False
+):
+    """The base model with ``adapter`` loaded (or a fresh LoRA when None), and the tokenizer."""
+    base, tokenizer, _ = load_base(warm, progress)
+    if adapter is None:
+        return base, tokenizer
+    adapter = Path(adapter)
+    config_path = adapter / "adapter_config.json"
+    if not config_path.is_file():
+        raise InputNotFoundError(f"{adapter}: no adapter_config.json; give a folder holding a PEFT adapter")
+    recorded = json.loads(config_path.read_text()).get("base_model_name_or_path")
+    if recorded and recorded != warm.base_id:
+        raise ConfigError(
+            f"{adapter} was trained on base {recorded!r}, these settings give {warm.base_id!r}; "
+            "pass the --task and --seed the adapter was trained with"
+        )
+    return PeftModel.from_pretrained(base, adapter, is_trainable=trainable), tokenizer
+
+
+def train(
+    output: str | os.PathLike,
+    config: GRPOConfig | None = None,
+    *,
+    init_adapter: str | os.PathLike | None = None,
+    start_step: int = 0,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> TrainResult:
+    """Run GRPO for ``config.steps`` steps from the warm start (+ ``init_adapter``), saving into ``output``."""
+    config = config or GRPOConfig()
+    if start_step < 0:
+        raise ConfigError(f"start_step must be >= 0, got {start_step}")
+    output = check_output(output, overwrite)
+    task = get_task(config.warm.task)
+    if init_adapter is None:
+        base, tokenizer = load_policy(config.warm, None, True, progress)
+        torch.manual_seed(config.seed)  # LoRA A init
+        model = get_peft_model(base, lora_config(config.rank, config.alpha))
+    else:
+        model, tokenizer = load_policy(config.warm, init_adapter, True, progress)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    exclude = task.test_prompts()
+    test_set = task.test_set(config.eval_size) if config.eval_size else []
+
+    if output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True)
+    info = {
+        "config": asdict(config),
+        "init_adapter": str(init_adapter) if init_adapter else None,
+        "start_step": start_step,
+        "base_model": config.warm.base_id,
+    }
+    (output / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
+    log: list[dict] = []
+    checkpoints: dict[int, Path] = {}
+    if test_set:
+        log.append({"step": start_step, "eval_accuracy": accuracy(model, tokenizer, task, test_set)})
+    from tqdm.auto import tqdm
+
+    last = start_step + config.steps
+    bar = tqdm(range(start_step + 1, last + 1), desc="GRPO", disable=not progress, dynamic_ncols=True)
+    running = None
+    for step in bar:
+        entry = _grpo_step(model, tokenizer, task, config, opt, sched, params, step, exclude)
+        log.append(entry)
+        running = entry["reward"] if running is None else 0.9 * running + 0.1 * entry["reward"]
+        bar.set_postfix(reward=f"{running:.3f}")
+        if step % config.save_steps == 0 or step == last:
+            if test_set:
+                log.append({"step": step, "eval_accuracy": accuracy(model, tokenizer, task, test_set)})
+            checkpoints[step] = _save_checkpoint(output, model, opt, sched, step, last, config, log)
+    return TrainResult(output=output, checkpoints=checkpoints, log_history=log)
+
+
+def _seed_for(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step) % (2**63)
+
+
+def _grpo_step(model, tokenizer, task, config: GRPOConfig, opt, sched, params, step: int, exclude) -> dict:
+    gen = torch.Generator().manual_seed(_seed_for(config.seed, step))
+    problems = task.sample(gen, config.prompts_per_step, exclude)
+    prompts = encode(tokenizer, [p for p, _ in problems]).repeat_interleave(config.group_size, 0)
+    targets = encode(tokenizer, [a for _, a in problems], bos=False).repeat_interleave(config.group_size, 0)
+    answers = generate(model, prompts, task.answer_len, config.temperature, gen)
+    rewards = (answers == targets).all(1).float()
+    grouped = rewards.view(-1, config.group_size)
+    adv = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1, 1)
+    with torch.no_grad():
+        old = answer_logprobs(model, prompts, answers)
+        ref = None
+        if config.kl_coef > 0:
+            with model.disable_adapter():
+                ref = answer_logprobs(model, prompts, answers)
+    for _ in range(config.updates_per_step):
+        logp = answer_logprobs(model, prompts, answers)
+        ratio = torch.exp(logp - old)
+        objective = torch.minimum(ratio * adv, ratio.clamp(1 - config.clip, 1 + config.clip) * adv)
+        loss = -objective.mean()
+        kl = torch.zeros(())
+        if ref is not None:
+            kl = (torch.exp(ref - logp) - (ref - logp) - 1).mean()
+            loss = loss + config.kl_coef * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        opt.step()
+        sched.step()
+    return {
+        "step": step,
+        "reward": rewards.mean().item(),
+        "reward_std": grouped.std(1).mean().item(),
+        "loss": loss.item(),
+        "kl": kl.item(),
+        "grad_norm": grad_norm.item(),
+        "learning_rate": sched.get_last_lr()[0],
+    }
+
+
+def _save_checkpoint(output: Path, model, opt, sched, step: int, last: int, config: GRPOConfig, log) -> Path:
+    folder = output / f"checkpoint-{step}"
+    with atomic_directory(folder, overwrite=False) as tmp:
+        model.save_pretrained(tmp)
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        torch.save(sched.state_dict(), tmp / "scheduler.pt")
+        # the fields of transformers.TrainerState that a resuming Trainer reads
+        state = {
+            "global_step": step,
+            "max_steps": last,
+            "save_steps": config.save_steps,
+            "logging_steps": 1,
+            "eval_steps": config.save_steps,
+            "train_batch_size": config.prompts_per_step * config.group_size,
+            "num_train_epochs": 1,
+            "epoch": step / last,
+            "total_flos": 0.0,
+            "log_history": list(log),
+            "best_metric": None,
+            "best_model_checkpoint": None,
+            "is_local_process_zero": True,
+            "is_world_process_zero": True,
+            "is_hyper_param_search": False,
+            "trial_name": None,
+            "trial_params": None,
+        }
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
+    return folder
