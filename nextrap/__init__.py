@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+from nextrap.backtest import BacktestOptions, BacktestResult, backtest
 from nextrap.errors import (
     CheckpointError,
     ConfigError,
@@ -24,21 +25,18 @@ from nextrap.errors import (
     NextrapError,
     OutputExistsError,
 )
-from nextrap.extrapolate import (
-    ExtrapolateOptions,
-    ExtrapolationResult,
-    extrapolate,
-    open_run,
-    scan,
-)
+from nextrap.extrapolate import ExtrapolateOptions, ExtrapolationResult, extrapolate
 from nextrap.layouts import CheckpointRef, Discovery, discover, from_explicit
-from nextrap.predictors import NExtConfig, NExtPredictor
+from nextrap.predictors import LinearPredictor, NExtConfig, NExtPredictor, RelexPredictor
+from nextrap.runs import open_run, scan
 from nextrap.trajectory import Trajectory, compute_features
 from nextrap.version import __version__
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "BacktestOptions",
+    "BacktestResult",
     "CheckpointError",
     "CheckpointRef",
     "ConfigError",
@@ -48,13 +46,16 @@ __all__ = [
     "ExtrapolationResult",
     "InputNotFoundError",
     "LayoutError",
+    "LinearPredictor",
     "MismatchError",
     "NExtConfig",
     "NExtPredictor",
     "NextrapError",
     "OutputExistsError",
+    "RelexPredictor",
     "Trajectory",
     "__version__",
+    "backtest",
     "compute_features",
     "discover",
     "extrapolate",

@@ -36,6 +36,10 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     path = check_output(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    # mkdtemp makes the folder private (0700); the result should get the permissions of a plain mkdir
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         yield tmp
     except BaseException:

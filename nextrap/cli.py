@@ -89,6 +89,57 @@ def _with_inputs(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+_fit_options = [
+    click.option(
+        "--horizon",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Prediction horizon in checkpoint intervals [default: 5, shortened for short runs].",
+    ),
+    click.option(
+        "--preset",
+        type=click.Choice(sorted(PRESETS)),
+        default="auto",
+        show_default=True,
+        help="Predictor settings: 'auto' converges on any model size; 'reference' is the paper's.",
+    ),
+    click.option(
+        "--epochs", type=click.IntRange(min=1), default=None, help="Predictor epochs (preset: 1000)."
+    ),
+    click.option(
+        "--lr",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="Predictor learning rate (preset auto: 1e-3, reference: 2e-5).",
+    ),
+    click.option(
+        "--loss", type=click.Choice(["l1", "l2"]), default=None, help="Predictor loss (preset: l1)."
+    ),
+    click.option(
+        "--patience",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Stop after this many epochs without improvement; 0 never stops early (auto: 100).",
+    ),
+    click.option(
+        "--seed", type=int, default=None, help="Seed of the predictor's initialization (default 0)."
+    ),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
+]
+
+
+def _with_fit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for deco in reversed(_fit_options):
+        fn = deco(fn)
+    return fn
+
+
+def _next_config(preset: str, epochs, lr, loss, patience, seed):
+    from nextrap.predictors import NExtConfig
+
+    return NExtConfig.from_preset(preset, epochs=epochs, lr=lr, loss=loss, patience=patience, seed=seed)
+
+
 @main.command()
 @_with_inputs
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -154,36 +205,13 @@ def scan(
     help="Extending coefficient c: jump c horizons ahead. Repeat for several adapters.",
 )
 @click.option(
-    "--method", type=click.Choice(["next"]), default="next", show_default=True, help="Extrapolation method."
-)
-@click.option(
-    "--horizon",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Prediction horizon in checkpoint intervals [default: 5, shortened for short runs].",
-)
-@click.option(
-    "--preset",
-    type=click.Choice(sorted(PRESETS)),
-    default="auto",
+    "--method",
+    type=click.Choice(["next", "linear", "relex", "auto"]),
+    default="next",
     show_default=True,
-    help="Predictor settings: 'auto' converges on any model size; 'reference' is the paper's.",
+    help="next: the NExt predictor; linear: repeat the last horizon; relex: rank-1 line; auto: what backtest recommends.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Predictor epochs (preset: 1000).")
-@click.option(
-    "--lr",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Predictor learning rate (preset auto: 1e-3, reference: 2e-5).",
-)
-@click.option("--loss", type=click.Choice(["l1", "l2"]), default=None, help="Predictor loss (preset: l1).")
-@click.option(
-    "--patience",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Stop after this many epochs without improvement; 0 never stops early (auto: 100).",
-)
-@click.option("--seed", type=int, default=None, help="Seed of the predictor's initialization (default 0).")
+@_with_fit_options
 @click.option(
     "--rank-policy",
     type=click.Choice(["keep", "grow"]),
@@ -191,7 +219,6 @@ def scan(
     show_default=True,
     help="keep: best rank-r adapter (resumable by any trainer); grow: exact, rank r+1.",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--base-model", default=None, help="Base model folder, for --merge.")
 @click.option(
     "--merge", is_flag=True, help="Write merged full weights (needs --base-model) instead of adapters."
@@ -228,9 +255,8 @@ def extrapolate(
     """Predict where the run goes next and write adapters to resume from."""
     from nextrap.extrapolate import ExtrapolateOptions
     from nextrap.extrapolate import extrapolate as run_extrapolate
-    from nextrap.predictors import NExtConfig
 
-    predictor = NExtConfig.from_preset(preset, epochs=epochs, lr=lr, loss=loss, patience=patience, seed=seed)
+    predictor = _next_config(preset, epochs, lr, loss, patience, seed)
     options = ExtrapolateOptions(
         coefs=coefs,
         method=method,
@@ -256,6 +282,117 @@ def extrapolate(
         click.echo(json.dumps(result.report, indent=2, default=str))
         return
     click.echo(_summary(result))
+
+
+@main.command()
+@_with_inputs
+@click.option(
+    "--holdout",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Checkpoints held out at the end [default: one horizon's worth, so the coefficient reaches 1].",
+)
+@click.option(
+    "--method",
+    "methods",
+    multiple=True,
+    type=click.Choice(["next", "linear", "relex"]),
+    help="Methods to compare (repeatable) [default: all].",
+)
+@_with_fit_options
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write a PNG of the scores here.")
+@click.pass_context
+@_handle_errors
+def backtest(
+    ctx: click.Context,
+    run_dir: Path | None,
+    checkpoints: tuple[Path, ...],
+    steps: tuple[int, ...],
+    adapter_name: str | None,
+    holdout: int | None,
+    methods: tuple[str, ...],
+    horizon: int | None,
+    preset: str,
+    epochs: int | None,
+    lr: float | None,
+    loss: str | None,
+    patience: int | None,
+    seed: int | None,
+    device: str,
+    as_json: bool,
+    plot: Path | None,
+) -> None:
+    """Hold out the last checkpoints, fit each method on the rest, score it, and recommend one."""
+    from nextrap.backtest import BacktestOptions
+    from nextrap.backtest import backtest as run_backtest
+    from nextrap.devices import resolve_device
+    from nextrap.predictors import METHODS
+    from nextrap.progress import progress_bar
+    from nextrap.runs import open_run
+
+    options = BacktestOptions(
+        holdout=holdout,
+        methods=methods or METHODS,
+        horizon=horizon,
+        predictor=_next_config(preset, epochs, lr, loss, patience, seed),
+    )
+    traj = open_run(run_dir, list(checkpoints) or None, list(steps) or None, adapter_name)
+    result = run_backtest(traj, options, resolve_device(device), progress_bar(ctx.obj["progress"]))
+    if plot is not None:
+        from nextrap.plots import plot_backtest
+
+        plot_backtest(result, plot)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    click.echo(result.table())
+    if plot is not None:
+        click.echo(f"plot: {plot}")
+
+
+@main.command()
+@_with_inputs
+@click.option(
+    "--plot", type=click.Path(path_type=Path), default=None, help="Write PNG plots into this folder."
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--json", "as_json", is_flag=True, help="Print per-kind medians as JSON.")
+@click.pass_context
+@_handle_errors
+def inspect(
+    ctx: click.Context,
+    run_dir: Path | None,
+    checkpoints: tuple[Path, ...],
+    steps: tuple[int, ...],
+    adapter_name: str | None,
+    plot: Path | None,
+    device: str,
+    as_json: bool,
+) -> None:
+    """How rank-1 the run's updates are, and how straight their rank-1 coefficient moves."""
+    from nextrap.devices import resolve_device
+    from nextrap.diagnostics import diagnose
+    from nextrap.progress import progress_bar
+    from nextrap.runs import open_run
+
+    traj = open_run(run_dir, list(checkpoints) or None, list(steps) or None, adapter_name)
+    if plot is not None:
+        from nextrap.plots import require_matplotlib
+
+        require_matplotlib()  # fail before the work when matplotlib is missing
+    diag = diagnose(traj, resolve_device(device), progress=progress_bar(ctx.obj["progress"]))
+    paths = []
+    if plot is not None:
+        from nextrap.plots import plot_diagnostics
+
+        paths = plot_diagnostics(diag, plot)
+    if as_json:
+        click.echo(json.dumps({"steps": list(diag.steps), "summary": diag.summary()}, indent=2))
+        return
+    click.echo(diag.table())
+    for p in paths:
+        click.echo(f"plot: {p}")
 
 
 def _summary(result: Any) -> str:
@@ -338,9 +475,8 @@ def _warm_config(task: str, base_seed: int):
 @click.option(
     "--start-step",
     type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Step counter to continue from (the virtual step of an extrapolated adapter).",
+    default=None,
+    help="Step counter to continue from [default: the virtual step nextrap.json records for --init-adapter, else 0].",
 )
 @_with_reference
 @click.option(
@@ -375,7 +511,7 @@ def train_reference(
     steps: int,
     save_steps: int,
     init_adapter: Path | None,
-    start_step: int,
+    start_step: int | None,
     task: str,
     base_seed: int,
     seed: int,
@@ -402,6 +538,12 @@ def train_reference(
         eval_size=eval_size,
         warm=_warm_config(task, base_seed),
     )
+    if start_step is None:
+        start_step = _recorded_virtual_step(init_adapter) if init_adapter else 0
+        if start_step:
+            click.echo(
+                f"continuing the step counter at {start_step}, the adapter's virtual step (nextrap.json)"
+            )
     result = train(
         output,
         config,
@@ -422,6 +564,17 @@ def train_reference(
     if acc:
         first, last = min(acc), max(acc)
         click.echo(f"held-out accuracy: {acc[first]:.3f} at step {first} -> {acc[last]:.3f} at step {last}")
+
+
+def _recorded_virtual_step(adapter: Path) -> int:
+    """The virtual step nextrap.json records for an adapter nextrap wrote (itself or a coef-<c>/ subfolder)."""
+    for report in (adapter / "nextrap.json", adapter.parent / "nextrap.json"):
+        if report.is_file():
+            entries = json.loads(report.read_text()).get("outputs", [])
+            for entry in entries:
+                if (report.parent / entry.get("path", ".")).resolve() == adapter.resolve():
+                    return round(entry["virtual_step"])
+    return 0
 
 
 @main.command("evaluate-reference")

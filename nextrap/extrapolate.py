@@ -27,31 +27,24 @@ from nextrap import lowrank
 from nextrap.adapters import write_adapter
 from nextrap.atomic import atomic_directory, check_output
 from nextrap.devices import resolve_device
-from nextrap.errors import ConfigError, LayoutError
-from nextrap.layouts import Discovery, discover, from_explicit
-from nextrap.predictors import NExtConfig, NExtPredictor, Prediction
+from nextrap.errors import ConfigError
+from nextrap.layouts import Discovery
+from nextrap.predictors import METHODS, NExtConfig, Prediction, make_predictor
 from nextrap.progress import Progress, progress_bar
-from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Trajectory, compute_features, load_trajectory
+from nextrap.runs import open_run, resolve_horizon
+from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Trajectory, compute_features
 from nextrap.version import __version__
 
 __all__ = [
-    "DEFAULT_HORIZON",
-    "MIN_PAIRS",
     "REPORT_NAME",
     "ExtrapolateOptions",
     "ExtrapolationResult",
     "extrapolate",
-    "open_run",
-    "resolve_horizon",
-    "scan",
 ]
 
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "nextrap.json"
-DEFAULT_HORIZON = 5
-MIN_PAIRS = 3
-METHODS = ("next",)
 RANK_POLICIES = ("keep", "grow")
 
 
@@ -59,7 +52,8 @@ RANK_POLICIES = ("keep", "grow")
 class ExtrapolateOptions:
     """Everything that shapes an extrapolation; the CLI's options map one to one onto these fields.
 
-    ``coefs``: extending coefficients c (one adapter each). ``horizon``: in checkpoint intervals;
+    ``coefs``: extending coefficients c (one adapter each). ``method``: ``next``, ``linear``, ``relex``,
+    or ``auto`` (backtest the run, take the recommended method). ``horizon``: in checkpoint intervals;
     ``None`` means 5, shortened when the run is too short for 3 training pairs. ``rank_policy``:
     ``keep`` (rank r, best approximation) or ``grow`` (exact, rank r + 1). ``merge`` with
     ``base_model`` writes merged full weights instead of adapters.
@@ -86,8 +80,8 @@ class ExtrapolateOptions:
             raise ConfigError(f"coefs = {list(coefs)}: every coefficient must be a finite number")
         if len(set(coefs)) != len(coefs):
             raise ConfigError(f"coefs = {list(coefs)}: a coefficient is given twice")
-        if self.method not in METHODS:
-            raise ConfigError(f"method {self.method!r}: expected one of {list(METHODS)}")
+        if self.method not in (*METHODS, "auto"):
+            raise ConfigError(f"method {self.method!r}: expected one of {[*METHODS, 'auto']}")
         if self.horizon is not None and self.horizon < 1:
             raise ConfigError(f"horizon = {self.horizon}: expected at least 1 checkpoint interval")
         if self.rank_policy not in RANK_POLICIES:
@@ -119,61 +113,6 @@ class ExtrapolationResult:
     @property
     def report_path(self) -> Path:
         return self.output / REPORT_NAME
-
-
-def open_run(
-    run: str | os.PathLike | Discovery | Trajectory | None = None,
-    checkpoints: Sequence[str | os.PathLike] | None = None,
-    steps: Sequence[int] | None = None,
-    adapter_name: str | None = None,
-) -> Trajectory:
-    """Find and check a run's checkpoints: a folder to search, or explicit ``checkpoints`` (+ ``steps``)."""
-    if isinstance(run, Trajectory):
-        return run
-    if isinstance(run, Discovery):
-        return load_trajectory(run)
-    if checkpoints:
-        if run is not None:
-            raise ConfigError("give either a run folder or explicit checkpoints (--checkpoint), not both")
-        return load_trajectory(from_explicit(checkpoints, steps))
-    if steps:
-        raise ConfigError("steps (--step) need explicit checkpoints (--checkpoint PATH) to go with them")
-    if run is None:
-        raise ConfigError("no input: give a run folder or --checkpoint PATH --step N for each checkpoint")
-    return load_trajectory(discover(run, adapter_name=adapter_name))
-
-
-def scan(
-    run: str | os.PathLike | Discovery | None = None,
-    checkpoints: Sequence[str | os.PathLike] | None = None,
-    steps: Sequence[int] | None = None,
-    adapter_name: str | None = None,
-) -> dict[str, Any]:
-    """What a run folder holds (layout, steps, modules, rank, dtype), read from headers only."""
-    return open_run(run, checkpoints, steps, adapter_name).summary()
-
-
-def resolve_horizon(checkpoints: int, requested: int | None) -> tuple[int, str | None]:
-    """The horizon in checkpoint intervals, and a note when the default had to be shortened.
-
-    A horizon h gives ``checkpoints - h`` training pairs (k, k + h). The default (5) is shortened to
-    leave 3 pairs where the run is short; an explicit horizon is kept and must leave at least one.
-    """
-    if requested is not None:
-        if checkpoints - requested < 1:
-            raise LayoutError(
-                f"horizon {requested} needs at least {requested + 1} checkpoints, the run has {checkpoints}; "
-                f"lower --horizon to at most {checkpoints - 1} or save more checkpoints"
-            )
-        return requested, None
-    h = min(DEFAULT_HORIZON, max(1, checkpoints - MIN_PAIRS))
-    if h == DEFAULT_HORIZON:
-        return h, None
-    pairs = checkpoints - h
-    return h, (
-        f"horizon shortened from {DEFAULT_HORIZON} to {h} checkpoint intervals: {checkpoints} checkpoints give "
-        f"{pairs} training pair(s) at horizon {h}; {DEFAULT_HORIZON + MIN_PAIRS} checkpoints allow the default"
-    )
 
 
 def extrapolate(
@@ -209,12 +148,20 @@ def extrapolate(
     if options.merge:
         _check_base_model(options.base_model)
 
-    features = compute_features(traj, horizon, device, options.chunk_bytes, wrap)
-    prediction = NExtPredictor(options.predictor).predict(traj, features, wrap)
-    if features.frozen:
+    method, evidence = options.method, None
+    if method == "auto":
+        method, evidence = _auto_method(traj, options, device, wrap, notes)
+    predictor = make_predictor(method, options.predictor, options.chunk_bytes)
+    features = (
+        compute_features(traj, horizon, device, options.chunk_bytes, wrap)
+        if predictor.needs_features
+        else None
+    )
+    prediction = predictor.predict(traj, horizon, features, device, wrap)
+    frozen = [k for k in traj.raw if k not in prediction.vectors and k not in prediction.matrices]
+    if frozen:
         notes.append(
-            f"{len(features.frozen)} saved tensor(s) never change along the run (e.g. {features.frozen[0]}): "
-            "copied unchanged"
+            f"{len(frozen)} saved tensor(s) never change along the run (e.g. {frozen[0]}): copied unchanged"
         )
     del features  # large on big models; not needed past this point
     horizon_steps = traj.steps[-1] - traj.steps[-1 - horizon]
@@ -252,6 +199,8 @@ def extrapolate(
         report = _report(
             traj,
             options,
+            method,
+            evidence,
             prediction,
             horizon,
             horizon_steps,
@@ -262,6 +211,33 @@ def extrapolate(
         )
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
     return ExtrapolationResult(output=output, adapters=adapters, report=report, prediction=prediction)
+
+
+def _auto_method(
+    traj: Trajectory, options: ExtrapolateOptions, device: torch.device, wrap: Progress, notes: list[str]
+) -> tuple[str, dict[str, Any]]:
+    """``--method auto``: backtest the run's own checkpoints and take the recommended method."""
+    from nextrap.backtest import BacktestOptions, backtest
+
+    result = backtest(
+        traj,
+        BacktestOptions(
+            horizon=options.horizon, predictor=options.predictor, chunk_bytes=options.chunk_bytes
+        ),
+        device,
+        wrap,
+    )
+    rec = result.recommendation
+    notes.append(f"method auto: {rec['text']}")
+    if not rec["beats_staying"]:
+        logger.warning("method auto: %s", rec["text"])
+    evidence = {
+        "fit_steps": list(result.fit_steps),
+        "heldout_steps": list(result.heldout_steps),
+        "recommendation": rec,
+        "scores": [s for s in result.scores if s["kind"] == "all"],
+    }
+    return rec["method"], evidence
 
 
 def _check_base_model(path: str | None) -> None:
@@ -278,17 +254,6 @@ _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 def _rank_summary(traj: Trajectory, policy: str) -> int | list[int]:
     ranks = sorted({m.rank + (policy == "grow") for m in traj.modules.values()})
     return ranks[0] if len(ranks) == 1 else ranks
-
-
-def _stack_updates(
-    pred: Prediction, names: Sequence[str], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack the predicted factored updates of ``names``, zero-padding them to a common inner size."""
-    pairs = [pred.matrices[n] for n in names]
-    k = max(L.shape[-1] for L, _ in pairs)
-    Ls = [torch.nn.functional.pad(L, (0, k - L.shape[-1])) for L, _ in pairs]
-    Rs = [torch.nn.functional.pad(R, (0, 0, 0, k - R.shape[-2])) for _, R in pairs]
-    return torch.stack(Ls).to(device, torch.float32), torch.stack(Rs).to(device, torch.float32)
 
 
 def _extended_tensors(
@@ -310,7 +275,7 @@ def _extended_tensors(
             B, A = traj.load_factors(chunk, device, indices=[last], scaled=False)
             B, A = B[:, 0], A[:, 0]
             scaling = torch.tensor([traj.modules[n].scaling for n in chunk], device=device).view(-1, 1, 1)
-            Lp, Rp = _stack_updates(pred, chunk, device)
+            Lp, Rp = pred.stacked(chunk, device)
             Lp = Lp * coef
             if options.rank_policy == "keep":
                 new = lowrank.refactor_to_rank(
@@ -391,6 +356,8 @@ def _json_default(obj: Any) -> Any:
 def _report(
     traj: Trajectory,
     options: ExtrapolateOptions,
+    method: str,
+    evidence: dict[str, Any] | None,
     prediction: Prediction,
     horizon: int,
     horizon_steps: int,
@@ -410,14 +377,15 @@ def _report(
         if options.hash_inputs:
             item["sha256"] = _sha256(ref.weights)
         inputs.append(item)
-    diagnostics = {k: v for k, v in prediction.diagnostics.items() if k != "predicted_sigma"}
-    return {
+    # per-module figures are in the outputs; keep the report's predictor section readable
+    diagnostics = {k: v for k, v in prediction.diagnostics.items() if k not in ("predicted_sigma", "line_r2")}
+    report = {
         "nextrap_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "inputs": {"root": traj.discovery.root, "layout": traj.discovery.layout, "checkpoints": inputs},
         "options": options.to_dict(),
         "device": str(device),
-        "method": prediction.method,
+        "method": method,
         "horizon": {
             "intervals": horizon,
             "steps": horizon_steps,
@@ -431,3 +399,6 @@ def _report(
         "notes": notes,
         "seconds": round(seconds, 3),
     }
+    if evidence is not None:
+        report["backtest"] = evidence
+    return report

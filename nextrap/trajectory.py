@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import statistics
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -68,6 +68,12 @@ class Trajectory:
     def config(self) -> AdapterConfig:
         return self.last.config
 
+    def prefix(self, count: int) -> Trajectory:
+        """The run's first ``count`` checkpoints (for fitting on a prefix and scoring on the rest)."""
+        if not 1 <= count <= len(self.headers):
+            raise ValueError(f"prefix of {count} checkpoints: the run has {len(self.headers)}")
+        return replace(self, headers=self.headers[:count])
+
     def shape_groups(self) -> dict[tuple[int, int, int], list[str]]:
         """Module names grouped by ``(out, in, rank)``, the unit of batched math."""
         groups: dict[tuple[int, int, int], list[str]] = {}
@@ -99,6 +105,22 @@ class Trajectory:
                     B[i, k] = reader.get(m.b_key) * (m.scaling if scaled else 1.0)
                     A[i, k] = reader.get(m.a_key)
         return B.to(device), A.to(device)
+
+    def factor_chunks(
+        self,
+        indices: Sequence[int] | None,
+        device: torch.device,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
+        """``(names, B, A)`` for chunks of equal-shape modules: scaled ``B (M, K, out, r)``, ``A (M, K, r, in)``.
+
+        ``chunk_bytes`` bounds the factor bytes loaded at once.
+        """
+        K = len(self.refs) if indices is None else len(indices)
+        for (out_f, in_f, rank), names in self.shape_groups().items():
+            for chunk in _chunks(names, (out_f + in_f) * rank * 4 * K, chunk_bytes):
+                B, A = self.load_factors(chunk, device, indices)
+                yield chunk, B, A
 
     def load_raw(self, key: str, device: torch.device, indices: Sequence[int] | None = None) -> torch.Tensor:
         """One raw tensor at the checkpoints ``indices`` (default all): ``(K, *shape)`` float32 on ``device``."""

@@ -204,3 +204,19 @@ def test_debug_shows_traceback(tmp_path: Path):
 def test_usage_error_exits_2(tmp_path: Path):
     code, _ = _run(["extrapolate", str(tmp_path)])  # no -o
     assert code == 2
+
+
+def test_atomic_output_gets_ordinary_permissions(tmp_path: Path):
+    """mkdtemp's private 0700 must not leak into the result: a shared run folder stays readable."""
+    import os
+    import stat
+
+    from nextrap.atomic import atomic_directory
+
+    old = os.umask(0o022)
+    try:
+        with atomic_directory(tmp_path / "out") as tmp:
+            (tmp / "f").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755

@@ -11,8 +11,9 @@ from conftest import STEPS, TINY_SHAPES, TINY_SPEC, tiny_llama
 
 import nextrap
 from nextrap import lowrank
-from nextrap.extrapolate import ExtrapolateOptions, resolve_horizon
+from nextrap.extrapolate import ExtrapolateOptions
 from nextrap.predictors import NExtConfig
+from nextrap.runs import resolve_horizon
 from nextrap.synthetic import PlantSpec, llama_like_shapes, planted_factors, write_synthetic_run
 
 FAST = NExtConfig(epochs=300, patience=50)

@@ -177,6 +177,26 @@ def test_cli_train_and_evaluate_reference(tmp_path: Path):
     assert res.exit_code == 0, res.output
     acc = json.loads(res.output)["accuracy"]
     assert acc == pytest.approx(evaluate_adapter(out / "checkpoint-2", WARM, 64))
+    # an adapter nextrap wrote carries its virtual step: the resumed counter continues from it
+    res = runner.invoke(
+        main, ["extrapolate", str(out), "-o", str(tmp_path / "jump"), "--horizon", "1", "--epochs", "5"]
+    )
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        main,
+        [
+            "train-reference",
+            "-o",
+            str(tmp_path / "resumed"),
+            "--steps",
+            "1",
+            "--init-adapter",
+            str(tmp_path / "jump"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "continuing the step counter at 3" in res.output
+    assert (tmp_path / "resumed" / "checkpoint-4" / "adapter_model.safetensors").exists()
     # bad input: one line, exit 1, nothing written
     res = runner.invoke(
         main, ["train-reference", "-o", str(tmp_path / "x"), "--init-adapter", str(tmp_path / "nope")]

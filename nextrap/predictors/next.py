@@ -28,7 +28,7 @@ from torch import nn
 
 from nextrap.errors import ConfigError
 from nextrap.predictors.base import Prediction
-from nextrap.progress import Progress
+from nextrap.progress import Progress, no_progress
 from nextrap.trajectory import Features, Trajectory
 
 __all__ = ["PRESETS", "PRESET_NAMES", "NExtConfig", "NExtNet", "NExtPredictor"]
@@ -152,11 +152,21 @@ class NExtPredictor:
     """Fits one :class:`NExtNet` per vector length and predicts the next horizon's rank-1 update."""
 
     name = "next"
+    needs_features = True
 
     def __init__(self, config: NExtConfig | None = None):
         self.config = config or NExtConfig()
 
-    def predict(self, trajectory: Trajectory, features: Features, progress: Progress) -> Prediction:
+    def predict(
+        self,
+        trajectory: Trajectory,
+        horizon: int,
+        features: Features | None,
+        device: torch.device | None = None,
+        progress: Progress = no_progress,
+    ) -> Prediction:
+        if features is None or features.horizon != horizon:
+            raise ValueError("NExtPredictor.predict needs the run's features computed at the same horizon")
         cfg = self.config
         P = features.pairs
         outputs: dict[tuple[str, str], torch.Tensor] = {}

@@ -6,7 +6,17 @@ LoRA that saves TRL-style checkpoints (``grpo``), and the train -> extrapolate -
 loop (``endtoend``). The nextrap library never imports this package; the CLI does, lazily.
 """
 
-from nextrap.reference.endtoend import EndToEndConfig, EndToEndResult, run_end_to_end, steps_to_reach
+from nextrap.reference.endtoend import (
+    Arm,
+    EndToEndConfig,
+    EndToEndResult,
+    final_accuracy,
+    jump_arm,
+    plain_run,
+    reset_arm,
+    run_end_to_end,
+    steps_to_reach,
+)
 from nextrap.reference.grpo import GRPOConfig, TrainResult, load_policy, train
 from nextrap.reference.model import ModelSpec
 from nextrap.reference.tasks import TASKS, get_task
@@ -14,6 +24,7 @@ from nextrap.reference.warmstart import WarmStartConfig, cache_root, load_base
 
 __all__ = [
     "TASKS",
+    "Arm",
     "EndToEndConfig",
     "EndToEndResult",
     "GRPOConfig",
@@ -22,9 +33,13 @@ __all__ = [
     "WarmStartConfig",
     "cache_root",
     "evaluate_adapter",
+    "final_accuracy",
     "get_task",
+    "jump_arm",
     "load_base",
     "load_policy",
+    "plain_run",
+    "reset_arm",
     "run_end_to_end",
     "steps_to_reach",
     "train",

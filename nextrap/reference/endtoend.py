@@ -13,15 +13,27 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from nextrap.atomic import check_output
 from nextrap.errors import ConfigError
 from nextrap.extrapolate import ExtrapolateOptions, extrapolate
-from nextrap.reference.grpo import GRPOConfig, train
+from nextrap.reference.grpo import GRPOConfig, TrainResult, train
 
-__all__ = ["EndToEndConfig", "EndToEndResult", "run_end_to_end", "steps_to_reach"]
+__all__ = [
+    "Arm",
+    "EndToEndConfig",
+    "EndToEndResult",
+    "final_accuracy",
+    "jump_arm",
+    "plain_run",
+    "reset_arm",
+    "resume_arm",
+    "run_end_to_end",
+    "steps_to_reach",
+]
 
 SUMMARY = "end_to_end.json"
 
@@ -35,7 +47,7 @@ class EndToEndConfig:
     horizon: int = 5
     coef: float = 1.0
     method: str = "next"
-    target_fraction: float = 0.95
+    target_fraction: float = 0.95  # of the plain run's final accuracy (mean of its last 3 evaluations)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
     def __post_init__(self) -> None:
@@ -101,6 +113,93 @@ def steps_to_reach(curve: dict[int, float], target: float) -> int | None:
     return next((s for s, acc in sorted(curve.items()) if acc >= target - 1e-12), None)
 
 
+@dataclass
+class Arm:
+    """One way of spending RL steps after ``observe``: its accuracy curve by steps actually trained."""
+
+    name: str
+    curve: dict[int, float]
+    accuracy_at_jump: float
+    virtual_step: int
+    seconds: float
+    report: dict = field(default_factory=dict)
+
+
+def plain_run(output: Path, config: EndToEndConfig, extra_steps: int | None = None, progress: bool = False):
+    """The unbroken run: ``observe + c * H + resume`` steps (``extra_steps`` replaces ``c * H``)."""
+    jump = config.jump_steps if extra_steps is None else extra_steps
+    steps = config.observe + jump + config.resume
+    return train(output, replace(config.grpo, steps=steps), overwrite=True, progress=progress)
+
+
+def resume_arm(
+    plain: TrainResult,
+    output: Path,
+    config: EndToEndConfig,
+    name: str,
+    adapter: Path,
+    start_step: int,
+    progress: bool = False,
+) -> Arm:
+    """Train ``resume`` steps from ``adapter`` with the counter at ``start_step``; the curve counts real steps."""
+    started = time.perf_counter()
+    resumed = train(
+        output,
+        replace(config.grpo, steps=config.resume),
+        init_adapter=adapter,
+        start_step=start_step,
+        overwrite=True,
+        progress=progress,
+    )
+    before = {s: a for s, a in plain.eval_accuracy().items() if s < config.observe}
+    after = resumed.eval_accuracy()
+    # the arm trained `observe` steps, then (s - start_step) more after the jump
+    curve = {**before, **{config.observe + s - start_step: a for s, a in after.items()}}
+    return Arm(name, curve, after[start_step], start_step, time.perf_counter() - started)
+
+
+def jump_arm(
+    plain: TrainResult,
+    output: Path,
+    config: EndToEndConfig,
+    coef: float | None = None,
+    progress: bool = False,
+) -> Arm:
+    """Extrapolate the plain run's first ``observe`` steps with nextrap, then resume from the jump."""
+    coef = config.coef if coef is None else coef
+    started = time.perf_counter()
+    observed = {s: p for s, p in plain.checkpoints.items() if s <= config.observe}
+    jump = extrapolate(
+        None,
+        output / "jump",
+        ExtrapolateOptions(coefs=(coef,), horizon=config.horizon, overwrite=True),
+        checkpoints=list(observed.values()),
+        steps=list(observed),
+        progress=progress,
+    )
+    virtual = config.observe + round(coef * config.horizon_steps)
+    arm = resume_arm(
+        plain, output / "resumed", config, f"{config.method} c={coef:g}", jump.output, virtual, progress
+    )
+    arm.seconds += time.perf_counter() - started
+    out = jump.report["outputs"][0]
+    arm.report = {
+        "virtual_step": out["virtual_step"],
+        "max_relative_truncation_error": out["max_relative_truncation_error"],
+    }
+    return arm
+
+
+def reset_arm(plain: TrainResult, output: Path, config: EndToEndConfig, progress: bool = False) -> Arm:
+    """The control: resume from the plain run's own checkpoint at ``observe``, no jump, fresh optimizer.
+
+    It separates the effect of the jump from that of restarting AdamW's moments, which every jump
+    arm also does.
+    """
+    start = plain.checkpoints[config.observe]
+    return resume_arm(plain, output, config, "restart, no jump", start, config.observe, progress)
+
+
 def run_end_to_end(
     output: str | os.PathLike,
     config: EndToEndConfig | None = None,
@@ -108,53 +207,31 @@ def run_end_to_end(
     overwrite: bool = False,
     progress: bool = False,
 ) -> EndToEndResult:
-    """Run both arms into ``output/{plain,jump,resumed}`` and compare them; ``output/end_to_end.json`` sums up."""
+    """Run the plain arm and one jump arm into ``output/{plain,jump,resumed}``; ``output/end_to_end.json`` sums up."""
     config = config or EndToEndConfig()
     output = check_output(output, overwrite)
     output.mkdir(parents=True, exist_ok=True)
-    grpo = config.grpo
-    total = config.observe + config.jump_steps + config.resume
-    plain = train(output / "plain", replace(grpo, steps=total), overwrite=True, progress=progress)
-
-    observed = {s: p for s, p in plain.checkpoints.items() if s <= config.observe}
-    jump = extrapolate(
-        None,
-        output / "jump",
-        ExtrapolateOptions(coefs=(config.coef,), horizon=config.horizon, overwrite=True),
-        checkpoints=list(observed.values()),
-        steps=list(observed),
-        progress=progress,
-    )
-    virtual = config.observe + config.jump_steps
-    resumed = train(
-        output / "resumed",
-        replace(grpo, steps=config.resume),
-        init_adapter=jump.adapters[config.coef],
-        start_step=virtual,
-        overwrite=True,
-        progress=progress,
-    )
-
+    plain = plain_run(output / "plain", config, progress=progress)
+    arm = jump_arm(plain, output, config, progress=progress)
     plain_curve = plain.eval_accuracy()
-    # the jump arm trained `observe` steps, then (s - virtual) more after the jump
-    jump_curve = {s: a for s, a in plain_curve.items() if s < config.observe}
-    jump_curve.update({config.observe + s - virtual: a for s, a in resumed.eval_accuracy().items()})
-    target = config.target_fraction * plain_curve[max(plain_curve)]
-    report = {
-        "config": asdict(config),
-        "virtual_step": virtual,
-        "nextrap": jump.report["outputs"][0]["max_relative_truncation_error"],
-    }
+    target = config.target_fraction * final_accuracy(plain_curve)
+    report = {"config": asdict(config), **arm.report}
     result = EndToEndResult(
         output=output,
         plain=plain_curve,
-        jump=jump_curve,
+        jump=arm.curve,
         accuracy_before_jump=plain_curve[config.observe],
-        accuracy_at_jump=resumed.eval_accuracy()[virtual],
+        accuracy_at_jump=arm.accuracy_at_jump,
         target=target,
         plain_steps_to_target=steps_to_reach(plain_curve, target),
-        jump_steps_to_target=steps_to_reach(jump_curve, target),
+        jump_steps_to_target=steps_to_reach(arm.curve, target),
         report=report,
     )
     (output / SUMMARY).write_text(json.dumps({**report, **result.to_dict()}, indent=2) + "\n")
     return result
+
+
+def final_accuracy(curve: dict[int, float], last: int = 3) -> float:
+    """The run's end point: the mean of its last ``last`` evaluations (one evaluation is noisy)."""
+    tail = [curve[s] for s in sorted(curve)[-last:]]
+    return sum(tail) / len(tail)

@@ -104,7 +104,7 @@ def load_policy(
     if recorded and recorded != warm.base_id:
         raise ConfigError(
             f"{adapter} was trained on base {recorded!r}, these settings give {warm.base_id!r}; "
-            "pass the --task and --seed the adapter was trained with"
+            "pass the --task and --base-seed the adapter was trained with"
         )
     return PeftModel.from_pretrained(base, adapter, is_trainable=trainable), tokenizer
 

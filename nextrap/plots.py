@@ -1,0 +1,79 @@
+"""PNG plots for ``backtest --plot`` and ``inspect --plot`` (matplotlib, an optional extra)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from nextrap.backtest import BacktestResult
+from nextrap.diagnostics import Diagnostics
+from nextrap.errors import ConfigError
+
+__all__ = ["plot_backtest", "plot_diagnostics", "require_matplotlib"]
+
+
+def require_matplotlib() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError(
+            "plots need matplotlib, which is not installed: pip install 'nextrap[plot]' (or pip install matplotlib)"
+        ) from None
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_backtest(result: BacktestResult, path: str | os.PathLike) -> Path:
+    """Relative error (left) and cosine (right) against the held-out step, one line per method."""
+    plt = require_matplotlib()
+    path = Path(path)
+    fig, (ax_err, ax_cos) = plt.subplots(1, 2, figsize=(10, 4))
+    for method, rows in result.summary().items():
+        steps = [r["step"] for r in rows]
+        ax_err.plot(steps, [r["relative_error"] for r in rows], marker="o", label=method)
+        ax_cos.plot(steps, [r["cosine"] for r in rows], marker="o", label=method)
+    ax_err.axhline(1.0, color="grey", ls=":", label="stay")
+    ax_err.set(xlabel="held-out step", ylabel="relative error (stay = 1)", title="prediction error")
+    ax_cos.set(xlabel="held-out step", ylabel="cosine with the true update", title="direction")
+    ax_err.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_diagnostics(diag: Diagnostics, folder: str | os.PathLike) -> list[Path]:
+    """``rank1_share.png`` (median share per module kind along the run) and ``coefficients.png``."""
+    plt = require_matplotlib()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    steps = list(diag.steps)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, names in sorted(diag.kinds().items()):
+        med = [sorted(diag.share[n][k] for n in names)[len(names) // 2] for k in range(len(steps))]
+        ax.plot(steps, med, label=kind)
+    ax.axhline(1 / max(1, diag.rank), color="grey", ls=":", label="1/r")
+    ax.set(xlabel="step", ylabel="sigma_1^2 / sum sigma_i^2", title="rank-1 share of the update (median)", ylim=(0, 1))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    share_path = folder / "rank1_share.png"
+    fig.savefig(share_path, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for _kind, names in sorted(diag.kinds().items()):
+        name = names[len(names) // 2]  # one representative module per kind
+        curve = diag.coefficient[name]
+        scale = max(abs(c) for c in curve) or 1.0
+        ax.plot(steps, [c / scale for c in curve], label=f"{name} (R^2 {diag.line_r2[name]:.2f})")
+    ax.set(xlabel="step", ylabel="u^T dW_t v (scaled to max 1)", title="rank-1 coefficient along the run")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    coef_path = folder / "coefficients.png"
+    fig.savefig(coef_path, dpi=110)
+    plt.close(fig)
+    return [share_path, coef_path]

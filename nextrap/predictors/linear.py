@@ -1,0 +1,51 @@
+"""Linear weight extrapolation: the update of the last horizon, repeated (METHOD.md, "Baselines").
+
+``dW_new = dW(t_K) + c * (dW(t_K) - dW(t_K - H))`` per module, exact and in factored form: the
+predicted update is ``[B_K, -B_{K-h}] @ [A_K; A_{K-h}]`` (rank <= 2r). Raw tensors move the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nextrap.predictors.base import Prediction
+from nextrap.progress import Progress, no_progress
+from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Features, Trajectory
+
+__all__ = ["LinearPredictor"]
+
+
+@dataclass(frozen=True)
+class LinearPredictor:
+    """Repeat the last horizon's update; no fitting, no features."""
+
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    name: str = "linear"
+    needs_features: bool = False
+
+    def predict(
+        self,
+        trajectory: Trajectory,
+        horizon: int,
+        features: Features | None = None,
+        device: torch.device | None = None,
+        progress: Progress = no_progress,
+    ) -> Prediction:
+        device = device or torch.device("cpu")
+        last = len(trajectory.headers) - 1
+        idx = [last - horizon, last]
+        matrices: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for names, B, A in progress(list(trajectory.factor_chunks(idx, device, self.chunk_bytes)), "linear"):
+            L = torch.cat([B[:, 1], -B[:, 0]], -1).cpu()
+            R = torch.cat([A[:, 1], A[:, 0]], -2).cpu()
+            for j, name in enumerate(names):
+                matrices[name] = (L[j], R[j])
+        vectors = {}
+        for key in trajectory.raw:
+            X = trajectory.load_raw(key, torch.device("cpu"), idx)
+            if not bool((X[0] == X[1]).all()):
+                vectors[key] = X[1] - X[0]  # the tensor's own shape: it is added as is
+        steps = [trajectory.steps[i] for i in idx]
+        return Prediction(self.name, horizon, matrices, vectors, {"from_step": steps[0], "to_step": steps[1]})

@@ -1,0 +1,75 @@
+"""Opening a run: a folder to search or explicit checkpoints -> a checked :class:`Trajectory`; the horizon rule.
+
+Shared by ``extrapolate``, ``backtest`` and ``inspect``, so every command finds, checks and sizes a
+run the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from nextrap.errors import ConfigError, LayoutError
+from nextrap.layouts import Discovery, discover, from_explicit
+from nextrap.trajectory import Trajectory, load_trajectory
+
+__all__ = ["DEFAULT_HORIZON", "MIN_PAIRS", "open_run", "resolve_horizon", "scan"]
+
+DEFAULT_HORIZON = 5
+MIN_PAIRS = 3
+
+
+def open_run(
+    run: str | os.PathLike | Discovery | Trajectory | None = None,
+    checkpoints: Sequence[str | os.PathLike] | None = None,
+    steps: Sequence[int] | None = None,
+    adapter_name: str | None = None,
+) -> Trajectory:
+    """Find and check a run's checkpoints: a folder to search, or explicit ``checkpoints`` (+ ``steps``)."""
+    if isinstance(run, Trajectory):
+        return run
+    if isinstance(run, Discovery):
+        return load_trajectory(run)
+    if checkpoints:
+        if run is not None:
+            raise ConfigError("give either a run folder or explicit checkpoints (--checkpoint), not both")
+        return load_trajectory(from_explicit(checkpoints, steps))
+    if steps:
+        raise ConfigError("steps (--step) need explicit checkpoints (--checkpoint PATH) to go with them")
+    if run is None:
+        raise ConfigError("no input: give a run folder or --checkpoint PATH --step N for each checkpoint")
+    return load_trajectory(discover(run, adapter_name=adapter_name))
+
+
+def scan(
+    run: str | os.PathLike | Discovery | None = None,
+    checkpoints: Sequence[str | os.PathLike] | None = None,
+    steps: Sequence[int] | None = None,
+    adapter_name: str | None = None,
+) -> dict[str, Any]:
+    """What a run folder holds (layout, steps, modules, rank, dtype), read from headers only."""
+    return open_run(run, checkpoints, steps, adapter_name).summary()
+
+
+def resolve_horizon(checkpoints: int, requested: int | None) -> tuple[int, str | None]:
+    """The horizon in checkpoint intervals, and a note when the default had to be shortened.
+
+    A horizon h gives ``checkpoints - h`` training pairs (k, k + h). The default (5) is shortened to
+    leave 3 pairs where the run is short; an explicit horizon is kept and must leave at least one.
+    """
+    if requested is not None:
+        if checkpoints - requested < 1:
+            raise LayoutError(
+                f"horizon {requested} needs at least {requested + 1} checkpoints, the run has {checkpoints}; "
+                f"lower --horizon to at most {checkpoints - 1} or save more checkpoints"
+            )
+        return requested, None
+    h = min(DEFAULT_HORIZON, max(1, checkpoints - MIN_PAIRS))
+    if h == DEFAULT_HORIZON:
+        return h, None
+    pairs = checkpoints - h
+    return h, (
+        f"horizon shortened from {DEFAULT_HORIZON} to {h} checkpoint intervals: {checkpoints} checkpoints give "
+        f"{pairs} training pair(s) at horizon {h}; {DEFAULT_HORIZON + MIN_PAIRS} checkpoints allow the default"
+    )

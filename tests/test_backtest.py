@@ -1,0 +1,197 @@
+"""Baselines, backtesting and diagnostics: against dense computations and planted trajectories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
+
+import nextrap
+from nextrap.backtest import BacktestOptions, backtest
+from nextrap.cli import main
+from nextrap.diagnostics import diagnose
+from nextrap.predictors import LinearPredictor, NExtConfig, RelexPredictor, line_fit
+from nextrap.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
+
+SHAPES = llama_like_shapes(layers=1, hidden=32, intermediate=64, kv_dim=16)
+STEPS = list(range(10, 161, 10))
+FAST = NExtConfig(epochs=300, patience=50)
+
+
+def _run(tmp_path: Path, name: str, **spec) -> Path:
+    plant = PlantSpec(**{"rank": 4, "alpha": 8.0, "tau": 100.0, "turn": 0.0, "seed": 0, **spec})
+    return write_synthetic_run(tmp_path / name, STEPS, SHAPES, plant)
+
+
+def _dense(traj: nextrap.Trajectory, index: int) -> dict[str, torch.Tensor]:
+    B, A = {}, {}
+    for name in traj.modules:
+        b, a = traj.load_factors([name], torch.device("cpu"), [index])
+        B[name], A[name] = b[0, 0], a[0, 0]
+    return {n: B[n] @ A[n] for n in B}
+
+
+def _dense_adapter(folder: Path) -> dict[str, torch.Tensor]:
+    """Scaled dW = s B A of every module of one adapter folder."""
+    from nextrap.adapters import open_adapter, read_header
+    from nextrap.layouts import CheckpointRef
+
+    ref = CheckpointRef(0, folder, folder / "adapter_model.safetensors", "explicit", "given")
+    header = read_header(ref)
+    with open_adapter(ref) as reader:
+        return {n: m.scaling * reader.get(m.b_key) @ reader.get(m.a_key) for n, m in header.modules.items()}
+
+
+def test_line_fit_by_hand():
+    t = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    a = torch.tensor([[1.0, 3.0, 5.0, 7.0], [0.0, 1.0, 0.0, 1.0]])
+    intercept, slope, r2 = line_fit(t, a)
+    torch.testing.assert_close(slope, torch.tensor([2.0, 0.2]))
+    torch.testing.assert_close(intercept, torch.tensor([1.0, 0.2]))
+    assert r2[0] == pytest.approx(1.0) and r2[1] == pytest.approx(0.2)  # 1 - 0.8 / 1.0
+
+
+def test_linear_prediction_is_the_last_horizon_update(tmp_path: Path):
+    traj = nextrap.open_run(_run(tmp_path, "run", curve="saturating", turn=0.3))
+    pred = LinearPredictor().predict(traj, horizon=3)
+    last, before = _dense(traj, len(STEPS) - 1), _dense(traj, len(STEPS) - 4)
+    for name, (L, R) in pred.matrices.items():
+        torch.testing.assert_close(L @ R, last[name] - before[name], rtol=1e-5, atol=1e-6)
+
+
+def test_relex_recovers_an_exactly_linear_rank1_run(tmp_path: Path):
+    """With a fixed direction, a straight coefficient line and no noise, RELEX's jump is exact."""
+    traj = nextrap.open_run(_run(tmp_path, "run", curve="linear", noise=0.0))
+    pred = RelexPredictor().predict(traj, horizon=5)
+    assert pred.diagnostics["median_line_r2"] == pytest.approx(1.0, abs=1e-6)
+    last, before = _dense(traj, len(STEPS) - 1), _dense(traj, len(STEPS) - 6)
+    for name, (L, R) in pred.matrices.items():
+        torch.testing.assert_close(L @ R, last[name] - before[name], rtol=1e-4, atol=1e-5)
+
+
+def test_scores_agree_with_dense_computation(tmp_path: Path):
+    traj = nextrap.open_run(_run(tmp_path, "run", curve="saturating", turn=0.3))
+    result = backtest(traj, BacktestOptions(holdout=4, methods=("linear", "relex")))
+    fit_end = len(STEPS) - 5  # index of the prefix's last checkpoint
+    base = _dense(traj, fit_end)
+    horizon_steps = result.horizon_steps
+    for method, predictor in (("linear", LinearPredictor()), ("relex", RelexPredictor())):
+        pred = predictor.predict(traj.prefix(fit_end + 1), result.horizon)
+        D = {n: L @ R for n, (L, R) in pred.matrices.items()}
+        for row in result.summary()[method]:
+            j = STEPS.index(row["step"])
+            c = (row["step"] - STEPS[fit_end]) / horizon_steps
+            true = {n: m - base[n] for n, m in _dense(traj, j).items()}
+            err = sum(float((c * D[n] - true[n]).square().sum()) for n in D) ** 0.5
+            norm = sum(float(true[n].square().sum()) for n in D) ** 0.5
+            inner = sum(float((D[n] * true[n]).sum()) for n in D)
+            dnorm = sum(float(D[n].square().sum()) for n in D) ** 0.5
+            assert row["coef"] == pytest.approx(c)
+            assert row["relative_error"] == pytest.approx(err / norm, rel=1e-4)
+            assert row["cosine"] == pytest.approx(inner / (dnorm * norm), rel=1e-4)
+            assert row["best_coef"] == pytest.approx(inner / dnorm**2, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("plant", "expected"),
+    [
+        ({"curve": "linear", "noise": 0.03}, "linear"),  # straight run: repeating the last horizon is exact
+        ({"curve": "saturating", "noise": 0.03}, "next"),  # bending run: only the learned predictor bends
+    ],
+)
+def test_backtest_ranks_the_method_that_matches_the_plant(tmp_path: Path, plant, expected):
+    result = backtest(nextrap.open_run(_run(tmp_path, "run", **plant)), BacktestOptions(predictor=FAST))
+    rec = result.recommendation
+    assert rec["ranking"][0] == expected, rec["mean_relative_error"]
+    assert rec["beats_staying"] and rec["coef"] == pytest.approx(1.0)
+
+
+def test_noisy_run_favours_the_fitted_line_over_two_points(tmp_path: Path):
+    """I.i.d. noise on each checkpoint: a line through all of them averages it, a two-point difference does not."""
+    run = _run(tmp_path, "run", curve="linear", noise=0.0)
+    gen = torch.Generator().manual_seed(1)
+    for step in STEPS:
+        path = run / f"checkpoint-{step}" / "adapter_model.safetensors"
+        tensors = load_file(path)
+        for key, value in tensors.items():
+            if "lora_B" in key:
+                tensors[key] = value + 0.3 * value.std() * torch.randn(value.shape, generator=gen)
+        save_file(tensors, path)
+    result = backtest(nextrap.open_run(run), BacktestOptions(methods=("linear", "relex")))
+    err = result.recommendation["mean_relative_error"]
+    assert result.recommendation["method"] == "relex" and err["relex"] < err["linear"], err
+
+
+def test_auto_method_uses_the_backtest_recommendation(tmp_path: Path):
+    run = _run(tmp_path, "run", curve="linear", noise=0.03)
+    options = nextrap.ExtrapolateOptions(method="auto", predictor=FAST)
+    res = nextrap.extrapolate(run, tmp_path / "out", options)
+    expected = backtest(nextrap.open_run(run), BacktestOptions(predictor=FAST)).recommendation
+    assert res.report["method"] == expected["method"] == "linear"
+    assert res.report["backtest"]["recommendation"]["ranking"] == expected["ranking"]
+    assert any(n.startswith("method auto:") for n in res.report["notes"])
+
+
+@pytest.mark.parametrize("method", ["linear", "relex"])
+def test_every_method_writes_a_resumable_adapter(tmp_path: Path, method: str):
+    run = _run(tmp_path, "run", curve="linear", noise=0.0)
+    res = nextrap.extrapolate(run, tmp_path / "out", nextrap.ExtrapolateOptions(method=method, coefs=(1.0,)))
+    # the plant is rank-1 with a straight coefficient: both land on the planted future dW(t_K + H)
+    future = write_synthetic_run(
+        tmp_path / "future",
+        [STEPS[-1] + res.report["horizon"]["steps"]],
+        SHAPES,
+        PlantSpec(rank=4, alpha=8.0, tau=100.0, turn=0.0, seed=0, curve="linear", noise=0.0),
+    )
+    got = _dense_adapter(res.output)
+    want = _dense_adapter(future / f"checkpoint-{STEPS[-1] + res.report['horizon']['steps']}")
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-3, atol=1e-4)
+    assert res.report["method"] == method
+
+
+def test_diagnostics_against_dense_svd(tmp_path: Path):
+    traj = nextrap.open_run(_run(tmp_path, "run", curve="saturating", turn=0.3, noise=0.2))
+    diag = diagnose(traj)
+    last = _dense(traj, len(STEPS) - 1)
+    for name, dw in last.items():
+        s = torch.linalg.svdvals(dw.double())
+        assert diag.share[name][-1] == pytest.approx(float(s[0] ** 2 / (s**2).sum()), rel=1e-5)
+        U, _S, Vh = torch.linalg.svd(dw.double())
+        first = _dense(traj, 0)[name].double()
+        coeff = float(U[:, 0] @ first @ Vh[0])
+        assert abs(diag.coefficient[name][0]) == pytest.approx(abs(coeff), rel=1e-4, abs=1e-7)
+    summary = diag.summary()
+    assert set(summary) >= {"all", "q_proj", "down_proj"}
+    assert 0 < summary["all"]["rank1_share_last"] <= 1
+
+
+def test_cli_backtest_and_inspect(tmp_path: Path):
+    pytest.importorskip("matplotlib")
+    run = _run(tmp_path, "run", curve="linear", noise=0.03)
+    runner = CliRunner()
+    res = runner.invoke(
+        main,
+        ["backtest", str(run), "--method", "linear", "--method", "relex", "--plot", str(tmp_path / "bt.png")],
+    )
+    assert res.exit_code == 0, res.output
+    assert "recommendation: linear" in res.output and (tmp_path / "bt.png").stat().st_size > 1000
+    res = runner.invoke(main, ["backtest", str(run), "--method", "linear", "--json", "--holdout", "2"])
+    data = json.loads(res.output)
+    assert data["heldout_steps"] == STEPS[-2:] and data["recommendation"]["method"] == "linear"
+    res = runner.invoke(main, ["inspect", str(run), "--plot", str(tmp_path / "plots")])
+    assert res.exit_code == 0, res.output
+    assert "rank-1 share" in res.output
+    assert (tmp_path / "plots" / "rank1_share.png").exists() and (
+        tmp_path / "plots" / "coefficients.png"
+    ).exists()
+
+
+def test_backtest_needs_enough_checkpoints(tmp_path: Path):
+    run = _run(tmp_path, "run", curve="linear")
+    res = CliRunner().invoke(main, ["backtest", str(run), "--holdout", "14"])
+    assert res.exit_code == 1 and "at least 3" in res.output and res.output.count("\n") == 1
