@@ -99,7 +99,11 @@ def diagnose(
         share = (energy[:, 0] / energy.sum(-1).clamp_min(1e-300)).reshape(M, K)
         share = torch.where(energy.sum(-1).reshape(M, K) > 0, share, torch.zeros_like(share))
         top = lowrank.top_triplet(B[:, -1], A[:, -1])
-        coeff = ((torch.einsum("mo,mkor->mkr", top.u, B) * torch.einsum("mkri,mi->mkr", A, top.v)).sum(-1)).double().cpu()
+        coeff = (
+            ((torch.einsum("mo,mkor->mkr", top.u, B) * torch.einsum("mkri,mi->mkr", A, top.v)).sum(-1))
+            .double()
+            .cpu()
+        )
         intercept, slope, r2 = line_fit(steps, coeff)
         resid = coeff - (intercept[:, None] + slope[:, None] * steps)
         span = (coeff.max(-1).values - coeff.min(-1).values).clamp_min(1e-30)

@@ -57,7 +57,12 @@ def plot_diagnostics(diag: Diagnostics, folder: str | os.PathLike) -> list[Path]
         med = [sorted(diag.share[n][k] for n in names)[len(names) // 2] for k in range(len(steps))]
         ax.plot(steps, med, label=kind)
     ax.axhline(1 / max(1, diag.rank), color="grey", ls=":", label="1/r")
-    ax.set(xlabel="step", ylabel="sigma_1^2 / sum sigma_i^2", title="rank-1 share of the update (median)", ylim=(0, 1))
+    ax.set(
+        xlabel="step",
+        ylabel="sigma_1^2 / sum sigma_i^2",
+        title="rank-1 share of the update (median)",
+        ylim=(0, 1),
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     share_path = folder / "rank1_share.png"

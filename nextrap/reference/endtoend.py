@@ -163,27 +163,30 @@ def jump_arm(
     output: Path,
     config: EndToEndConfig,
     coef: float | None = None,
+    method: str | None = None,
     progress: bool = False,
 ) -> Arm:
     """Extrapolate the plain run's first ``observe`` steps with nextrap, then resume from the jump."""
     coef = config.coef if coef is None else coef
+    method = config.method if method is None else method
     started = time.perf_counter()
     observed = {s: p for s, p in plain.checkpoints.items() if s <= config.observe}
     jump = extrapolate(
         None,
         output / "jump",
-        ExtrapolateOptions(coefs=(coef,), horizon=config.horizon, overwrite=True),
+        ExtrapolateOptions(coefs=(coef,), method=method, horizon=config.horizon, overwrite=True),
         checkpoints=list(observed.values()),
         steps=list(observed),
         progress=progress,
     )
     virtual = config.observe + round(coef * config.horizon_steps)
     arm = resume_arm(
-        plain, output / "resumed", config, f"{config.method} c={coef:g}", jump.output, virtual, progress
+        plain, output / "resumed", config, f"{method} c={coef:g}", jump.output, virtual, progress
     )
     arm.seconds += time.perf_counter() - started
     out = jump.report["outputs"][0]
     arm.report = {
+        "method": jump.report["method"],
         "virtual_step": out["virtual_step"],
         "max_relative_truncation_error": out["max_relative_truncation_error"],
     }
