@@ -134,6 +134,37 @@ def _with_fit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+_hub_options = [
+    click.option("--private", is_flag=True, help="Create the repository as private (if it does not exist)."),
+    click.option("--revision", default=None, help="Branch to commit to; created if missing [default: main]."),
+    click.option(
+        "--token",
+        default=None,
+        envvar=None,
+        help="Hugging Face token [default: HF_TOKEN, else the saved login]. Never printed or stored.",
+    ),
+    click.option(
+        "--hub-endpoint", default=None, help="Hub URL [default: HF_ENDPOINT, else https://huggingface.co]."
+    ),
+]
+
+
+def _with_hub_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for deco in reversed(_hub_options):
+        fn = deco(fn)
+    return fn
+
+
+def _echo_push(result: Any) -> None:
+    verb = "would upload" if result.dry_run else "uploaded"
+    target = result.plan.repo_id + (f"@{result.plan.revision}" if result.plan.revision else "")
+    click.echo(f"{verb} to {target}{' (private)' if result.plan.private else ''}:")
+    for row in result.plan.describe():
+        click.echo(f"  {row}")
+    if result.commit_url:
+        click.echo(f"commit: {result.commit_url}")
+
+
 def _next_config(preset: str, epochs, lr, loss, patience, seed):
     from nextrap.predictors import NExtConfig
 
@@ -226,6 +257,10 @@ def scan(
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--no-hash", is_flag=True, help="Skip the sha256 of the input files in nextrap.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (nextrap.json) instead of a summary.")
+@click.option(
+    "--push-to-hub", "push_to_hub", default=None, metavar="REPO_ID", help="Then publish the result there."
+)
+@_with_hub_options
 @click.pass_context
 @_handle_errors
 def extrapolate(
@@ -251,10 +286,20 @@ def extrapolate(
     overwrite: bool,
     no_hash: bool,
     as_json: bool,
+    push_to_hub: str | None,
+    private: bool,
+    revision: str | None,
+    token: str | None,
+    hub_endpoint: str | None,
 ) -> None:
     """Predict where the run goes next and write adapters to resume from."""
     from nextrap.extrapolate import ExtrapolateOptions
     from nextrap.extrapolate import extrapolate as run_extrapolate
+
+    if push_to_hub:
+        from nextrap.hub import resolve_token
+
+        token = resolve_token(token)  # a missing token fails before the work, not after it
 
     predictor = _next_config(preset, epochs, lr, loss, patience, seed)
     options = ExtrapolateOptions(
@@ -278,10 +323,19 @@ def extrapolate(
         adapter_name=adapter_name,
         progress=ctx.obj["progress"],
     )
+    pushed = None
+    if push_to_hub:
+        from nextrap.hub import push
+
+        pushed = push(
+            result.output, push_to_hub, private=private, revision=revision, token=token, endpoint=hub_endpoint
+        )
     if as_json:
         click.echo(json.dumps(result.report, indent=2, default=str))
         return
     click.echo(_summary(result))
+    if pushed is not None:
+        _echo_push(pushed)
 
 
 @main.command()
@@ -418,6 +472,36 @@ def _summary(result: Any) -> str:
     lines += [f"note: {n}" for n in rep["notes"]]
     lines.append(f"report: {result.report_path}")
     return "\n".join(lines)
+
+
+@main.command()
+@click.argument("adapter_dir", type=click.Path(path_type=Path))
+@click.argument("repo_id")
+@_with_hub_options
+@click.option("--dry-run", is_flag=True, help="List what would be uploaded; contact nothing.")
+@_handle_errors
+def push(
+    adapter_dir: Path,
+    repo_id: str,
+    private: bool,
+    revision: str | None,
+    token: str | None,
+    hub_endpoint: str | None,
+    dry_run: bool,
+) -> None:
+    """Publish an extrapolated adapter (and a model card) to the Hugging Face Hub in one commit."""
+    from nextrap.hub import push as push_adapter
+
+    result = push_adapter(
+        adapter_dir,
+        repo_id,
+        private=private,
+        revision=revision,
+        token=token,
+        dry_run=dry_run,
+        endpoint=hub_endpoint,
+    )
+    _echo_push(result)
 
 
 _reference_options = [

@@ -12,6 +12,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DeviceError",
+    "HubError",
     "InputNotFoundError",
     "LayoutError",
     "MismatchError",
@@ -50,3 +51,7 @@ class OutputExistsError(NextrapError, FileExistsError):
 
 class DeviceError(NextrapError, ValueError):
     """The requested device is unknown or not available on this machine."""
+
+
+class HubError(NextrapError, RuntimeError):
+    """Publishing failed: no token, no permission, no network, offline mode, a revision conflict."""

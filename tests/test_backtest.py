@@ -171,7 +171,6 @@ def test_diagnostics_against_dense_svd(tmp_path: Path):
 
 
 def test_cli_backtest_and_inspect(tmp_path: Path):
-    pytest.importorskip("matplotlib")
     run = _run(tmp_path, "run", curve="linear", noise=0.03)
     runner = CliRunner()
     res = runner.invoke(
@@ -195,3 +194,13 @@ def test_backtest_needs_enough_checkpoints(tmp_path: Path):
     run = _run(tmp_path, "run", curve="linear")
     res = CliRunner().invoke(main, ["backtest", str(run), "--holdout", "14"])
     assert res.exit_code == 1 and "at least 3" in res.output and res.output.count("\n") == 1
+
+
+def test_plot_without_matplotlib_says_how_to_install(tmp_path: Path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes "import matplotlib" raise ImportError
+    run = _run(tmp_path, "run", curve="linear")
+    res = CliRunner().invoke(main, ["inspect", str(run), "--plot", str(tmp_path / "plots")])
+    assert res.exit_code == 1 and "pip install 'nextrap[plot]'" in res.output
+    assert not (tmp_path / "plots").exists()

@@ -1,0 +1,241 @@
+"""Hooks for live training loops: record LoRA factors as training goes, and jump in place.
+
+* :class:`TrajectoryRecorder` saves the adapter of a live ``PeftModel`` every N steps, as PEFT adapter
+  folders ``step-N/`` in a folder of your choice (or a temporary one), or keeps the tensors in memory
+  and writes them to a temporary folder only when a jump is computed. No checkpoint folder of the
+  trainer is needed.
+* :func:`extrapolate_into` computes the jump from the recorded trajectory with the usual pipeline and
+  copies the new values into the model's existing ``Parameter`` objects, so an optimizer holding them
+  keeps working; it can drop the optimizer's moments for them (they belong to the old weights).
+
+peft is needed (it is a dependency); transformers is not imported here (see
+``nextrap.integrations.transformers`` for a ``TrainerCallback``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from nextrap.errors import ConfigError, MismatchError
+from nextrap.extrapolate import ExtrapolateOptions, ExtrapolationResult, extrapolate
+from nextrap.predictors import NExtConfig
+
+__all__ = ["Jump", "TrajectoryRecorder", "extrapolate_into"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Snapshot:
+    step: int
+    tensors: dict[str, torch.Tensor]
+    config: dict[str, Any]
+
+
+class TrajectoryRecorder:
+    """Records a live PEFT model's adapter every ``every`` steps (call :meth:`maybe_record` each step).
+
+    Args:
+        folder: where ``step-N/`` adapter folders go; None uses a temporary folder, removed by
+            :meth:`close` (or at exit). Ignored when ``in_memory``.
+        every: record when ``step % every == 0``.
+        in_memory: keep the tensors (on CPU) instead of writing them; they are written to a temporary
+            folder only while a jump is computed.
+        keep: keep only the last ``keep`` snapshots (None: all). The predictor needs horizon + 2 or more.
+        adapter_name: the PEFT adapter to record.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike | None = None,
+        every: int = 10,
+        in_memory: bool = False,
+        keep: int | None = None,
+        adapter_name: str = "default",
+    ):
+        if every < 1:
+            raise ConfigError(f"TrajectoryRecorder.every must be >= 1, got {every}")
+        if keep is not None and keep < 2:
+            raise ConfigError(f"TrajectoryRecorder.keep must be >= 2 (or None), got {keep}")
+        self.every, self.in_memory, self.keep, self.adapter_name = every, in_memory, keep, adapter_name
+        self._owned = folder is None and not in_memory
+        self.folder = (
+            Path(tempfile.mkdtemp(prefix="nextrap-trajectory-"))
+            if self._owned
+            else (Path(folder) if folder is not None else None)
+        )
+        self._memory: list[_Snapshot] = []
+        self._steps: list[int] = []
+
+    @property
+    def steps(self) -> list[int]:
+        """Steps recorded so far, in order."""
+        return list(self._steps)
+
+    def maybe_record(self, model: torch.nn.Module, step: int) -> bool:
+        """Record when ``step`` is a multiple of ``every``; True if it did."""
+        if step % self.every:
+            return False
+        self.record(model, step)
+        return True
+
+    def record(self, model: torch.nn.Module, step: int) -> None:
+        """Snapshot ``model``'s adapter at ``step`` (steps must increase)."""
+        if self._steps and step <= self._steps[-1]:
+            raise ConfigError(f"recorded steps must increase: got {step} after {self._steps[-1]}")
+        from peft.utils import get_peft_model_state_dict
+
+        tensors = {
+            k: v.detach().to("cpu", copy=True).contiguous()
+            for k, v in get_peft_model_state_dict(model, adapter_name=self.adapter_name).items()
+        }
+        config = model.peft_config[self.adapter_name].to_dict()
+        if self.in_memory:
+            self._memory.append(_Snapshot(step, tensors, config))
+        else:
+            _write_adapter_folder(self.folder / f"step-{step}", tensors, config)
+        self._steps.append(step)
+        if self.keep is not None and len(self._steps) > self.keep:
+            dropped = self._steps.pop(0)
+            if self.in_memory:
+                self._memory.pop(0)
+            else:
+                shutil.rmtree(self.folder / f"step-{dropped}", ignore_errors=True)
+
+    def clear(self) -> None:
+        """Forget every snapshot (after a jump the run starts a new trajectory)."""
+        if not self.in_memory:
+            for step in self._steps:
+                shutil.rmtree(self.folder / f"step-{step}", ignore_errors=True)
+        self._memory.clear()
+        self._steps.clear()
+
+    def checkpoints(self, scratch: Path) -> list[Path]:
+        """Adapter folders of the snapshots, in step order (written into ``scratch`` when in memory)."""
+        if not self.in_memory:
+            return [self.folder / f"step-{s}" for s in self._steps]
+        paths = []
+        for snap in self._memory:
+            path = scratch / f"step-{snap.step}"
+            _write_adapter_folder(path, snap.tensors, snap.config)
+            paths.append(path)
+        return paths
+
+    def close(self) -> None:
+        """Remove the temporary folder, if the recorder made one."""
+        if self._owned and self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> TrajectoryRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _write_adapter_folder(folder: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
+    import json
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
+    clean = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+    (tmp / "adapter_config.json").write_text(json.dumps(clean, indent=2, default=str) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+@dataclass
+class Jump:
+    """What :func:`extrapolate_into` did: the report, the virtual step, how many tensors were replaced."""
+
+    step: int
+    virtual_step: float
+    replaced: int
+    reset_moments: int
+    result: ExtrapolationResult = field(repr=False)
+
+
+def extrapolate_into(
+    model: torch.nn.Module,
+    recorder: TrajectoryRecorder,
+    coef: float = 1.0,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    reset_optimizer: bool = True,
+    options: ExtrapolateOptions | None = None,
+    output: str | os.PathLike | None = None,
+) -> Jump:
+    """Jump ``model`` along its recorded trajectory, in place.
+
+    Computes the extrapolated adapter from ``recorder``'s snapshots (``options``: method, horizon,
+    predictor...; ``coef`` overrides its coefficients), then copies every tensor into the matching
+    existing ``Parameter`` with ``param.data.copy_`` so optimizers keep valid references. With an
+    ``optimizer`` and ``reset_optimizer``, the moments of the replaced parameters are dropped. The
+    adapter is also written to ``output`` if given (else to a temporary folder, then removed).
+    """
+    if len(recorder.steps) < 2:
+        raise ConfigError(
+            f"the recorder holds {len(recorder.steps)} snapshot(s); a jump needs at least 2 (better horizon + 3): "
+            "record more steps first"
+        )
+    options = replace(
+        options or ExtrapolateOptions(predictor=NExtConfig()), coefs=(float(coef),), hash_inputs=False
+    )
+    with tempfile.TemporaryDirectory(prefix="nextrap-jump-") as scratch_name:
+        scratch = Path(scratch_name)
+        paths = recorder.checkpoints(scratch / "snapshots")
+        out = Path(output) if output is not None else scratch / "jump"
+        result = extrapolate(None, out, options, checkpoints=paths, steps=recorder.steps)
+        new = load_file(out / "adapter_model.safetensors")
+    replaced, params = _copy_into(model, new, recorder.adapter_name)
+    reset = 0
+    if optimizer is not None and reset_optimizer:
+        for p in params:
+            if optimizer.state.pop(p, None) is not None:
+                reset += 1
+    entry = result.report["outputs"][0]
+    logger.info(
+        "jumped from step %d to virtual step %g (%d tensors)",
+        recorder.steps[-1],
+        entry["virtual_step"],
+        replaced,
+    )
+    return Jump(recorder.steps[-1], entry["virtual_step"], replaced, reset, result)
+
+
+def _copy_into(
+    model: torch.nn.Module, tensors: dict[str, torch.Tensor], adapter_name: str
+) -> tuple[int, list]:
+    """Copy adapter tensors (PEFT's saved keys) into the model's parameters of ``adapter_name``."""
+    by_key = {}
+    for name, param in model.named_parameters():
+        key = name.replace(f".{adapter_name}.", ".").replace(f".{adapter_name}", "")
+        by_key[key] = param
+    missing = [k for k in tensors if k not in by_key]
+    if missing:
+        raise MismatchError(
+            f"the extrapolated adapter has {len(missing)} tensor(s) the model does not (e.g. {missing[0]}); "
+            "was the recorder attached to this model and adapter?"
+        )
+    params = []
+    with torch.no_grad():
+        for key, value in tensors.items():
+            param = by_key[key]
+            if param.shape != value.shape:
+                raise MismatchError(
+                    f"{key}: the model has shape {tuple(param.shape)}, the jump {tuple(value.shape)}"
+                )
+            param.data.copy_(value.to(param.device, param.dtype))
+            params.append(param)
+    return len(params), params

@@ -1,0 +1,109 @@
+"""The model card (README.md with YAML metadata) that goes with a published extrapolated adapter.
+
+Pure text from the adapter's config and nextrap's report: what the adapter is (source run, method,
+coefficient, horizon, virtual step, backtest scores where known) and how to resume from it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+__all__ = ["model_card"]
+
+# A Hub model id: "name" or "owner/name"; a local path or a made-up name is not metadata material.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?$")
+
+
+def _is_hub_id(name: str | None) -> bool:
+    return bool(name) and _HUB_ID.match(name) is not None and "/" in name and not name.startswith((".", "/"))
+
+
+def _yaml_list(items: list[str]) -> str:
+    return "\n".join(f"- {json.dumps(x)}" for x in items)
+
+
+def model_card(
+    repo_id: str,
+    adapter_config: dict[str, Any],
+    report: dict[str, Any] | None,
+    subfolders: list[str] | None = None,
+) -> str:
+    """README.md text. ``subfolders``: adapters published side by side (one per coefficient), if any."""
+    base = adapter_config.get("base_model_name_or_path")
+    meta = ["library_name: peft"]
+    if _is_hub_id(base):
+        meta.append(f"base_model: {json.dumps(base)}")
+    meta.append("tags:\n" + _yaml_list(["nextrap", "lora", "peft", "rlvr", "extrapolation"]))
+    lines = ["---", *meta, "---", "", f"# {repo_id.split('/')[-1]}", ""]
+    lines.append(
+        "A LoRA adapter written by nextrap: the checkpoints of an RL "
+        "(RLVR) run were extrapolated along their predicted trajectory, so that training can resume further "
+        "along than the run had got."
+    )
+    lines.append("")
+    lines += _provenance(adapter_config, report, base)
+    lines += _resume(repo_id, subfolders)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _provenance(adapter_config: dict[str, Any], report: dict[str, Any] | None, base: str | None) -> list[str]:
+    rank = adapter_config.get("r")
+    alpha = adapter_config.get("lora_alpha")
+    lines = [
+        "## What it is",
+        "",
+        f"- base model: `{base or 'unknown'}`",
+        f"- LoRA rank {rank}, alpha {alpha}",
+    ]
+    if report is None:
+        return [*lines, "- no nextrap report was found next to the adapter", ""]
+    steps = [c["step"] for c in report.get("inputs", {}).get("checkpoints", [])]
+    horizon = report.get("horizon", {})
+    lines += [
+        f"- source run: {report.get('inputs', {}).get('layout', '?')} layout, {len(steps)} checkpoints, steps "
+        f"{steps[0] if steps else '?'}..{steps[-1] if steps else '?'}",
+        f"- method: `{report.get('method')}`; horizon {horizon.get('intervals')} checkpoint intervals "
+        f"({horizon.get('steps')} steps)",
+    ]
+    for out in report.get("outputs", []):
+        where = "" if out.get("path") in (None, ".") else f" (`{out['path']}/`)"
+        lines.append(
+            f"- coefficient {out['coef']:g}{where}: virtual step {out['virtual_step']:g}, rank-{out.get('rank')} "
+            f"truncation error {out.get('max_relative_truncation_error', 0):.2e} (relative, worst module)"
+        )
+    backtest = report.get("backtest")
+    if backtest:
+        rec = backtest.get("recommendation", {})
+        lines.append(f"- backtest on the run's own checkpoints: {rec.get('text', '')}")
+        for s in backtest.get("scores", []):
+            lines.append(
+                f"  - {s['method']}, held-out step {s['step']} (c = {s['coef']:.2f}): relative error "
+                f"{s['relative_error']:.3f} (staying = 1), cosine {s['cosine']:.3f}"
+            )
+    lines += [f"- note: {n}" for n in report.get("notes", [])]
+    lines += [f"- nextrap {report.get('nextrap_version', '?')}; the full report is `nextrap.json`", ""]
+    return lines
+
+
+def _resume(repo_id: str, subfolders: list[str] | None) -> list[str]:
+    sub = f', subfolder="{subfolders[-1]}"' if subfolders else ""
+    lines = ["## Resume training from it", ""]
+    if subfolders:
+        lines += [f"One adapter per coefficient, in {', '.join(f'`{s}/`' for s in subfolders)}.", ""]
+    lines += [
+        "PEFT, in any training loop (start with a fresh optimizer: Adam's moments belong to the weights before "
+        "the jump):",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        f'model = PeftModel.from_pretrained(base_model, "{repo_id}"{sub}, is_trainable=True)',
+        "```",
+        "",
+        "TRL: load it as above and pass the model to the trainer. verl: download it and set "
+        "`actor_rollout_ref.model.lora_adapter_path=<local folder>`. Continue the step counter (and any "
+        "schedule) at the virtual step above.",
+        "",
+    ]
+    return lines

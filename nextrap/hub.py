@@ -1,0 +1,204 @@
+"""Publishing extrapolated adapters to the Hugging Face Hub (huggingface_hub imported lazily).
+
+One commit holds the adapter files, ``nextrap.json`` and a generated model card. The repository is
+created if missing (``exist_ok``) and so is the branch given as ``revision``. The token comes from
+the argument, else ``HF_TOKEN``, else the saved login; it is never printed, logged or written.
+Hub failures become one-line :class:`HubError` messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nextrap.card import model_card
+from nextrap.errors import ConfigError, HubError, InputNotFoundError
+
+__all__ = ["PushPlan", "PushResult", "plan_push", "push"]
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json")
+REPORT_NAME = "nextrap.json"
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    """What one commit uploads: ``files[path_in_repo] = local path``, plus the card's text."""
+
+    repo_id: str
+    revision: str | None
+    private: bool
+    files: dict[str, Path]
+    card: str
+
+    def describe(self) -> list[str]:
+        rows = [f"{p}  ({f.stat().st_size:,} bytes, {f})" for p, f in self.files.items()]
+        return [*rows, f"README.md  ({len(self.card.encode()):,} bytes, generated model card)"]
+
+
+@dataclass(frozen=True)
+class PushResult:
+    plan: PushPlan
+    dry_run: bool
+    commit_url: str | None = None
+    repo_url: str | None = None
+    created_branch: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _adapter_files(folder: Path) -> dict[str, Path]:
+    files = {name: folder / name for name in ADAPTER_FILES if (folder / name).is_file()}
+    if "adapter_config.json" not in files or len(files) < 2:
+        raise InputNotFoundError(
+            f"{folder}: no PEFT adapter here (need adapter_config.json and adapter_model.safetensors); "
+            "give the folder nextrap extrapolate wrote"
+        )
+    return files
+
+
+def _find_report(folder: Path) -> Path | None:
+    for candidate in (folder / REPORT_NAME, folder.parent / REPORT_NAME):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def plan_push(
+    adapter_dir: str | os.PathLike, repo_id: str, revision: str | None = None, private: bool = False
+) -> PushPlan:
+    """The files and card for ``adapter_dir``: one adapter, or a folder of ``coef-<c>/`` adapters."""
+    folder = Path(adapter_dir)
+    if not folder.is_dir():
+        raise InputNotFoundError(
+            f"{folder}: no such folder; give an adapter folder nextrap extrapolate wrote"
+        )
+    if repo_id.count("/") > 1 or not repo_id.strip("/") or " " in repo_id:
+        raise ConfigError(f"repository id {repo_id!r}: expected 'name' or 'owner/name'")
+    subfolders = sorted(
+        p.name for p in folder.iterdir() if p.is_dir() and (p / "adapter_config.json").is_file()
+    )
+    files: dict[str, Path] = {}
+    if (folder / "adapter_config.json").is_file():
+        files.update(_adapter_files(folder))
+        subfolders = []
+    elif subfolders:
+        for sub in subfolders:
+            files.update({f"{sub}/{k}": v for k, v in _adapter_files(folder / sub).items()})
+    else:
+        _adapter_files(folder)  # raises the "no adapter here" error
+    report_path = _find_report(folder)
+    report = json.loads(report_path.read_text()) if report_path else None
+    if report_path:
+        files[REPORT_NAME] = report_path
+    config_path = (
+        folder / "adapter_config.json" if not subfolders else folder / subfolders[0] / "adapter_config.json"
+    )
+    card = model_card(repo_id, json.loads(config_path.read_text()), report, subfolders or None)
+    return PushPlan(repo_id=repo_id, revision=revision, private=private, files=files, card=card)
+
+
+def resolve_token(token: str | None) -> str:
+    """The token to push with: the argument, else ``HF_TOKEN``, else the saved login."""
+    if token:
+        return token
+    from huggingface_hub import get_token
+
+    found = os.environ.get("HF_TOKEN") or get_token()
+    if not found:
+        raise HubError("no Hugging Face token: pass --token, set HF_TOKEN, or log in with `hf auth login`")
+    return found
+
+
+def push(
+    adapter_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    token: str | None = None,
+    dry_run: bool = False,
+    endpoint: str | None = None,
+    api: Any = None,
+) -> PushResult:
+    """Upload an adapter folder and its model card to ``repo_id`` in one commit.
+
+    ``api``: an ``HfApi``-like client (tests inject one bound to a local server); by default
+    ``HfApi(endpoint=endpoint)``. With ``dry_run`` nothing is contacted and no token is needed.
+    """
+    plan = plan_push(adapter_dir, repo_id, revision, private)
+    if dry_run:
+        return PushResult(plan=plan, dry_run=True)
+    secret = resolve_token(token)
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = api or HfApi(endpoint=endpoint)
+    where = f"{repo_id}" + (f"@{revision}" if revision else "")
+    try:
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, token=secret)
+        created_branch = False
+        if revision and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True, token=secret)
+            created_branch = True
+        operations = [
+            CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in plan.files.items()
+        ]
+        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=plan.card.encode()))
+        info = api.create_commit(
+            repo_id,
+            operations=operations,
+            commit_message="Upload extrapolated LoRA adapter (nextrap)",
+            revision=revision,
+            token=secret,
+        )
+    except Exception as exc:  # every Hub failure becomes one clear line; the token never appears in it
+        raise _hub_error(exc, where, getattr(api, "endpoint", endpoint), secret) from exc
+    return PushResult(
+        plan=plan,
+        dry_run=False,
+        commit_url=str(info.commit_url),
+        repo_url=str(repo_url),
+        created_branch=created_branch,
+    )
+
+
+def _hub_error(exc: Exception, where: str, endpoint: str | None, secret: str) -> HubError:
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, OfflineModeIsEnabled):
+        msg = "offline mode is on (HF_HUB_OFFLINE=1): nothing can be pushed; unset it and try again"
+    elif isinstance(exc, HfHubHTTPError) and status == 401:
+        msg = f"the Hub rejected the token for {where} (401): check it with `hf auth whoami` or pass another --token"
+    elif isinstance(exc, HfHubHTTPError) and status == 403:
+        msg = (
+            f"permission denied for {where} (403): the token's account cannot write there (is the repository "
+            "someone else's, or the token read-only?)"
+        )
+    elif isinstance(exc, HfHubHTTPError) and status in (409, 412):
+        msg = (
+            f"revision conflict on {where} ({status}): the branch moved or exists in another state; "
+            "pull the latest state or push to another --revision"
+        )
+    elif isinstance(exc, HfHubHTTPError):
+        msg = f"the Hub refused the upload to {where} ({status}): {str(exc).splitlines()[0]}"
+    elif _is_connection_error(exc):
+        msg = f"cannot reach the Hub at {endpoint or 'https://huggingface.co'}: {type(exc).__name__}; check the network or HF_ENDPOINT"
+    else:
+        msg = (
+            f"upload to {where} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        )
+    return HubError(msg.replace(secret, "***"))
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    names = {"ConnectError", "ConnectTimeout", "ConnectionError", "ReadTimeout", "TimeoutException"}
+    while exc is not None:
+        if type(exc).__name__ in names or isinstance(exc, ConnectionError | TimeoutError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -1,0 +1,1 @@
+"""Adapters to other people's training frameworks; each submodule imports its framework, nothing here does."""

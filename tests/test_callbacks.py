@@ -1,0 +1,154 @@
+"""Live training loops: the recorder, the in-place jump, and the transformers TrainerCallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
+
+import nextrap
+from nextrap.callbacks import TrajectoryRecorder, extrapolate_into
+
+from .conftest import tiny_llama
+
+TARGETS = ["q_proj", "v_proj", "down_proj"]
+
+
+def _peft_model(seed: int = 0):
+    torch.manual_seed(seed)
+    return get_peft_model(tiny_llama(seed), LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS))
+
+
+def _lora_params(model) -> dict[str, torch.nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if "lora_" in n}
+
+
+def _drive(model, step: int) -> None:
+    """Put the LoRA factors where a straight-line run would be at ``step``: B grows linearly."""
+    gen = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        for name, p in _lora_params(model).items():
+            if "lora_B" in name:
+                direction = torch.randn(p.shape, generator=gen)
+                p.copy_(direction * step / 100)
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_recorder_writes_peft_adapters_nextrap_can_read(tmp_path, in_memory: bool):
+    model = _peft_model()
+    with TrajectoryRecorder(None if in_memory else tmp_path / "traj", every=10, in_memory=in_memory) as rec:
+        for step in range(1, 41):
+            _drive(model, step)
+            rec.maybe_record(model, step)
+        assert rec.steps == [10, 20, 30, 40]
+        paths = rec.checkpoints(tmp_path / "scratch")
+        summary = nextrap.scan(None, checkpoints=paths, steps=rec.steps)
+        assert summary["modules"] == 2 * len(TARGETS) and summary["rank"] == 4
+        saved = load_file(paths[-1] / "adapter_model.safetensors")
+        for name, p in _lora_params(model).items():
+            key = name.replace(".default", "")
+            torch.testing.assert_close(saved[key], p.detach(), rtol=0, atol=0)
+        with pytest.raises(nextrap.ConfigError, match="must increase"):
+            rec.record(model, 40)
+
+
+def test_extrapolate_into_copies_in_place_and_resets_moments(tmp_path):
+    model = _peft_model()
+    params = _lora_params(model)
+    ids = {n: id(p) for n, p in params.items()}
+    opt = torch.optim.AdamW(params.values(), lr=1e-3)
+    rec = TrajectoryRecorder(tmp_path / "traj", every=10)
+    for step in range(10, 81, 10):
+        _drive(model, step)
+        rec.record(model, step)
+    # give the optimizer some state to reset
+    sum(p.sum() for p in params.values()).backward()
+    opt.step()
+    _drive(model, 80)  # back on the trajectory
+    options = nextrap.ExtrapolateOptions(method="linear", horizon=2)
+    offline = nextrap.extrapolate(
+        tmp_path / "traj",
+        tmp_path / "offline",
+        nextrap.ExtrapolateOptions(method="linear", horizon=2, coefs=(1.5,)),
+    )
+    jump = extrapolate_into(model, rec, 1.5, optimizer=opt, options=options)
+    expected = load_file(offline.output / "adapter_model.safetensors")
+    after = _lora_params(model)
+    assert {n: id(p) for n, p in after.items()} == ids  # same Parameter objects
+    assert all(any(p is q for q in opt.param_groups[0]["params"]) for p in after.values())
+    for name, p in after.items():
+        torch.testing.assert_close(p.detach(), expected[name.replace(".default", "")], rtol=0, atol=0)
+    assert jump.replaced == len(params) and jump.reset_moments == len(params) and not opt.state
+    assert jump.virtual_step == 80 + 1.5 * 20
+    # a straight-line run: the jump lands exactly on dW(110) = s B(110) A (the refit to rank r is exact)
+    truth = _peft_model()
+    _drive(truth, 110)
+    want, got = _lora_params(truth), _lora_params(model)
+    for name in want:
+        if "lora_B" in name:
+            a_name = name.replace("lora_B", "lora_A")
+            torch.testing.assert_close(
+                got[name] @ got[a_name], want[name] @ want[a_name], rtol=1e-4, atol=1e-6
+            )
+    # training goes on with the same optimizer
+    loss = sum(p.square().sum() for p in after.values())
+    loss.backward()
+    opt.step()
+
+
+def test_extrapolate_into_needs_snapshots(tmp_path):
+    rec = TrajectoryRecorder(tmp_path / "t")
+    with pytest.raises(nextrap.ConfigError, match="at least 2"):
+        extrapolate_into(_peft_model(), rec)
+
+
+def test_trainer_callback_swaps_weights_in_place_and_training_continues(tmp_path):
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from nextrap.integrations.transformers import NExtCallback
+
+    model = _peft_model()
+    gen = torch.Generator().manual_seed(0)
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 61, (64, 12), generator=gen)]
+    seen: dict[str, dict] = {"before": {}, "after": {}}
+
+    class Probe(TrainerCallback):
+        def __init__(self, when: str):
+            self.when = when
+
+        def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+            if state.global_step == 8:
+                seen[self.when] = {n: p.detach().clone() for n, p in _lora_params(model).items()}
+                seen[self.when + "_ids"] = {id(p) for p in _lora_params(model).values()}
+                seen[self.when + "_opt"] = {id(p) for g in optimizer.param_groups for p in g["params"]}
+
+    nextcb = NExtCallback(
+        jump_at=8, coef=1.0, record_every=2, options=nextrap.ExtrapolateOptions(method="linear", horizon=1)
+    )
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=12,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=data, callbacks=[Probe("before"), nextcb, Probe("after")]
+    )
+    out = trainer.train()
+    assert out.global_step == 12 and torch.isfinite(torch.tensor(out.training_loss))
+    assert (
+        len(nextcb.jumps) == 1
+        and nextcb.jumps[0].step == 8
+        and nextcb.jumps[0].replaced == 2 * 2 * len(TARGETS)
+    )
+    moved = max(float((seen["after"][n] - seen["before"][n]).abs().max()) for n in seen["before"])
+    assert moved > 0  # the jump changed the live weights
+    assert (
+        seen["before_ids"] == seen["after_ids"] <= seen["after_opt"]
+    )  # in place: the optimizer still holds them
