@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_llama
 
 import nextrap
 from nextrap.adapters import open_adapter, read_header
 from nextrap.layouts import CheckpointRef
+
+from .conftest import tiny_llama
 
 
 def _peft_run(root: Path, steps, seed: int = 0, **lora_kwargs) -> tuple[Path, object]:

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import STEPS, TINY_SHAPES, TINY_SPEC, edit_config
 from safetensors.torch import load_file, save_file
 
 from nextrap.cli import main
 from nextrap.synthetic import write_synthetic_run
+
+from .conftest import STEPS, TINY_SHAPES, TINY_SPEC, edit_config
 
 FAST = ["--epochs", "20"]
 

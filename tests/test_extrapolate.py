@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import STEPS, TINY_SHAPES, TINY_SPEC, tiny_llama
 
 import nextrap
 from nextrap import lowrank
@@ -15,6 +14,8 @@ from nextrap.extrapolate import ExtrapolateOptions
 from nextrap.predictors import NExtConfig
 from nextrap.runs import resolve_horizon
 from nextrap.synthetic import PlantSpec, llama_like_shapes, planted_factors, write_synthetic_run
+
+from .conftest import STEPS, TINY_SHAPES, TINY_SPEC, tiny_llama
 
 FAST = NExtConfig(epochs=300, patience=50)
 
