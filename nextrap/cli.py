@@ -254,6 +254,21 @@ def scan(
 @click.option(
     "--merge", is_flag=True, help="Write merged full weights (needs --base-model) instead of adapters."
 )
+@click.option(
+    "--format",
+    "out_format",
+    type=click.Choice(["peft", "trl"]),
+    default="peft",
+    show_default=True,
+    help="peft: adapter folders; trl: a checkpoint-<virtual step>/ folder TRL's resume_from_checkpoint accepts.",
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["keep", "reset"]),
+    default="reset",
+    show_default=True,
+    help="With --format trl: copy the last checkpoint's optimizer.pt/scheduler.pt (keep) or not (reset).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--no-hash", is_flag=True, help="Skip the sha256 of the input files in nextrap.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (nextrap.json) instead of a summary.")
@@ -283,6 +298,8 @@ def extrapolate(
     device: str,
     base_model: str | None,
     merge: bool,
+    out_format: str,
+    optimizer: str,
     overwrite: bool,
     no_hash: bool,
     as_json: bool,
@@ -313,6 +330,8 @@ def extrapolate(
         merge=merge,
         overwrite=overwrite,
         hash_inputs=not no_hash,
+        format=out_format,
+        optimizer=optimizer,
     )
     result = run_extrapolate(
         run_dir,
@@ -455,9 +474,9 @@ def _summary(result: Any) -> str:
     lines = [
         f"read {len(rep['inputs']['checkpoints'])} checkpoints (steps {rep['inputs']['checkpoints'][0]['step']}"
         f"..{rep['last_step']}, layout {rep['inputs']['layout']}); horizon {hz['intervals']} intervals = "
-        f"{hz['steps']} steps, {hz['training_pairs']} training pairs; device {rep['device']}",
+        f"{hz['steps']} steps, {hz['training_pairs']} training pairs; device {rep['device']}; method {rep['method']}",
     ]
-    for g in rep["predictor"]["groups"]:
+    for g in rep["predictor"].get("groups", []):  # only the NExt predictor trains networks
         lines.append(
             f"  predictor d={g['dim']:<6} {g['vectors']:>5} vectors  {g['epochs_run']:>5} epochs  "
             f"loss {g['relative_loss']:.3f} of predicting zeros"

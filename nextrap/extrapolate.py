@@ -32,6 +32,7 @@ from nextrap.layouts import Discovery
 from nextrap.predictors import METHODS, NExtConfig, Prediction, make_predictor
 from nextrap.progress import Progress, progress_bar
 from nextrap.runs import open_run, resolve_horizon
+from nextrap.trainer_checkpoint import OPTIMIZER_POLICIES, write_trainer_state
 from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Trajectory, compute_features
 from nextrap.version import __version__
 
@@ -56,7 +57,9 @@ class ExtrapolateOptions:
     or ``auto`` (backtest the run, take the recommended method). ``horizon``: in checkpoint intervals;
     ``None`` means 5, shortened when the run is too short for 3 training pairs. ``rank_policy``:
     ``keep`` (rank r, best approximation) or ``grow`` (exact, rank r + 1). ``merge`` with
-    ``base_model`` writes merged full weights instead of adapters.
+    ``base_model`` writes merged full weights instead of adapters. ``format="trl"`` writes a
+    ``checkpoint-<virtual step>/`` folder TRL resumes from; ``optimizer`` (``keep``/``reset``) decides
+    whether the last checkpoint's optimizer and scheduler go along.
     """
 
     coefs: tuple[float, ...] = (1.0,)
@@ -70,6 +73,8 @@ class ExtrapolateOptions:
     overwrite: bool = False
     hash_inputs: bool = True
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    format: str = "peft"
+    optimizer: str = "reset"
 
     def __post_init__(self) -> None:
         coefs = tuple(float(c) for c in self.coefs)
@@ -88,6 +93,15 @@ class ExtrapolateOptions:
             raise ConfigError(f"rank_policy {self.rank_policy!r}: expected one of {list(RANK_POLICIES)}")
         if self.merge and not self.base_model:
             raise ConfigError("merge needs base_model: pass --base-model PATH with --merge")
+        if self.format not in ("peft", "trl"):
+            raise ConfigError(f"format {self.format!r}: expected 'peft' or 'trl'")
+        if self.format == "trl" and (self.merge or self.rank_policy == "grow"):
+            raise ConfigError(
+                "--format trl resumes the run's own adapter: it cannot be combined with --merge or --rank-policy grow "
+                "(TRL reloads weights into the same rank and keys)"
+            )
+        if self.optimizer not in OPTIMIZER_POLICIES:
+            raise ConfigError(f"optimizer {self.optimizer!r}: expected one of {list(OPTIMIZER_POLICIES)}")
         if self.chunk_bytes < 1:
             raise ConfigError(f"chunk_bytes = {self.chunk_bytes}: expected a positive number of bytes")
 
@@ -147,6 +161,8 @@ def extrapolate(
         )
     if options.merge:
         _check_base_model(options.base_model)
+    if options.format == "trl":
+        _check_outside_run(output, traj)
 
     method, evidence = options.method, None
     if method == "auto":
@@ -191,11 +207,22 @@ def extrapolate(
                 write_merged(adapter_tmp, options.base_model, sub)
                 shutil.rmtree(adapter_tmp)
                 entry["format"] = "merged"
+            elif options.format == "trl":
+                step_dir = sub / f"checkpoint-{round(entry['virtual_step'])}"
+                step_dir.mkdir()
+                write_adapter(step_dir, tensors, traj.config, overrides)
+                notes.extend(
+                    write_trainer_state(
+                        step_dir, traj.refs[-1], round(entry["virtual_step"]), options.optimizer
+                    )
+                )
+                entry["format"] = "trl"
+                entry["path"] = str(step_dir.relative_to(tmp))
             else:
                 write_adapter(sub, tensors, traj.config, overrides)
                 entry["format"] = "peft"
             outputs.append(entry)
-            adapters[coef] = output if sub == tmp else output / sub.name
+            adapters[coef] = output / entry["path"] if entry["path"] != "." else output
         report = _report(
             traj,
             options,
@@ -238,6 +265,17 @@ def _auto_method(
         "scores": [s for s in result.scores if s["kind"] == "all"],
     }
     return rec["method"], evidence
+
+
+def _check_outside_run(output: Path, traj: Trajectory) -> None:
+    """TRL's checkpoint rotation deletes ``checkpoint-*`` folders of its output dir by age: stay out of it."""
+    out = output.resolve()
+    for folder in {ref.path.resolve().parent for ref in traj.refs}:
+        if out == folder or folder in out.parents:
+            raise ConfigError(
+                f"{output}: inside the run's folder {folder}; --format trl output must go elsewhere, or the "
+                "trainer's checkpoint rotation may delete it (it removes old checkpoint-* folders)"
+            )
 
 
 def _check_base_model(path: str | None) -> None:

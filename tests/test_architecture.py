@@ -26,6 +26,7 @@ ORDER = [
     "predictors.relex",
     "predictors",
     "backtest",
+    "trainer_checkpoint",
     "diagnostics",
     "plots",
     "extrapolate",

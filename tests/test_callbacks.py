@@ -152,3 +152,76 @@ def test_trainer_callback_swaps_weights_in_place_and_training_continues(tmp_path
     assert (
         seen["before_ids"] == seen["after_ids"] <= seen["after_opt"]
     )  # in place: the optimizer still holds them
+
+
+@pytest.mark.parametrize("optimizer", ["keep", "reset"])
+def test_format_trl_is_resumed_by_the_trainer(tmp_path, optimizer: str):
+    """transformers' Trainer (whose resume TRL's trainers inherit) resumes from a --format trl folder."""
+    from click.testing import CliRunner
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from nextrap.cli import main
+
+    gen = torch.Generator().manual_seed(0)
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 61, (64, 12), generator=gen)]
+
+    def args(out, steps):
+        return TrainingArguments(
+            output_dir=str(out),
+            max_steps=steps,
+            per_device_train_batch_size=8,
+            learning_rate=1e-2,
+            save_steps=2,
+            save_strategy="steps",
+            report_to=[],
+            use_cpu=True,
+            seed=0,
+        )
+
+    Trainer(model=_peft_model(), args=args(tmp_path / "run", 8), train_dataset=data).train()
+    jump = tmp_path / "jump"
+    inside = CliRunner().invoke(
+        main, ["extrapolate", str(tmp_path / "run"), "-o", str(tmp_path / "run" / "j"), "--format", "trl"]
+    )
+    assert inside.exit_code == 1 and "checkpoint rotation" in inside.output
+    res = CliRunner().invoke(
+        main,
+        [
+            "extrapolate",
+            str(tmp_path / "run"),
+            "-o",
+            str(jump),
+            "--format",
+            "trl",
+            "--method",
+            "linear",
+            "--horizon",
+            "1",
+            "--coef",
+            "2",
+            "--optimizer",
+            optimizer,
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    ckpt = jump / "checkpoint-12"  # 8 + 2 * 2
+    assert (ckpt / "optimizer.pt").exists() == (optimizer == "keep")
+    expected = load_file(ckpt / "adapter_model.safetensors")
+
+    loaded = {}
+
+    class Capture(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if not loaded:
+                loaded.update(
+                    {n.replace(".default", ""): p.detach().clone() for n, p in _lora_params(model).items()}
+                )
+                loaded["_step"] = state.global_step
+
+    trainer = Trainer(
+        model=_peft_model(), args=args(tmp_path / "resumed", 16), train_dataset=data, callbacks=[Capture()]
+    )
+    trainer.train(resume_from_checkpoint=str(ckpt))
+    assert loaded.pop("_step") == 12 and trainer.state.global_step == 16
+    for key, value in expected.items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)

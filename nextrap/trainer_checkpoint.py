@@ -1,0 +1,54 @@
+"""``--format trl``: a ``checkpoint-<step>/`` folder that TRL / the HF Trainer resume from.
+
+``Trainer.train(resume_from_checkpoint=DIR)`` (TRL's trainers inherit it) reloads the adapter
+weights, ``trainer_state.json`` (the step counter and log) and, only when both exist,
+``optimizer.pt`` + ``scheduler.pt``. So the folder holds the extrapolated adapter, the run's last
+trainer state with ``global_step`` moved to the virtual step, and, with ``optimizer="keep"``, the
+last checkpoint's optimizer and scheduler (Adam moments of the weights before the jump: stale but
+loadable). With ``"reset"`` they are left out and the Trainer starts a fresh optimizer and schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from nextrap.layouts import CheckpointRef
+
+__all__ = ["OPTIMIZER_POLICIES", "STATE_FILES", "write_trainer_state"]
+
+OPTIMIZER_POLICIES = ("keep", "reset")
+STATE_FILES = ("optimizer.pt", "scheduler.pt")
+# Per-process RNG states and the arguments file: copied along when present, as the Trainer wrote them.
+_EXTRA_FILES = ("rng_state.pth", "training_args.bin", "scaler.pt")
+
+
+def write_trainer_state(folder: Path, last: CheckpointRef, virtual_step: int, optimizer: str) -> list[str]:
+    """Add the trainer's files to the adapter ``folder``; returns notes for the report."""
+    notes = []
+    source = last.path
+    state_path = source / "trainer_state.json"
+    if state_path.is_file():
+        state = json.loads(state_path.read_text())
+    else:
+        state = {"log_history": [], "best_metric": None, "best_model_checkpoint": None}
+        notes.append(f"{source} has no trainer_state.json: wrote a minimal one (step counter only)")
+    state["global_step"] = virtual_step
+    if state.get("max_steps") and state["max_steps"] < virtual_step:
+        state["max_steps"] = virtual_step
+    (folder / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
+    if optimizer == "keep":
+        present = [name for name in STATE_FILES if (source / name).is_file()]
+        if len(present) == len(STATE_FILES):
+            for name in STATE_FILES:
+                shutil.copy2(source / name, folder / name)
+        else:
+            notes.append(
+                f"--optimizer keep: {source} lacks {', '.join(sorted(set(STATE_FILES) - set(present)))}; the Trainer "
+                "will start a fresh optimizer and schedule"
+            )
+    for extra in source.iterdir():
+        if extra.name in _EXTRA_FILES or (extra.name.startswith("rng_state_") and extra.suffix == ".pth"):
+            shutil.copy2(extra, folder / extra.name)
+    return notes
