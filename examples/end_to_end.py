@@ -28,7 +28,9 @@ def main(out: Path) -> None:
     print("accuracy by step:", {s: round(a, 3) for s, a in run.eval_accuracy().items()})
 
     # 2. nextrap reads the checkpoints like any TRL run and jumps one horizon (5 intervals = 25 steps) ahead
-    jump = nextrap.extrapolate(out / "run", out / "jump", nextrap.ExtrapolateOptions(coefs=(1.0,), overwrite=True))
+    jump = nextrap.extrapolate(
+        out / "run", out / "jump", nextrap.ExtrapolateOptions(coefs=(1.0,), overwrite=True)
+    )
     virtual = round(jump.report["outputs"][0]["virtual_step"])
     print(f"jumped from step 50 to virtual step {virtual}")
 

@@ -225,3 +225,68 @@ def test_format_trl_is_resumed_by_the_trainer(tmp_path, optimizer: str):
     assert loaded.pop("_step") == 12 and trainer.state.global_step == 16
     for key, value in expected.items():
         torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+
+
+def test_trl_grpo_trainer_with_the_callback(tmp_path, monkeypatch):
+    """TRL's GRPOTrainer on the reference policy: the callback jumps in place and training goes on."""
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+
+    from nextrap.integrations.transformers import NExtCallback
+    from nextrap.reference import WarmStartConfig, get_task, load_base
+    from nextrap.reference.model import lora_config
+
+    monkeypatch.setenv("NEXTRAP_CACHE", str(tmp_path / "cache"))
+    warm = WarmStartConfig()
+    task = get_task(warm.task)
+    base, tokenizer, _ = load_base(warm)
+    tokenizer.eos_token = "<pad>"
+    problems = task.sample(torch.Generator().manual_seed(0), 64, task.test_prompts())
+    dataset = Dataset.from_list([{"prompt": p, "answer": a} for p, a in problems])
+
+    def exact(prompts, completions, answer, **kwargs):
+        return [float(c.replace(" ", "")[: len(a)] == a) for c, a in zip(completions, answer, strict=True)]
+
+    seen = {}
+    from transformers import TrainerCallback
+
+    class Before(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 4:
+                seen["before"] = {n: p.detach().clone() for n, p in _lora_params(model).items()}
+                seen["ids"] = {n: id(p) for n, p in _lora_params(model).items()}
+
+    class After(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 4:
+                seen["after"] = {n: p.detach().clone() for n, p in _lora_params(model).items()}
+                seen["after_ids"] = {n: id(p) for n, p in _lora_params(model).items()}
+
+    callback = NExtCallback(
+        jump_at=4, record_every=1, options=nextrap.ExtrapolateOptions(method="linear", horizon=1)
+    )
+    args = trl.GRPOConfig(
+        output_dir=str(tmp_path / "out"),
+        max_steps=6,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=task.answer_len,
+        learning_rate=1e-3,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+    )
+    trainer = trl.GRPOTrainer(
+        model=base,
+        reward_funcs=exact,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+        callbacks=[Before(), callback, After()],
+    )
+    trainer.train()
+    assert trainer.state.global_step == 6 and len(callback.jumps) == 1
+    assert seen["ids"] == seen["after_ids"]
+    assert max(float((seen["after"][n] - seen["before"][n]).abs().max()) for n in seen["before"]) > 0
