@@ -15,7 +15,7 @@ gives the steps each arm needed to first reach it, the fraction saved against th
 final accuracy and the wall time. Curves of all seeds go into one PNG (needs matplotlib:
 ``pip install matplotlib``; the table is printed without it).
 
-Run: ``python benchmarks/rl_steps.py --seeds 0 1 2 --prompts 64`` (about 8 minutes per seed on 2 CPU cores).
+Run: ``python benchmarks/rl_steps.py --seeds 0 1 2`` (about 8 minutes per seed on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def main() -> None:
         "--methods", nargs="+", default=["next", "linear", "relex"], choices=["next", "linear", "relex"]
     )
     parser.add_argument("--save-steps", type=int, default=5)
-    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-size", type=int, default=512)
     parser.add_argument("--target-fraction", type=float, default=0.95)

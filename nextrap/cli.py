@@ -590,7 +590,7 @@ def _warm_config(task: str, base_seed: int):
     "--group-size", type=click.IntRange(min=2), default=8, show_default=True, help="Answers per prompt."
 )
 @click.option(
-    "--prompts", type=click.IntRange(min=1), default=16, show_default=True, help="Prompts per step."
+    "--prompts", type=click.IntRange(min=1), default=64, show_default=True, help="Prompts per step."
 )
 @click.option(
     "--kl-coef", type=click.FloatRange(min=0), default=0.0, show_default=True, help="KL penalty to the base."

@@ -108,7 +108,11 @@ def test_grpo_is_deterministic_and_writes_trl_checkpoints(tmp_path: Path):
 
 def test_whole_loop_train_extrapolate_resume_evaluate(tmp_path: Path):
     config = EndToEndConfig(
-        observe=30, resume=20, horizon=3, coef=1.0, grpo=GRPOConfig(save_steps=5, eval_size=256)
+        observe=30,
+        resume=20,
+        horizon=3,
+        coef=1.0,
+        grpo=GRPOConfig(save_steps=5, eval_size=256, prompts_per_step=16),
     )
     r = run_end_to_end(tmp_path / "e2e", config)
     plain, jump_dir, resumed = r.output / "plain", r.output / "jump", r.output / "resumed"

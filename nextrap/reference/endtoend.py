@@ -42,8 +42,8 @@ SUMMARY = "end_to_end.json"
 class EndToEndConfig:
     """``observe`` steps before the jump, ``horizon`` in checkpoint intervals, ``resume`` steps after it."""
 
-    observe: int = 40
-    resume: int = 40
+    observe: int = 50
+    resume: int = 100
     horizon: int = 5
     coef: float = 1.0
     method: str = "next"

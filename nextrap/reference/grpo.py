@@ -44,7 +44,7 @@ class GRPOConfig:
 
     steps: int = 60
     save_steps: int = 5
-    prompts_per_step: int = 16
+    prompts_per_step: int = 64
     group_size: int = 8
     lr: float = 1e-3
     rank: int = 8
