@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,10 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj.update(debug=debug, progress=not quiet and sys.stderr.isatty())
+    if verbose < 2:
+        # deprecation chatter between peft and transformers versions says nothing to a user of this CLI
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)(\.|$)")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(transformers|peft)(\.|$)")
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -718,6 +723,13 @@ def evaluate_reference(adapter_dir: Path, task: str, base_seed: int, size: int, 
     "--resume", type=click.IntRange(min=1), default=100, show_default=True, help="RL steps after it."
 )
 @click.option("--coef", type=float, default=1.0, show_default=True, help="Extending coefficient.")
+@click.option(
+    "--method",
+    type=click.Choice(["next", "linear", "relex", "auto"]),
+    default="next",
+    show_default=True,
+    help="Extrapolation method of the jump.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the RL runs.")
 @click.option(
     "--synthetic", is_flag=True, help="Instead: extrapolate a planted run and score it (seconds, no RL)."
@@ -731,6 +743,7 @@ def demo(
     observe: int,
     resume: int,
     coef: float,
+    method: str,
     seed: int,
     synthetic: bool,
     overwrite: bool,
@@ -741,12 +754,14 @@ def demo(
         return
     from nextrap.reference import EndToEndConfig, GRPOConfig, run_end_to_end
 
-    config = EndToEndConfig(observe=observe, resume=resume, coef=coef, grpo=GRPOConfig(seed=seed))
+    config = EndToEndConfig(
+        observe=observe, resume=resume, coef=coef, method=method, grpo=GRPOConfig(seed=seed)
+    )
     r = run_end_to_end(output, config, overwrite=overwrite, progress=ctx.obj["progress"])
     plain_final, jump_final = max(r.plain), max(r.jump)
     click.echo(f"plain run:        {plain_final} steps, held-out accuracy {r.plain[plain_final]:.3f}")
     click.echo(
-        f"jump arm:         {observe} steps, jump to step {r.report['virtual_step']} "
+        f"jump arm:         {observe} steps, {r.report['method']} jump to step {r.report['virtual_step']:g} "
         f"(accuracy {r.accuracy_before_jump:.3f} -> {r.accuracy_at_jump:.3f}), then {resume} steps: "
         f"{jump_final} steps, accuracy {r.jump[jump_final]:.3f}"
     )

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+# No test may reach the network: libraries that would look something up on the Hub (peft checks a base
+# model's config when saving, for one) fail fast instead. Set before huggingface_hub is imported.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 import torch

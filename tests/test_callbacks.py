@@ -227,19 +227,17 @@ def test_format_trl_is_resumed_by_the_trainer(tmp_path, optimizer: str):
         torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
 
 
-def test_trl_grpo_trainer_with_the_callback(tmp_path, monkeypatch):
-    """TRL's GRPOTrainer on the reference policy: the callback jumps in place and training goes on."""
+def _trl_grpo(tmp_path, monkeypatch, out, max_steps, callbacks=(), save_steps=None):
+    """TRL's GRPOTrainer on nextrap's reference policy (offline, CPU, seconds)."""
     trl = pytest.importorskip("trl")
     from datasets import Dataset
 
-    from nextrap.integrations.transformers import NExtCallback
     from nextrap.reference import WarmStartConfig, get_task, load_base
     from nextrap.reference.model import lora_config
 
     monkeypatch.setenv("NEXTRAP_CACHE", str(tmp_path / "cache"))
-    warm = WarmStartConfig()
-    task = get_task(warm.task)
-    base, tokenizer, _ = load_base(warm)
+    task = get_task(WarmStartConfig().task)
+    base, tokenizer, _ = load_base(WarmStartConfig())
     tokenizer.eos_token = "<pad>"
     problems = task.sample(torch.Generator().manual_seed(0), 64, task.test_prompts())
     dataset = Dataset.from_list([{"prompt": p, "answer": a} for p, a in problems])
@@ -247,8 +245,37 @@ def test_trl_grpo_trainer_with_the_callback(tmp_path, monkeypatch):
     def exact(prompts, completions, answer, **kwargs):
         return [float(c.replace(" ", "")[: len(a)] == a) for c, a in zip(completions, answer, strict=True)]
 
-    seen = {}
+    args = trl.GRPOConfig(
+        output_dir=str(out),
+        max_steps=max_steps,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=task.answer_len,
+        learning_rate=1e-3,
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+    )
+    return trl.GRPOTrainer(
+        model=base,
+        reward_funcs=exact,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(),
+        callbacks=list(callbacks),
+    )
+
+
+def test_trl_grpo_trainer_with_the_callback(tmp_path, monkeypatch):
+    """TRL's GRPOTrainer on the reference policy: the callback jumps in place and training goes on."""
     from transformers import TrainerCallback
+
+    from nextrap.integrations.transformers import NExtCallback
+
+    seen = {}
 
     class Before(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -265,28 +292,38 @@ def test_trl_grpo_trainer_with_the_callback(tmp_path, monkeypatch):
     callback = NExtCallback(
         jump_at=4, record_every=1, options=nextrap.ExtrapolateOptions(method="linear", horizon=1)
     )
-    args = trl.GRPOConfig(
-        output_dir=str(tmp_path / "out"),
-        max_steps=6,
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=task.answer_len,
-        learning_rate=1e-3,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=0,
-    )
-    trainer = trl.GRPOTrainer(
-        model=base,
-        reward_funcs=exact,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=lora_config(),
-        callbacks=[Before(), callback, After()],
-    )
+    trainer = _trl_grpo(tmp_path, monkeypatch, tmp_path / "out", 6, [Before(), callback, After()])
     trainer.train()
     assert trainer.state.global_step == 6 and len(callback.jumps) == 1
     assert seen["ids"] == seen["after_ids"]
     assert max(float((seen["after"][n] - seen["before"][n]).abs().max()) for n in seen["before"]) > 0
+
+
+def test_format_trl_is_resumed_by_trls_grpo_trainer(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from transformers import TrainerCallback
+
+    from nextrap.cli import main
+
+    _trl_grpo(tmp_path, monkeypatch, tmp_path / "run", 4, save_steps=1).train()
+    args = ["extrapolate", str(tmp_path / "run"), "-o", str(tmp_path / "jump"), "--format", "trl"]
+    res = CliRunner().invoke(main, [*args, "--method", "linear", "--horizon", "1", "--optimizer", "keep"])
+    assert res.exit_code == 0, res.output
+    ckpt = tmp_path / "jump" / "checkpoint-5"  # 4 + 1 * 1
+    expected = load_file(ckpt / "adapter_model.safetensors")
+    loaded = {}
+
+    class Capture(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if not loaded:
+                loaded.update(
+                    {n.replace(".default", ""): p.detach().clone() for n, p in _lora_params(model).items()}
+                )
+                loaded["_step"] = state.global_step
+
+    trainer = _trl_grpo(tmp_path, monkeypatch, tmp_path / "resumed", 7, [Capture()])
+    trainer.train(resume_from_checkpoint=str(ckpt))
+    assert loaded.pop("_step") == 5 and trainer.state.global_step == 7
+    assert loaded.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)

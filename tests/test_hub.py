@@ -24,6 +24,12 @@ SHAPES = llama_like_shapes(layers=1, hidden=16, intermediate=32, kv_dim=8)
 FAST = nextrap.NExtConfig(epochs=5)
 
 
+@pytest.fixture(autouse=True)
+def hub_online(monkeypatch):
+    """conftest puts the whole suite offline; these tests talk to the local stand-in server."""
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+
+
 @pytest.fixture
 def adapter(tmp_path: Path) -> Path:
     """An extrapolated adapter (coef 2) of a small planted run whose config names a Hub base model."""

@@ -211,3 +211,17 @@ def test_cli_train_and_evaluate_reference(tmp_path: Path):
     assert res.exit_code == 1 and "already exists" in res.output
     res = runner.invoke(main, ["evaluate-reference", str(out / "checkpoint-2"), "--task", "divide"])
     assert res.exit_code == 1 and "not a reference task" in res.output
+
+
+def test_cli_demo_runs_the_whole_loop(tmp_path: Path):
+    """The README's main job, on a short setting."""
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(
+        main, ["demo", "-o", str(out), "--observe", "30", "--resume", "5", "--method", "linear"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "linear jump to step 55" in res.output and "target accuracy" in res.output
+    summary = json.loads((out / "end_to_end.json").read_text())
+    assert summary["method"] == "linear" and max(int(s) for s in summary["jump"]) == 35
+    res = CliRunner().invoke(main, ["demo", "-o", str(out)])
+    assert res.exit_code == 1 and "--overwrite" in res.output

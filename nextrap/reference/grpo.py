@@ -216,7 +216,8 @@ def _grpo_step(model, tokenizer, task, config: GRPOConfig, opt, sched, params, s
 def _save_checkpoint(output: Path, model, opt, sched, step: int, last: int, config: GRPOConfig, log) -> Path:
     folder = output / f"checkpoint-{step}"
     with atomic_directory(folder, overwrite=False) as tmp:
-        model.save_pretrained(tmp)
+        # the base id is not a Hub model: stop peft from looking its config up online
+        model.save_pretrained(tmp, save_embedding_layers=False)
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         torch.save(sched.state_dict(), tmp / "scheduler.pt")
         # the fields of transformers.TrainerState that a resuming Trainer reads
