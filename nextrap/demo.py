@@ -1,8 +1,8 @@
-"""``nextrap demo``: a planted run written to disk, extrapolated, and scored against its known future.
+"""``nextrap demo --synthetic``: a planted run written to disk, extrapolated, and scored against its known future.
 
-Until the bundled reference trainer exists this is the main job: it shows the whole path (a TRL
-folder of checkpoints -> ``extrapolate`` -> PEFT adapters) and how far the jump lands from where
-the run really goes, compared with not jumping.
+Seconds instead of minutes, and no RL: it shows the path (a TRL folder of checkpoints ->
+``extrapolate`` -> PEFT adapters) and how far the jump lands from where the planted run really goes,
+compared with not jumping. ``nextrap demo`` without the flag runs the reference RL loop instead.
 """
 
 from __future__ import annotations
