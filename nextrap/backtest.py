@@ -28,7 +28,7 @@ from nextrap import lowrank
 from nextrap.errors import ConfigError, LayoutError
 from nextrap.predictors import METHODS, NExtConfig, Prediction, make_predictor
 from nextrap.progress import Progress, no_progress
-from nextrap.runs import resolve_horizon
+from nextrap.runs import DEFAULT_HORIZON, MIN_PAIRS, resolve_horizon
 from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Trajectory, compute_features
 
 __all__ = ["BacktestOptions", "BacktestResult", "backtest", "score_prediction"]
@@ -233,8 +233,6 @@ def backtest(
 
 def _default_holdout(checkpoints: int) -> int:
     """One default horizon's worth of checkpoints, fewer when the run is short (3 left to fit on, at least)."""
-    from nextrap.runs import DEFAULT_HORIZON, MIN_PAIRS
-
     return max(1, min(DEFAULT_HORIZON, checkpoints - (MIN_PAIRS + 1)))
 
 

@@ -34,6 +34,25 @@ def _drive(model, step: int) -> None:
                 p.copy_(direction * step / 100)
 
 
+def _first_step_capture():
+    """A TrainerCallback keeping the LoRA tensors (saved-key names) and the step counter at the first step."""
+    from transformers import TrainerCallback
+
+    class Capture(TrainerCallback):
+        def __init__(self):
+            self.step: int | None = None
+            self.lora: dict[str, torch.Tensor] = {}
+
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if self.step is None:
+                self.step = state.global_step
+                self.lora = {
+                    n.replace(".default", ""): p.detach().clone() for n, p in _lora_params(model).items()
+                }
+
+    return Capture()
+
+
 @pytest.mark.parametrize("in_memory", [False, True])
 def test_recorder_writes_peft_adapters_nextrap_can_read(tmp_path, in_memory: bool):
     model = _peft_model()
@@ -158,7 +177,7 @@ def test_trainer_callback_swaps_weights_in_place_and_training_continues(tmp_path
 def test_format_trl_is_resumed_by_the_trainer(tmp_path, optimizer: str):
     """transformers' Trainer (whose resume TRL's trainers inherit) resumes from a --format trl folder."""
     from click.testing import CliRunner
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     from nextrap.cli import main
 
@@ -208,23 +227,14 @@ def test_format_trl_is_resumed_by_the_trainer(tmp_path, optimizer: str):
     assert (ckpt / "optimizer.pt").exists() == (optimizer == "keep")
     expected = load_file(ckpt / "adapter_model.safetensors")
 
-    loaded = {}
-
-    class Capture(TrainerCallback):
-        def on_step_begin(self, args, state, control, model=None, **kwargs):
-            if not loaded:
-                loaded.update(
-                    {n.replace(".default", ""): p.detach().clone() for n, p in _lora_params(model).items()}
-                )
-                loaded["_step"] = state.global_step
-
+    capture = _first_step_capture()
     trainer = Trainer(
-        model=_peft_model(), args=args(tmp_path / "resumed", 16), train_dataset=data, callbacks=[Capture()]
+        model=_peft_model(), args=args(tmp_path / "resumed", 16), train_dataset=data, callbacks=[capture]
     )
     trainer.train(resume_from_checkpoint=str(ckpt))
-    assert loaded.pop("_step") == 12 and trainer.state.global_step == 16
+    assert capture.step == 12 and trainer.state.global_step == 16
     for key, value in expected.items():
-        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+        torch.testing.assert_close(capture.lora[key], value, rtol=0, atol=0)
 
 
 def _trl_grpo(tmp_path, monkeypatch, out, max_steps, callbacks=(), save_steps=None):
@@ -301,7 +311,6 @@ def test_trl_grpo_trainer_with_the_callback(tmp_path, monkeypatch):
 
 def test_format_trl_is_resumed_by_trls_grpo_trainer(tmp_path, monkeypatch):
     from click.testing import CliRunner
-    from transformers import TrainerCallback
 
     from nextrap.cli import main
 
@@ -311,19 +320,10 @@ def test_format_trl_is_resumed_by_trls_grpo_trainer(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     ckpt = tmp_path / "jump" / "checkpoint-5"  # 4 + 1 * 1
     expected = load_file(ckpt / "adapter_model.safetensors")
-    loaded = {}
-
-    class Capture(TrainerCallback):
-        def on_step_begin(self, args, state, control, model=None, **kwargs):
-            if not loaded:
-                loaded.update(
-                    {n.replace(".default", ""): p.detach().clone() for n, p in _lora_params(model).items()}
-                )
-                loaded["_step"] = state.global_step
-
-    trainer = _trl_grpo(tmp_path, monkeypatch, tmp_path / "resumed", 7, [Capture()])
+    capture = _first_step_capture()
+    trainer = _trl_grpo(tmp_path, monkeypatch, tmp_path / "resumed", 7, [capture])
     trainer.train(resume_from_checkpoint=str(ckpt))
-    assert loaded.pop("_step") == 5 and trainer.state.global_step == 7
-    assert loaded.keys() == expected.keys()
+    assert capture.step == 5 and trainer.state.global_step == 7
+    assert capture.lora.keys() == expected.keys()
     for key, value in expected.items():
-        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+        torch.testing.assert_close(capture.lora[key], value, rtol=0, atol=0)
