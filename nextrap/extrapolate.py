@@ -27,7 +27,7 @@ from nextrap import lowrank
 from nextrap.adapters import write_adapter
 from nextrap.atomic import atomic_directory, check_output
 from nextrap.devices import resolve_device
-from nextrap.errors import ConfigError
+from nextrap.errors import ConfigError, LayoutError
 from nextrap.layouts import Discovery
 from nextrap.predictors import METHODS, NExtConfig, Prediction, make_predictor
 from nextrap.progress import Progress, progress_bar
@@ -246,14 +246,15 @@ def _auto_method(
     """``--method auto``: backtest the run's own checkpoints and take the recommended method."""
     from nextrap.backtest import BacktestOptions, backtest
 
-    result = backtest(
-        traj,
-        BacktestOptions(
-            horizon=options.horizon, predictor=options.predictor, chunk_bytes=options.chunk_bytes
-        ),
-        device,
-        wrap,
+    bt_options = BacktestOptions(
+        horizon=options.horizon, predictor=options.predictor, chunk_bytes=options.chunk_bytes
     )
+    try:
+        result = backtest(traj, bt_options, device, wrap)
+    except LayoutError as exc:
+        raise ConfigError(
+            f"--method auto could not backtest this run ({exc}); choose --method next, linear or relex"
+        ) from exc
     rec = result.recommendation
     notes.append(f"method auto: {rec['text']}")
     if not rec["beats_staying"]:

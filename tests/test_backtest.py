@@ -204,3 +204,10 @@ def test_plot_without_matplotlib_says_how_to_install(tmp_path: Path, monkeypatch
     res = CliRunner().invoke(main, ["inspect", str(run), "--plot", str(tmp_path / "plots")])
     assert res.exit_code == 1 and "pip install 'nextrap[plot]'" in res.output
     assert not (tmp_path / "plots").exists()
+
+
+def test_auto_on_a_run_too_short_to_backtest(tmp_path: Path):
+    run = write_synthetic_run(tmp_path / "run", [10, 20, 30], SHAPES, PlantSpec(rank=4, alpha=8.0))
+    res = CliRunner().invoke(main, ["extrapolate", str(run), "-o", str(tmp_path / "out"), "--method", "auto"])
+    assert res.exit_code == 1 and "--method auto could not backtest" in res.output
+    assert not (tmp_path / "out").exists()
