@@ -15,10 +15,12 @@ from __future__ import annotations
 import logging
 
 from nextrap.backtest import BacktestOptions, BacktestResult, backtest
+from nextrap.callbacks import Jump, TrajectoryRecorder, extrapolate_into
 from nextrap.errors import (
     CheckpointError,
     ConfigError,
     DeviceError,
+    HubError,
     InputNotFoundError,
     LayoutError,
     MismatchError,
@@ -26,6 +28,7 @@ from nextrap.errors import (
     OutputExistsError,
 )
 from nextrap.extrapolate import ExtrapolateOptions, ExtrapolationResult, extrapolate
+from nextrap.hub import push
 from nextrap.layouts import CheckpointRef, Discovery, discover, from_explicit
 from nextrap.predictors import LinearPredictor, NExtConfig, NExtPredictor, RelexPredictor
 from nextrap.runs import open_run, scan
@@ -44,7 +47,9 @@ __all__ = [
     "Discovery",
     "ExtrapolateOptions",
     "ExtrapolationResult",
+    "HubError",
     "InputNotFoundError",
+    "Jump",
     "LayoutError",
     "LinearPredictor",
     "MismatchError",
@@ -54,12 +59,15 @@ __all__ = [
     "OutputExistsError",
     "RelexPredictor",
     "Trajectory",
+    "TrajectoryRecorder",
     "__version__",
     "backtest",
     "compute_features",
     "discover",
     "extrapolate",
+    "extrapolate_into",
     "from_explicit",
     "open_run",
+    "push",
     "scan",
 ]
