@@ -136,7 +136,8 @@ def score_prediction(
             acc["tt"] += tt
 
     idx = [base, *targets]
-    for names, B, A in trajectory.factor_chunks(idx, device, chunk_bytes):
+    for names in trajectory.module_chunks(len(idx), chunk_bytes):
+        B, A = trajectory.load_factors(names, device, idx)
         # float64: the error is a difference of inner products, which float32 would blur at 1e-4
         Ld, Rd = (x.double() for x in prediction.stacked(names, device))
         B, A = B.double(), A.double()

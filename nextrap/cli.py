@@ -68,6 +68,17 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     root.setLevel(level)
 
 
+def _options(decorators: list[Callable[..., Any]]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """One decorator applying a shared list of click options, in the order listed."""
+
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for deco in reversed(decorators):
+            fn = deco(fn)
+        return fn
+
+    return apply
+
+
 _input_options = [
     click.argument("run_dir", required=False, type=click.Path(path_type=Path)),
     click.option(
@@ -88,10 +99,7 @@ _input_options = [
 ]
 
 
-def _with_inputs(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for deco in reversed(_input_options):
-        fn = deco(fn)
-    return fn
+_with_inputs = _options(_input_options)
 
 
 _fit_options = [
@@ -133,10 +141,7 @@ _fit_options = [
 ]
 
 
-def _with_fit_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for deco in reversed(_fit_options):
-        fn = deco(fn)
-    return fn
+_with_fit_options = _options(_fit_options)
 
 
 _hub_options = [
@@ -154,10 +159,7 @@ _hub_options = [
 ]
 
 
-def _with_hub_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for deco in reversed(_hub_options):
-        fn = deco(fn)
-    return fn
+_with_hub_options = _options(_hub_options)
 
 
 def _echo_push(result: Any) -> None:
@@ -545,10 +547,7 @@ _reference_options = [
 ]
 
 
-def _with_reference(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for deco in reversed(_reference_options):
-        fn = deco(fn)
-    return fn
+_with_reference = _options(_reference_options)
 
 
 def _warm_config(task: str, base_seed: int):

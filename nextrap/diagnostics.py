@@ -92,7 +92,8 @@ def diagnose(
     device = device or torch.device("cpu")
     diag = Diagnostics(steps=trajectory.steps, rank=min(m.rank for m in trajectory.modules.values()))
     steps = torch.tensor(trajectory.steps, dtype=torch.float64)
-    for names, B, A in progress(list(trajectory.factor_chunks(None, device, chunk_bytes)), "diagnostics"):
+    for names in progress(trajectory.module_chunks(len(trajectory.steps), chunk_bytes), "diagnostics"):
+        B, A = trajectory.load_factors(names, device)
         M, K = B.shape[:2]
         svd = lowrank.factored_svd(B.reshape(M * K, *B.shape[2:]), A.reshape(M * K, *A.shape[2:]))
         energy = svd.S.double().square()

@@ -106,21 +106,15 @@ class Trajectory:
                     A[i, k] = reader.get(m.a_key)
         return B.to(device), A.to(device)
 
-    def factor_chunks(
-        self,
-        indices: Sequence[int] | None,
-        device: torch.device,
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    ) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
-        """``(names, B, A)`` for chunks of equal-shape modules: scaled ``B (M, K, out, r)``, ``A (M, K, r, in)``.
+    def module_chunks(self, checkpoints: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[list[str]]:
+        """Module names in chunks of equal shape whose factors at ``checkpoints`` checkpoints fit ``chunk_bytes``.
 
-        ``chunk_bytes`` bounds the factor bytes loaded at once.
+        Load each chunk with :meth:`load_factors` as it is used, so at most one chunk is in memory.
         """
-        K = len(self.refs) if indices is None else len(indices)
+        chunks: list[list[str]] = []
         for (out_f, in_f, rank), names in self.shape_groups().items():
-            for chunk in _chunks(names, (out_f + in_f) * rank * 4 * K, chunk_bytes):
-                B, A = self.load_factors(chunk, device, indices)
-                yield chunk, B, A
+            chunks.extend(_chunks(names, (out_f + in_f) * rank * 4 * checkpoints, chunk_bytes))
+        return chunks
 
     def load_raw(self, key: str, device: torch.device, indices: Sequence[int] | None = None) -> torch.Tensor:
         """One raw tensor at the checkpoints ``indices`` (default all): ``(K, *shape)`` float32 on ``device``."""
@@ -287,10 +281,7 @@ def compute_features(
     if not 1 <= horizon < K:
         raise ValueError(f"horizon must be in [1, {K - 1}] for {K} checkpoints, got {horizon}")
     feats = Features(steps=traj.steps, horizon=horizon)
-    jobs: list[tuple[str, list[str]]] = []
-    for (out_f, in_f, rank), names in traj.shape_groups().items():
-        per_module = (out_f + in_f) * rank * 4 * K
-        jobs.extend(("lora", chunk) for chunk in _chunks(names, per_module, chunk_bytes))
+    jobs: list[tuple[str, list[str]]] = [("lora", chunk) for chunk in traj.module_chunks(K, chunk_bytes)]
     jobs.extend(("raw", [key]) for key in traj.raw)
     for kind, names in progress(jobs, "rank-1 features"):
         if kind == "lora":

@@ -37,7 +37,8 @@ class LinearPredictor:
         last = len(trajectory.headers) - 1
         idx = [last - horizon, last]
         matrices: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for names, B, A in progress(list(trajectory.factor_chunks(idx, device, self.chunk_bytes)), "linear"):
+        for names in progress(trajectory.module_chunks(len(idx), self.chunk_bytes), "linear"):
+            B, A = trajectory.load_factors(names, device, idx)
             L = torch.cat([B[:, 1], -B[:, 0]], -1).cpu()
             R = torch.cat([A[:, 1], A[:, 0]], -2).cpu()
             for j, name in enumerate(names):

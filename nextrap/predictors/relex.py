@@ -72,7 +72,8 @@ class RelexPredictor:
         span = trajectory.steps[-1] - trajectory.steps[-1 - horizon]
         matrices: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         r2s: dict[str, float] = {}
-        for names, B, A in progress(list(trajectory.factor_chunks(idx, device, self.chunk_bytes)), "relex"):
+        for names in progress(trajectory.module_chunks(len(idx), self.chunk_bytes), "relex"):
+            B, A = trajectory.load_factors(names, device, idx)
             top = lowrank.top_triplet(B[:, -1], A[:, -1])
             Bu = torch.einsum("mo,mkor->mkr", top.u, B)
             Av = torch.einsum("mkri,mi->mkr", A, top.v)
