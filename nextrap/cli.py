@@ -404,6 +404,7 @@ def backtest(
     plot: Path | None,
 ) -> None:
     """Hold out the last checkpoints, fit each method on the rest, score it, and recommend one."""
+    from nextrap.atomic import check_outside_inputs
     from nextrap.backtest import BacktestOptions
     from nextrap.backtest import backtest as run_backtest
     from nextrap.devices import resolve_device
@@ -418,6 +419,8 @@ def backtest(
         predictor=_next_config(preset, epochs, lr, loss, patience, seed),
     )
     traj = open_run(run_dir, list(checkpoints) or None, list(steps) or None, adapter_name)
+    if plot is not None:
+        check_outside_inputs(plot, traj.discovery.input_paths)
     result = run_backtest(traj, options, resolve_device(device), progress_bar(ctx.obj["progress"]))
     if plot is not None:
         from nextrap.plots import plot_backtest
@@ -451,6 +454,7 @@ def inspect(
     as_json: bool,
 ) -> None:
     """How rank-1 the run's updates are, and how straight their rank-1 coefficient moves."""
+    from nextrap.atomic import check_outside_inputs
     from nextrap.devices import resolve_device
     from nextrap.diagnostics import diagnose
     from nextrap.progress import progress_bar
@@ -459,6 +463,8 @@ def inspect(
     traj = open_run(run_dir, list(checkpoints) or None, list(steps) or None, adapter_name)
     if plot is not None:
         from nextrap.plots import require_matplotlib
+
+        check_outside_inputs(plot, traj.discovery.input_paths)
 
         require_matplotlib()  # fail before the work when matplotlib is missing
     diag = diagnose(traj, resolve_device(device), progress=progress_bar(ctx.obj["progress"]))

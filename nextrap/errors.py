@@ -18,6 +18,7 @@ __all__ = [
     "MismatchError",
     "NextrapError",
     "OutputExistsError",
+    "UnsafeOutputError",
 ]
 
 
@@ -47,6 +48,10 @@ class ConfigError(NextrapError, ValueError):
 
 class OutputExistsError(NextrapError, FileExistsError):
     """The output path exists and ``overwrite`` was not requested."""
+
+
+class UnsafeOutputError(NextrapError, ValueError):
+    """The output path equals, contains or lies inside one of the inputs: writing there could destroy them."""
 
 
 class DeviceError(NextrapError, ValueError):

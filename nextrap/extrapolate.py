@@ -149,7 +149,9 @@ def extrapolate(
     started = time.perf_counter()
     traj = open_run(run, checkpoints, steps, adapter_name)
     device = resolve_device(options.device)
-    output = check_output(output, options.overwrite)
+    if options.format == "trl":
+        _check_outside_run(Path(output), traj)  # first: its message names the rotation hazard
+    output = check_output(output, options.overwrite, traj.discovery.input_paths)
     horizon, horizon_note = resolve_horizon(len(traj.headers), options.horizon)
     notes = list(traj.discovery.notes) + list(traj.notes) + ([horizon_note] if horizon_note else [])
     spacing = traj.spacing()
@@ -161,8 +163,6 @@ def extrapolate(
         )
     if options.merge:
         _check_base_model(options.base_model)
-    if options.format == "trl":
-        _check_outside_run(output, traj)
 
     method, evidence = options.method, None
     if method == "auto":
@@ -183,7 +183,7 @@ def extrapolate(
     horizon_steps = traj.steps[-1] - traj.steps[-1 - horizon]
 
     outputs, adapters = [], {}
-    with atomic_directory(output, options.overwrite) as tmp:
+    with atomic_directory(output, options.overwrite, traj.discovery.input_paths) as tmp:
         for coef in wrap(list(options.coefs), "writing adapters"):
             sub = tmp if len(options.coefs) == 1 else tmp / f"coef-{coef}"
             sub.mkdir(exist_ok=True)

@@ -77,6 +77,14 @@ class Discovery:
     def steps(self) -> tuple[int, ...]:
         return tuple(c.step for c in self.checkpoints)
 
+    @property
+    def input_paths(self) -> tuple[Path, ...]:
+        """Every folder and file this run was read from: no output may touch them."""
+        paths = [self.root] if self.root else []
+        for c in self.checkpoints:
+            paths += [c.path, c.weights]
+        return tuple(paths)
+
     def to_dict(self) -> dict:
         return {
             "root": str(self.root) if self.root else None,

@@ -46,6 +46,7 @@ ORDER = [
     "integrations",
     "integrations.transformers",
     "cli",
+    "__main__",
 ]
 
 

@@ -122,7 +122,7 @@ def train(
     config = config or GRPOConfig()
     if start_step < 0:
         raise ConfigError(f"start_step must be >= 0, got {start_step}")
-    output = check_output(output, overwrite)
+    output = check_output(output, overwrite, [init_adapter] if init_adapter else [])
     task = get_task(config.warm.task)
     if init_adapter is None:
         base, tokenizer = load_policy(config.warm, None, True, progress)
