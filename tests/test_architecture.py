@@ -36,6 +36,7 @@ ORDER = [
     "synthetic",
     "demo",
     "__init__",
+    "reference.stats",
     "reference.tasks",
     "reference.model",
     "reference.policy",
