@@ -12,10 +12,10 @@ ahead along the predicted trajectory, for you to resume training from::
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
-from nextrap.backtest import BacktestOptions, BacktestResult, backtest
-from nextrap.callbacks import Jump, TrajectoryRecorder, extrapolate_into
 from nextrap.errors import (
     CheckpointError,
     ConfigError,
@@ -26,16 +26,60 @@ from nextrap.errors import (
     MismatchError,
     NextrapError,
     OutputExistsError,
+    UnsafeOutputError,
 )
-from nextrap.extrapolate import ExtrapolateOptions, ExtrapolationResult, extrapolate
-from nextrap.hub import push
-from nextrap.layouts import CheckpointRef, Discovery, discover, from_explicit
-from nextrap.predictors import LinearPredictor, NExtConfig, NExtPredictor, RelexPredictor
-from nextrap.runs import open_run, scan
-from nextrap.trajectory import Trajectory, compute_features
 from nextrap.version import __version__
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+# The public API, imported on first use: `import nextrap` and `nextrap --help` must not pay for torch.
+_LAZY = {
+    "BacktestOptions": "nextrap.backtest",
+    "BacktestResult": "nextrap.backtest",
+    "backtest": "nextrap.backtest",
+    "Jump": "nextrap.callbacks",
+    "TrajectoryRecorder": "nextrap.callbacks",
+    "extrapolate_into": "nextrap.callbacks",
+    "ExtrapolateOptions": "nextrap.extrapolate",
+    "ExtrapolationResult": "nextrap.extrapolate",
+    "extrapolate": "nextrap.extrapolate",
+    "push": "nextrap.hub",
+    "CheckpointRef": "nextrap.layouts",
+    "Discovery": "nextrap.layouts",
+    "discover": "nextrap.layouts",
+    "from_explicit": "nextrap.layouts",
+    "LinearPredictor": "nextrap.predictors",
+    "NExtConfig": "nextrap.predictors",
+    "NExtPredictor": "nextrap.predictors",
+    "RelexPredictor": "nextrap.predictors",
+    "open_run": "nextrap.runs",
+    "scan": "nextrap.runs",
+    "Trajectory": "nextrap.trajectory",
+    "compute_features": "nextrap.trajectory",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module 'nextrap' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from nextrap.backtest import BacktestOptions, BacktestResult, backtest
+    from nextrap.callbacks import Jump, TrajectoryRecorder, extrapolate_into
+    from nextrap.extrapolate import ExtrapolateOptions, ExtrapolationResult, extrapolate
+    from nextrap.hub import push
+    from nextrap.layouts import CheckpointRef, Discovery, discover, from_explicit
+    from nextrap.predictors import LinearPredictor, NExtConfig, NExtPredictor, RelexPredictor
+    from nextrap.runs import open_run, scan
+    from nextrap.trajectory import Trajectory, compute_features
 
 __all__ = [
     "BacktestOptions",
@@ -60,6 +104,7 @@ __all__ = [
     "RelexPredictor",
     "Trajectory",
     "TrajectoryRecorder",
+    "UnsafeOutputError",
     "__version__",
     "backtest",
     "compute_features",

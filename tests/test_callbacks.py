@@ -110,10 +110,13 @@ def test_extrapolate_into_copies_in_place_and_resets_moments(tmp_path):
             torch.testing.assert_close(
                 got[name] @ got[a_name], want[name] @ want[a_name], rtol=1e-4, atol=1e-6
             )
-    # training goes on with the same optimizer
+    # training goes on with the same optimizer: one step moves the swapped-in values and fills fresh moments
+    before_step = {n: p.detach().clone() for n, p in after.items()}
     loss = sum(p.square().sum() for p in after.values())
     loss.backward()
     opt.step()
+    assert all(not torch.equal(p.detach(), before_step[n]) for n, p in after.items())
+    assert all(opt.state[p]["step"] == 1 for p in after.values())
 
 
 def test_extrapolate_into_needs_snapshots(tmp_path):
