@@ -144,6 +144,32 @@ _fit_options = [
 _with_fit_options = _options(_fit_options)
 
 
+_relex_options = [
+    click.option(
+        "--relex-rank",
+        type=int,
+        default=1,
+        show_default=True,
+        help="RELEX: temporal components kept (the paper uses 1).",
+    ),
+    click.option(
+        "--relex-window",
+        type=int,
+        default=None,
+        help="RELEX: fit the lines to the last N checkpoints [default: all observed].",
+    ),
+]
+
+
+_with_relex_options = _options(_relex_options)
+
+
+def _relex_config(relex_rank: int, relex_window: int | None):
+    from nextrap.predictors import RelexConfig
+
+    return RelexConfig(rank=relex_rank, window=relex_window)
+
+
 _hub_options = [
     click.option("--private", is_flag=True, help="Create the repository as private (if it does not exist)."),
     click.option("--revision", default=None, help="Branch to commit to; created if missing [default: main]."),
@@ -238,18 +264,25 @@ def scan(
     "coefs",
     multiple=True,
     type=float,
-    default=(1.0,),
-    show_default=True,
-    help="Extending coefficient c: jump c horizons ahead. Repeat for several adapters.",
+    help="Extending coefficient c: jump c horizons ahead [default: 1]. Repeat for several adapters.",
+)
+@click.option(
+    "--to-step",
+    "to_steps",
+    multiple=True,
+    type=int,
+    help="Jump to this training step instead of --coef (beyond the last checkpoint). Repeatable.",
 )
 @click.option(
     "--method",
-    type=click.Choice(["next", "linear", "relex", "auto"]),
+    type=click.Choice(["next", "linear", "relex", "relex-anchored", "auto"]),
     default="next",
     show_default=True,
-    help="next: the NExt predictor; linear: repeat the last horizon; relex: rank-1 line; auto: what backtest recommends.",
+    help="next: the NExt predictor; linear: repeat the last horizon (RL-Extra); relex: RELEX, denoised temporal "
+    "SVD + line; relex-anchored: the same line from the last checkpoint; auto: what backtest recommends.",
 )
 @_with_fit_options
+@_with_relex_options
 @click.option(
     "--rank-policy",
     type=click.Choice(["keep", "grow"]),
@@ -293,6 +326,7 @@ def extrapolate(
     adapter_name: str | None,
     output: Path,
     coefs: tuple[float, ...],
+    to_steps: tuple[int, ...],
     method: str,
     horizon: int | None,
     preset: str,
@@ -301,8 +335,10 @@ def extrapolate(
     loss: str | None,
     patience: int | None,
     seed: int | None,
-    rank_policy: str,
     device: str,
+    relex_rank: int,
+    relex_window: int | None,
+    rank_policy: str,
     base_model: str | None,
     merge: bool,
     out_format: str,
@@ -327,7 +363,9 @@ def extrapolate(
 
     predictor = _next_config(preset, epochs, lr, loss, patience, seed)
     options = ExtrapolateOptions(
-        coefs=coefs,
+        coefs=coefs or None,
+        to_steps=to_steps,
+        relex=_relex_config(relex_rank, relex_window),
         method=method,
         horizon=horizon,
         rank_policy=rank_policy,
@@ -373,13 +411,21 @@ def extrapolate(
     help="Checkpoints held out at the end [default: one horizon's worth, so the coefficient reaches 1].",
 )
 @click.option(
+    "--observe-until",
+    type=int,
+    default=None,
+    help="Fit on the checkpoints up to this step and score every later one, to the end of the run "
+    "(RELEX's protocol) instead of --holdout.",
+)
+@click.option(
     "--method",
     "methods",
     multiple=True,
-    type=click.Choice(["next", "linear", "relex"]),
+    type=click.Choice(["next", "linear", "relex", "relex-anchored"]),
     help="Methods to compare (repeatable) [default: all].",
 )
 @_with_fit_options
+@_with_relex_options
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write a PNG of the scores here.")
 @click.pass_context
@@ -391,6 +437,7 @@ def backtest(
     steps: tuple[int, ...],
     adapter_name: str | None,
     holdout: int | None,
+    observe_until: int | None,
     methods: tuple[str, ...],
     horizon: int | None,
     preset: str,
@@ -400,6 +447,8 @@ def backtest(
     patience: int | None,
     seed: int | None,
     device: str,
+    relex_rank: int,
+    relex_window: int | None,
     as_json: bool,
     plot: Path | None,
 ) -> None:
@@ -414,6 +463,8 @@ def backtest(
 
     options = BacktestOptions(
         holdout=holdout,
+        observe_until=observe_until,
+        relex=_relex_config(relex_rank, relex_window),
         methods=methods or METHODS,
         horizon=horizon,
         predictor=_next_config(preset, epochs, lr, loss, patience, seed),
@@ -495,11 +546,19 @@ def _summary(result: Any) -> str:
             f"loss {g['relative_loss']:.3f} of predicting zeros"
             + ("" if g["converged"] else "  (not converged)")
         )
-    lines.append(f"{'coef':>6}  {'virtual step':>12}  {'max trunc. err':>14}  output")
+    if "median_explained_variance" in rep["predictor"]:
+        p = rep["predictor"]
+        lines.append(
+            f"  relex ({p['mode']}, rank {p['rank']}, line over {p['window_checkpoints']} checkpoints): the kept "
+            f"temporal components explain {p['median_explained_variance']:.1%} of the updates (median over modules)"
+        )
+    lines.append(f"{'coef':>8}  {'virtual step':>12}  {'x span':>6}  {'max trunc. err':>14}  output")
     for out in rep["outputs"]:
         path = result.adapters[out["coef"]]
+        ratio = out.get("jump_over_observed_span")
         lines.append(
-            f"{out['coef']:>6g}  {out['virtual_step']:>12g}  {out['max_relative_truncation_error']:>14.2e}  {path}"
+            f"{out['coef']:>8.4g}  {out['virtual_step']:>12g}  {'' if ratio is None else f'{ratio:.2f}':>6}  "
+            f"{out['max_relative_truncation_error']:>14.2e}  {path}"
         )
     lines += [f"note: {n}" for n in rep["notes"]]
     lines.append(f"report: {result.report_path}")
