@@ -532,6 +532,28 @@ def inspect(
         click.echo(f"plot: {p}")
 
 
+@main.command()
+@click.argument("adapter_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where the new adapter goes.")
+@click.option("--rank", "keep_rank", type=int, default=1, show_default=True, help="Directions kept per module.")
+@click.option("--rescale", is_flag=True, help="Rescale the kept part to the full update's Frobenius norm (AlphaRL).")
+@click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
+@_handle_errors
+def truncate(adapter_dir: Path, output: Path, keep_rank: int, rescale: bool, overwrite: bool) -> None:
+    """Keep only the top-k part of each LoRA update (AlphaRL's test); evaluate the result with your harness."""
+    from nextrap.truncate import truncate_adapter
+
+    result = truncate_adapter(adapter_dir, output, keep_rank, rescale, overwrite)
+    rep = result.report
+    click.echo(
+        f"kept the top {keep_rank} direction(s) of {len(rep['modules'])} LoRA modules"
+        + (" rescaled to the full update's norm" if rescale else "")
+        + f": median energy kept {rep['median_energy_kept']:.1%}; "
+        + f"{len(rep['raw_tensors_copied'])} other tensors copied unchanged"
+    )
+    click.echo(f"adapter: {result.output}")
+
+
 def _summary(result: Any) -> str:
     rep = result.report
     hz = rep["horizon"]
