@@ -696,6 +696,21 @@ def _warm_config(task: str, base_seed: int):
     show_default=True,
     help="Held-out problems scored at every checkpoint (0: none).",
 )
+@click.option(
+    "--jump-every",
+    type=int,
+    default=None,
+    help="Jump cycles (RL-Extra): train this many steps, then jump --jump-steps ahead, repeat.",
+)
+@click.option("--jump-steps", type=int, default=None, help="With --jump-every: steps each jump skips.")
+@click.option("--cycles", "max_jumps", type=int, default=None, help="With --jump-every: at most this many jumps.")
+@click.option(
+    "--method",
+    type=click.Choice(["next", "linear", "relex", "relex-anchored"]),
+    default="linear",
+    show_default=True,
+    help="With --jump-every: how each jump is computed (RL-Extra: linear).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
 @click.pass_context
 @_handle_errors
@@ -715,6 +730,10 @@ def train_reference(
     kl_coef: float,
     rank: int,
     eval_size: int,
+    jump_every: int | None,
+    jump_steps: int | None,
+    max_jumps: int | None,
+    method: str,
     overwrite: bool,
 ) -> None:
     """Train the bundled reference policy with GRPO + LoRA, saving TRL-style checkpoints."""
@@ -738,6 +757,9 @@ def train_reference(
             click.echo(
                 f"continuing the step counter at {start_step}, the adapter's virtual step (nextrap.json)"
             )
+    if jump_every is not None or jump_steps is not None or max_jumps is not None:
+        _train_cycles(ctx, output, config, jump_every, jump_steps, max_jumps, method, init_adapter, start_step, overwrite)
+        return
     result = train(
         output,
         config,
@@ -758,6 +780,41 @@ def train_reference(
     if acc:
         first, last = min(acc), max(acc)
         click.echo(f"held-out accuracy: {acc[first]:.3f} at step {first} -> {acc[last]:.3f} at step {last}")
+
+
+def _train_cycles(ctx, output, config, jump_every, jump_steps, max_jumps, method, init_adapter, start_step, overwrite):
+    """``train-reference --jump-every M --jump-steps N``: RL-Extra's cycles on the reference trainer."""
+    from nextrap.callbacks import JumpSchedule
+    from nextrap.errors import ConfigError
+    from nextrap.extrapolate import ExtrapolateOptions
+    from nextrap.reference.cycles import train_cycles
+
+    if jump_every is None or jump_steps is None:
+        raise ConfigError("jump cycles need both --jump-every M and --jump-steps N")
+    schedule = JumpSchedule(
+        train_steps=jump_every, jump_steps=jump_steps, record_every=config.save_steps, cycles=max_jumps
+    )
+    result = train_cycles(
+        output,
+        config,
+        schedule,
+        ExtrapolateOptions(method=method),
+        init_adapter=init_adapter,
+        start_step=start_step,
+        overwrite=overwrite,
+        progress=ctx.obj["progress"],
+    )
+    for c in result.cycles:
+        acc = c["eval_accuracy"]
+        line = f"cycle {c['cycle']}: steps {c['start_step'] + 1}..{c['start_step'] + c['steps']}"
+        if acc:
+            last = max(acc, key=int)
+            line += f", held-out accuracy {acc[last]:.3f} at step {last}"
+        if c["jump"]:
+            line += f"; jump ({c['jump']['method']}) to step {c['jump']['to_step']}"
+        click.echo(line)
+    trained = sum(c["steps"] for c in result.cycles)
+    click.echo(f"{trained} steps trained in {len(result.cycles)} cycles; report: {result.output / 'cycles.json'}")
 
 
 def _recorded_virtual_step(adapter: Path) -> int:
