@@ -166,20 +166,20 @@ def score_prediction(
         X = trajectory.load_raw(key, device, idx).double()
         flat = X[0].reshape(-1)
         D = prediction.raw_move(key, 1.0, device)
-        O = prediction.raw_move(key, 0.0, device)
+        off = prediction.raw_move(key, 0.0, device)
         D = torch.zeros_like(flat) if D is None else D.double().reshape(-1)
-        O = torch.zeros_like(flat) if O is None else O.double().reshape(-1)
-        D = D - O  # raw_move(1) = O + D
+        off = torch.zeros_like(flat) if off is None else off.double().reshape(-1)
+        D = D - off  # raw_move(1) = offset + direction
         for n, j in enumerate(targets, start=1):
             T = (X[n] - X[0]).reshape(-1)
             add(
                 j,
                 "other",
                 {
-                    "oo": float(O @ O),
-                    "od": float(O @ D),
+                    "oo": float(off @ off),
+                    "od": float(off @ D),
                     "dd": float(D @ D),
-                    "ot": float(O @ T),
+                    "ot": float(off @ T),
                     "dt": float(D @ T),
                     "tt": float(T @ T),
                 },

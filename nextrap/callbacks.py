@@ -314,9 +314,9 @@ class JumpCycles:
             raise ConfigError("JumpCycles.step_end before begin(): call begin(model, start_step) first")
         done = self.schedule.cycles is not None and len(self.jumps) >= self.schedule.cycles
         into = step - self._cycle_start
-        if into % self.schedule.record_every == 0 or (into == self.schedule.train_steps and not done):
-            if not self.recorder.steps or step > self.recorder.steps[-1]:
-                self.recorder.record(model, step)
+        due = into % self.schedule.record_every == 0 or (into == self.schedule.train_steps and not done)
+        if due and (not self.recorder.steps or step > self.recorder.steps[-1]):
+            self.recorder.record(model, step)
         if done or into < self.schedule.train_steps:
             return None
         options = self.options

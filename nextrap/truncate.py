@@ -99,7 +99,7 @@ def _truncate_one(
     part = float(S[:k].square().sum().sqrt())
     factor = full / part if rescale and part > 0 else 1.0
     root = (S[:k] * factor).sqrt().float()
-    B_k = svd.U[0][:, :k] * root / scaling**0.5
+    B_k = svd.U[0][:, :k] * root / scaling
     A_k = root[:, None] * svd.Vh[0][:k]
     # Complete A with rows orthogonal to the kept ones, preferring the old rows' span; B's columns for
     # them are zero, so they add nothing now and can still learn.

@@ -90,20 +90,20 @@ def test_scores_agree_with_dense_computation(tmp_path: Path):
     horizon_steps = result.horizon_steps
     for method, predictor in (("linear", LinearPredictor()), ("relex", RelexPredictor())):
         pred = predictor.predict(fit, result.horizon)
-        O = {n: _dense_move(pred, fit, n, 1.0, 0.0) for n in traj.modules}
+        off = {n: _dense_move(pred, fit, n, 1.0, 0.0) for n in traj.modules}
         D = {n: _dense_move(pred, fit, n, 0.0, 1.0) for n in traj.modules}
         if method == "relex":
-            assert sum(float(o.norm()) for o in O.values()) > 0  # denoised: it does move off the checkpoint
+            assert sum(float(o.norm()) for o in off.values()) > 0  # denoised: it does move off the checkpoint
         for row in result.summary()[method]:
             j = STEPS.index(row["step"])
             c = (row["step"] - STEPS[fit_end]) / horizon_steps
             true = {n: m.double() - base[n] for n, m in _dense(traj, j).items()}
-            P = {n: O[n] + c * D[n] for n in D}
+            P = {n: off[n] + c * D[n] for n in D}
             err = sum(float((P[n] - true[n]).square().sum()) for n in D) ** 0.5
             norm = sum(float(true[n].square().sum()) for n in D) ** 0.5
             inner = sum(float((P[n] * true[n]).sum()) for n in D)
             pnorm = sum(float(P[n].square().sum()) for n in D) ** 0.5
-            best = sum(float((D[n] * (true[n] - O[n])).sum()) for n in D) / sum(float(D[n].square().sum()) for n in D)
+            best = sum(float((D[n] * (true[n] - off[n])).sum()) for n in D) / sum(float(D[n].square().sum()) for n in D)
             assert row["coef"] == pytest.approx(c)
             assert row["relative_error"] == pytest.approx(err / norm, rel=1e-4)
             assert row["cosine"] == pytest.approx(inner / (pnorm * norm), rel=1e-4)

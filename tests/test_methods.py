@@ -256,3 +256,54 @@ def test_bad_method_options_are_one_line_errors(tmp_path, args, needle):
     assert res.exit_code == 1, res.output
     assert needle in res.output and res.output.count("\n") == 1, res.output
     assert not out.exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_inspect_measures_match_dense(tmp_path):
+    from nextrap.diagnostics import diagnose
+
+    run = random_run(tmp_path / "run", STEPS, 3, 6.0, seed=5)
+    traj = nextrap.open_run(run)
+    diag = diagnose(traj)
+    dense = dense_updates(traj)
+    for name, X in dense.items():
+        S = torch.linalg.svdvals(X[-1])
+        assert diag.e1[name][-1] == pytest.approx(float(S[0] / S.sum()), rel=1e-5)
+        St = torch.linalg.svdvals(X.reshape(len(STEPS), -1))
+        assert diag.temporal_explained[name] == pytest.approx(float(St[0] ** 2 / (St**2).sum()), rel=1e-6)
+        path = sum(float((X[k] - X[k - 1]).norm()) for k in range(1, len(STEPS)))
+        assert diag.straightness[name] == pytest.approx(float((X[-1] - X[0]).norm()) / path, rel=1e-5)
+    pooled = torch.cat([X.reshape(len(STEPS), -1) for X in dense.values()], 1)
+    St = torch.linalg.svdvals(pooled)
+    summary = diag.summary()["all"]
+    assert summary["temporal_explained_pooled"] == pytest.approx(float(St[0] ** 2 / (St**2).sum()), rel=1e-6)
+    path = sum(float((pooled[k] - pooled[k - 1]).norm()) for k in range(1, len(STEPS)))
+    assert summary["straightness_pooled"] == pytest.approx(float((pooled[-1] - pooled[0]).norm()) / path, rel=1e-5)
+    res = CliRunner().invoke(main, ["inspect", str(run)])
+    assert res.exit_code == 0 and "E1 = sigma_1 / sum sigma_i" in res.output and "straightness" in res.output
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+def test_truncate_keeps_the_top_part(tmp_path, rescale):
+    from peft import LoraConfig  # noqa: F401  (the written config must be one PEFT reads)
+
+    run = random_run(tmp_path / "run", STEPS[:2], 3, 6.0, seed=6)
+    adapter = run / "checkpoint-20"
+    traj = nextrap.open_run(run)
+    args = ["truncate", str(adapter), "-o", str(tmp_path / "t"), "--rank", "1"] + (["--rescale"] if rescale else [])
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    got = written(tmp_path / "t", traj)
+    full = dense_updates(traj)
+    for name, X in full.items():
+        U, S, Vh = torch.linalg.svd(X[-1])
+        top = S[0] * torch.outer(U[:, 0], Vh[0])
+        want = top * (S.norm() / S[0]) if rescale else top
+        torch.testing.assert_close(got[name], want, rtol=1e-4, atol=1e-5)
+    from peft.config import PeftConfig
+
+    PeftConfig.from_pretrained(str(tmp_path / "t"))  # loads as a PEFT adapter config
+    # never into the input
+    res = CliRunner().invoke(main, ["truncate", str(adapter), "-o", str(adapter / "t1"), "--rank", "1"])
+    assert res.exit_code == 1 and res.output.count("\n") == 1 and not (adapter / "t1").exists()
+    res = CliRunner().invoke(main, ["truncate", str(adapter), "-o", str(tmp_path / "t2"), "--rank", "0"])
+    assert res.exit_code == 1 and "--rank 0" in res.output and not (tmp_path / "t2").exists()

@@ -37,7 +37,7 @@ from nextrap.predictors.base import Prediction
 from nextrap.progress import Progress, no_progress
 from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Features, Trajectory
 
-__all__ = ["RELEX_MODES", "RelexConfig", "RelexPredictor", "TemporalFit", "lora_gram", "line_fit", "temporal_fit"]
+__all__ = ["RELEX_MODES", "RelexConfig", "RelexPredictor", "TemporalFit", "line_fit", "lora_gram", "temporal_fit"]
 
 RELEX_MODES = ("denoised", "anchored")
 
@@ -114,7 +114,7 @@ def temporal_fit(
     total = lam.sum(-1)
     explained = torch.where(total > 0, lam[..., :k].sum(-1) / total.clamp_min(1e-300), torch.zeros_like(total))
     S = lam[..., :k].sqrt()  # (M, k)
-    keep = S > _SV_CUTOFF * S[..., :1]
+    keep = _SV_CUTOFF * S[..., :1] < S
     inv_s = torch.where(keep, 1 / S.clamp_min(1e-300), torch.zeros_like(S))
     Uk = U[..., :k]  # (M, T, k)
     C = Uk * S.unsqueeze(-2)  # (M, T, k)
