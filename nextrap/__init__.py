@@ -38,6 +38,8 @@ _LAZY = {
     "BacktestResult": "nextrap.backtest",
     "backtest": "nextrap.backtest",
     "Jump": "nextrap.callbacks",
+    "JumpCycles": "nextrap.callbacks",
+    "JumpSchedule": "nextrap.callbacks",
     "TrajectoryRecorder": "nextrap.callbacks",
     "extrapolate_into": "nextrap.callbacks",
     "ExtrapolateOptions": "nextrap.extrapolate",
@@ -51,6 +53,7 @@ _LAZY = {
     "LinearPredictor": "nextrap.predictors",
     "NExtConfig": "nextrap.predictors",
     "NExtPredictor": "nextrap.predictors",
+    "RelexConfig": "nextrap.predictors",
     "RelexPredictor": "nextrap.predictors",
     "open_run": "nextrap.runs",
     "scan": "nextrap.runs",
@@ -73,11 +76,11 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from nextrap.backtest import BacktestOptions, BacktestResult, backtest
-    from nextrap.callbacks import Jump, TrajectoryRecorder, extrapolate_into
+    from nextrap.callbacks import Jump, JumpCycles, JumpSchedule, TrajectoryRecorder, extrapolate_into
     from nextrap.extrapolate import ExtrapolateOptions, ExtrapolationResult, extrapolate
     from nextrap.hub import push
     from nextrap.layouts import CheckpointRef, Discovery, discover, from_explicit
-    from nextrap.predictors import LinearPredictor, NExtConfig, NExtPredictor, RelexPredictor
+    from nextrap.predictors import LinearPredictor, NExtConfig, NExtPredictor, RelexConfig, RelexPredictor
     from nextrap.runs import open_run, scan
     from nextrap.trajectory import Trajectory, compute_features
 
@@ -94,6 +97,8 @@ __all__ = [
     "HubError",
     "InputNotFoundError",
     "Jump",
+    "JumpCycles",
+    "JumpSchedule",
     "LayoutError",
     "LinearPredictor",
     "MismatchError",
@@ -101,6 +106,7 @@ __all__ = [
     "NExtPredictor",
     "NextrapError",
     "OutputExistsError",
+    "RelexConfig",
     "RelexPredictor",
     "Trajectory",
     "TrajectoryRecorder",

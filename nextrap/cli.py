@@ -257,7 +257,7 @@ def scan(
     "--output",
     required=True,
     type=click.Path(path_type=Path),
-    help="Output folder: the adapter (one --coef) or coef-<c>/ subfolders, plus nextrap.json.",
+    help="Output folder: the adapter (one --coef) or coef-<c>/ (step-<N>/ with --to-step) subfolders, plus nextrap.json.",
 )
 @click.option(
     "--coef",
