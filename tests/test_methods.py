@@ -312,3 +312,16 @@ def test_truncate_keeps_the_top_part(tmp_path, rescale):
     assert res.exit_code == 1 and res.output.count("\n") == 1 and not (adapter / "t1").exists()
     res = CliRunner().invoke(main, ["truncate", str(adapter), "-o", str(tmp_path / "t2"), "--rank", "0"])
     assert res.exit_code == 1 and "--rank 0" in res.output and not (tmp_path / "t2").exists()
+
+
+def test_cli_backtest_far_targets(tmp_path):
+    run = random_run(tmp_path / "run", STEPS, 2, 4.0, seed=8)
+    methods = ["--method", "linear", "--method", "relex", "--method", "relex-anchored"]
+    res = CliRunner().invoke(main, ["backtest", str(run), "--observe-until", "40", "--json", *methods])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["fit_steps"] == [10, 20, 30, 40] and data["heldout_steps"] == [50, 60, 70, 80]
+    assert {s["method"] for s in data["scores"]} == {"linear", "relex", "relex-anchored"}
+    assert any("weight-space error" in n for n in data["notes"])
+    res = CliRunner().invoke(main, ["backtest", str(run), "--observe-until", "80", *methods])
+    assert res.exit_code == 1 and "no checkpoint after it" in res.output and res.output.count("\n") == 1
