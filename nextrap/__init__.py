@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from nextrap.errors import (
@@ -68,6 +70,22 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value  # later look-ups skip this function
         return value
     raise AttributeError(f"module 'nextrap' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """Keeps ``nextrap.extrapolate`` and ``nextrap.backtest`` the functions once their modules are imported.
+
+    Importing a submodule binds it as an attribute of its package (``nextrap.extrapolate`` = the module
+    ``nextrap/extrapolate.py``), which would shadow the lazily exported function of the same name.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == value.__name__ and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __dir__() -> list[str]:

@@ -325,3 +325,11 @@ def test_cli_backtest_far_targets(tmp_path):
     assert any("weight-space error" in n for n in data["notes"])
     res = CliRunner().invoke(main, ["backtest", str(run), "--observe-until", "80", *methods])
     assert res.exit_code == 1 and "no checkpoint after it" in res.output and res.output.count("\n") == 1
+
+
+def test_public_functions_survive_importing_their_modules():
+    import nextrap.backtest
+    import nextrap.extrapolate
+
+    assert callable(nextrap.extrapolate) and callable(nextrap.backtest)
+    assert nextrap.extrapolate is nextrap.extrapolate.__globals__["extrapolate"]
