@@ -834,6 +834,13 @@ def evaluate_reference(
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the RL runs.")
 @click.option(
+    "--policy",
+    type=click.Choice(["tiny", "smollm2"]),
+    default="tiny",
+    show_default=True,
+    help="Reference policy (smollm2: hours on a CPU; fetch it first with 'nextrap fetch-policy smollm2').",
+)
+@click.option(
     "--synthetic", is_flag=True, help="Instead: extrapolate a planted run and score it (seconds, no RL)."
 )
 @click.option("--overwrite", is_flag=True, help="Replace earlier output.")
@@ -847,6 +854,7 @@ def demo(
     coef: float,
     method: str,
     seed: int,
+    policy: str,
     synthetic: bool,
     overwrite: bool,
 ) -> None:
@@ -856,9 +864,18 @@ def demo(
         return
     from nextrap.reference import EndToEndConfig, GRPOConfig, run_end_to_end
 
-    config = EndToEndConfig(
-        observe=observe, resume=resume, coef=coef, method=method, grpo=GRPOConfig(seed=seed)
-    )
+    grpo = GRPOConfig(seed=seed)
+    if policy == "smollm2":
+        d = _POLICY_DEFAULTS["smollm2"]
+        grpo = GRPOConfig(
+            seed=seed,
+            lr=d["lr"],
+            prompts_per_step=d["prompts"],
+            group_size=d["group_size"],
+            eval_size=d["eval_size"],
+            warm=_warm_config(None, 0, "smollm2"),
+        )
+    config = EndToEndConfig(observe=observe, resume=resume, coef=coef, method=method, grpo=grpo)
     r = run_end_to_end(output, config, overwrite=overwrite, progress=ctx.obj["progress"])
     plain_final, jump_final = max(r.plain), max(r.jump)
     click.echo(f"plain run:        {plain_final} steps, held-out accuracy {r.plain[plain_final]:.3f}")

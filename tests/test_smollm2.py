@@ -246,6 +246,7 @@ def _small(steps: int, **kw) -> GRPOConfig:
     return GRPOConfig(steps=steps, warm=SmolLM2Config(max_new_tokens=4), **{**settings, **kw})
 
 
+@pytest.mark.slow
 def test_grpo_writes_trl_checkpoints_and_resumes_like_an_unbroken_run(fetched, tmp_path):
     unbroken = train(tmp_path / "unbroken", _small(3))
     assert sorted(unbroken.checkpoints) == [1, 2, 3]

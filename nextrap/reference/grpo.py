@@ -257,6 +257,7 @@ def train(
         log.append(entry)
         running = entry["reward"] if running is None else 0.9 * running + 0.1 * entry["reward"]
         bar.set_postfix(reward=f"{running:.3f}")
+        logger.info("step %d: reward %.3f, loss %.4f", step, entry["reward"], entry["loss"])
         if step % config.save_steps == 0 or step == last:
             if test_set:
                 log.append(
