@@ -319,3 +319,56 @@ def test_one_grpo_step_on_the_real_smollm2(tmp_path):
     assert len(tensors) == 30 * 7 * 2  # lora_A and lora_B of 7 modules in 30 layers
     entry = next(e for e in result.log_history if "reward" in e)
     assert 0.0 <= entry["reward"] <= 1.0 and 1 <= entry["answer_tokens"] <= 12
+
+
+@pytest.mark.slow
+def test_cli_trains_resumes_and_evaluates_the_smollm2_policy(fetched, tmp_path):
+    from click.testing import CliRunner
+
+    from nextrap.cli import main
+
+    run = tmp_path / "run"
+    small = [
+        "--policy",
+        "smollm2",
+        "--prompts",
+        "2",
+        "--group-size",
+        "2",
+        "--eval-size",
+        "2",
+        "--save-steps",
+        "1",
+    ]
+    out = CliRunner().invoke(main, ["-q", "train-reference", "-o", str(run), "--steps", "2", *small])
+    assert out.exit_code == 0, out.output
+    out = CliRunner().invoke(main, ["-q", "train-reference", "-o", str(run), "--steps", "3", "--resume"])
+    assert out.exit_code == 0, out.output
+    assert "resuming" in out.output
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == [
+        "checkpoint-1",
+        "checkpoint-2",
+        "checkpoint-3",
+    ]
+    state = json.loads((run / "checkpoint-3" / "trainer_state.json").read_text())
+    assert [e["step"] for e in state["log_history"] if "reward" in e] == [1, 2, 3]
+    out = CliRunner().invoke(main, ["evaluate-reference", str(run / "checkpoint-3"), "--size", "2", "--json"])
+    assert out.exit_code == 0, out.output
+    logged = next(e["eval_accuracy"] for e in state["log_history"][::-1] if "eval_accuracy" in e)
+    assert json.loads(out.output)["accuracy"] == pytest.approx(logged)
+    out = CliRunner().invoke(main, ["scan", str(run)])
+    assert out.exit_code == 0 and "3" in out.output, out.output
+
+
+def test_cli_says_how_to_fetch_missing_weights(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from nextrap.cli import main
+
+    monkeypatch.setenv("NEXTRAP_CACHE", str(tmp_path / "empty"))
+    out = CliRunner().invoke(
+        main, ["train-reference", "--policy", "smollm2", "-o", str(tmp_path / "r"), "--steps", "1"]
+    )
+    assert out.exit_code == 1
+    assert "python -m nextrap fetch-policy smollm2" in out.output
+    assert not (tmp_path / "r").exists()
