@@ -55,7 +55,7 @@ def test_chat_task_problems_rewards_and_held_out_set():
     gen = torch.Generator().manual_seed(0)
     drawn = task.sample(gen, 500)
     for question, answer in drawn:
-        a, b = (int(x) for x in question.removesuffix(" =").split(" + "))
+        a, b = (int(x) for x in question.removeprefix("What is ").split("?")[0].split(" + "))
         assert 10 <= a <= 99 and 10 <= b <= 99 and int(answer) == a + b
     assert task.reward("12 + 30 = 42", "42") == 1.0
     assert task.reward("12 + 30 = 43", "42") == 0.0
@@ -65,7 +65,7 @@ def test_chat_task_problems_rewards_and_held_out_set():
     training = task.sample(torch.Generator().manual_seed(1), 3000, exclude=task.test_prompts())
     assert not {q for q, _ in training} & task.test_prompts()
     three = get_chat_task("add3").sample(gen, 50)
-    assert all(len(q) == len("100 + 100 =") for q, _ in three)
+    assert len({len(q) for q, _ in three}) == 1 and all(int(a) >= 200 for _, a in three)
     with pytest.raises(ValueError, match="known: add2, add3"):
         get_chat_task("mul")
     with pytest.raises(ConfigError, match="dtype"):
