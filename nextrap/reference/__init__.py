@@ -1,11 +1,17 @@
-"""A small, real RLVR setup that runs on a CPU in minutes: the proof that extrapolation saves RL steps.
+"""A small, real RLVR setup that runs on a CPU: the proof that extrapolation saves RL steps.
 
 A tiny Llama-like model and character tokenizer built offline (``model``), digit tasks with exact-match
 rewards (``tasks``), a supervised warm start cached per settings (``warmstart``), a GRPO trainer with
 LoRA that saves TRL-style checkpoints (``grpo``), and the train -> extrapolate -> resume -> evaluate
-loop (``endtoend``). The nextrap library never imports this package; the CLI does, lazily.
+loop (``endtoend``). A second policy is a real pretrained LLM, SmolLM2-135M-Instruct (``smollm2``,
+weights fetched once by ``weights``), on chat-formatted addition (``chat``); ``GRPOConfig.warm``
+picks the policy. The nextrap library never imports this package; the CLI does, lazily.
 """
 
+import json
+from pathlib import Path
+
+from nextrap.reference.chat import CHAT_TASKS, get_chat_task
 from nextrap.reference.endtoend import (
     Arm,
     EndToEndConfig,
@@ -17,27 +23,35 @@ from nextrap.reference.endtoend import (
     run_end_to_end,
     steps_to_reach,
 )
-from nextrap.reference.grpo import GRPOConfig, TrainResult, load_policy, train
+from nextrap.reference.grpo import POLICIES, GRPOConfig, TrainResult, load_policy, load_run_config, train
 from nextrap.reference.model import ModelSpec
+from nextrap.reference.smollm2 import BASE_ID as SMOLLM2_BASE_ID
+from nextrap.reference.smollm2 import SmolLM2Config
 from nextrap.reference.tasks import TASKS, get_task
 from nextrap.reference.warmstart import WarmStartConfig, cache_root, load_base
 
 __all__ = [
+    "CHAT_TASKS",
+    "POLICIES",
     "TASKS",
     "Arm",
     "EndToEndConfig",
     "EndToEndResult",
     "GRPOConfig",
     "ModelSpec",
+    "SmolLM2Config",
     "TrainResult",
     "WarmStartConfig",
+    "adapter_policy",
     "cache_root",
     "evaluate_adapter",
     "final_accuracy",
+    "get_chat_task",
     "get_task",
     "jump_arm",
     "load_base",
     "load_policy",
+    "load_run_config",
     "plain_run",
     "reset_arm",
     "run_end_to_end",
@@ -46,11 +60,22 @@ __all__ = [
 ]
 
 
-def evaluate_adapter(adapter, warm: WarmStartConfig | None = None, size: int = 512) -> float:
+def adapter_policy(adapter) -> str:
+    """``smollm2`` when ``adapter``'s config names the SmolLM2 base, else ``tiny``."""
+    config = Path(adapter) / "adapter_config.json"
+    if config.is_file() and json.loads(config.read_text()).get("base_model_name_or_path") == SMOLLM2_BASE_ID:
+        return "smollm2"
+    return "tiny"
+
+
+def evaluate_adapter(adapter, warm: WarmStartConfig | SmolLM2Config | None = None, size: int = 512) -> float:
     """Greedy exact-match accuracy of ``adapter`` (a PEFT folder; None = the base) on the held-out problems."""
+    import nextrap.reference.smollm2 as smollm2
     from nextrap.reference.policy import accuracy
 
     warm = warm or WarmStartConfig()
     model, tokenizer = load_policy(warm, adapter, trainable=False)
+    if isinstance(warm, SmolLM2Config):
+        return smollm2.accuracy(model, tokenizer, warm, warm.get_task().test_set(size))
     task = get_task(warm.task)
     return accuracy(model, tokenizer, task, task.test_set(size))

@@ -9,7 +9,12 @@ run does after step S.
 
 Every ``save_steps`` steps it writes ``checkpoint-N/`` with ``adapter_model.safetensors``,
 ``adapter_config.json``, ``trainer_state.json`` (``global_step``, ``log_history`` with the reward),
-``optimizer.pt`` and ``scheduler.pt``; each folder appears atomically.
+``optimizer.pt`` and ``scheduler.pt``; each folder appears atomically. ``resume=True`` continues a
+stopped run from its last checkpoint, adapter and optimizer state included.
+
+Two policies share this loop, chosen by the type of ``GRPOConfig.warm``: the tiny model trained from
+scratch (:class:`WarmStartConfig`, fixed-length digit answers) and the pretrained SmolLM2-135M-Instruct
+(:class:`SmolLM2Config`, chat-formatted problems, ragged answers with a mask).
 """
 
 from __future__ import annotations
@@ -24,14 +29,19 @@ from pathlib import Path
 import torch
 from peft import PeftModel, get_peft_model
 
+import nextrap.reference.smollm2 as smollm2
 from nextrap.atomic import atomic_directory, check_output
 from nextrap.errors import ConfigError, InputNotFoundError
-from nextrap.reference.model import encode, lora_config
+from nextrap.reference.model import ModelSpec, encode, lora_config
 from nextrap.reference.policy import accuracy, answer_logprobs, generate
+from nextrap.reference.smollm2 import SmolLM2Config
 from nextrap.reference.tasks import get_task
 from nextrap.reference.warmstart import WarmStartConfig, load_base
 
-__all__ = ["RUN_INFO", "GRPOConfig", "TrainResult", "load_policy", "train"]
+__all__ = ["POLICIES", "RUN_INFO", "GRPOConfig", "TrainResult", "load_policy", "load_run_config", "train"]
+
+# policy name -> the type of GRPOConfig.warm that selects it
+POLICIES = {"tiny": WarmStartConfig, "smollm2": SmolLM2Config}
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +66,23 @@ class GRPOConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     eval_size: int = 256
-    warm: WarmStartConfig = field(default_factory=WarmStartConfig)
+    warm: WarmStartConfig | SmolLM2Config = field(default_factory=WarmStartConfig)
+
+    @property
+    def policy(self) -> str:
+        """``tiny`` or ``smollm2``."""
+        return "smollm2" if isinstance(self.warm, SmolLM2Config) else "tiny"
+
+    @classmethod
+    def from_dict(cls, values: dict, policy: str = "tiny") -> GRPOConfig:
+        """The config ``asdict`` gave (as a run's ``nextrap_reference.json`` records it)."""
+        values = dict(values)
+        warm = dict(values.pop("warm"))
+        if policy == "smollm2":
+            values["warm"] = SmolLM2Config(**warm)
+        else:
+            values["warm"] = WarmStartConfig(**{**warm, "model": ModelSpec(**warm["model"])})
+        return cls(**values)
 
     def __post_init__(self) -> None:
         for name in ("steps", "save_steps", "prompts_per_step", "group_size", "rank", "updates_per_step"):
@@ -93,7 +119,10 @@ def load_policy(
     warm: WarmStartConfig, adapter: str | os.PathLike | None, trainable: bool, progress: bool = False
 ):
     """The base model with ``adapter`` loaded (or a fresh LoRA when None), and the tokenizer."""
-    base, tokenizer, _ = load_base(warm, progress)
+    if isinstance(warm, SmolLM2Config):
+        base, tokenizer = smollm2.load_base(warm)
+    else:
+        base, tokenizer, _ = load_base(warm, progress)
     if adapter is None:
         return base, tokenizer
     adapter = Path(adapter)
@@ -104,9 +133,40 @@ def load_policy(
     if recorded and recorded != warm.base_id:
         raise ConfigError(
             f"{adapter} was trained on base {recorded!r}, these settings give {warm.base_id!r}; "
-            "pass the --task and --base-seed the adapter was trained with"
+            "pass the --policy, --task and --base-seed the adapter was trained with"
         )
     return PeftModel.from_pretrained(base, adapter, is_trainable=trainable), tokenizer
+
+
+def _task(config: GRPOConfig):
+    return config.warm.get_task() if isinstance(config.warm, SmolLM2Config) else get_task(config.warm.task)
+
+
+def _accuracy(model, tokenizer, config: GRPOConfig, task, problems) -> float:
+    if isinstance(config.warm, SmolLM2Config):
+        return smollm2.accuracy(model, tokenizer, config.warm, problems)
+    return accuracy(model, tokenizer, task, problems)
+
+
+def load_run_config(output: str | os.PathLike) -> tuple[GRPOConfig, str | None, int]:
+    """A run's recorded settings: its config, init adapter and start step (for ``train(resume=True)``)."""
+    info_path = Path(output) / RUN_INFO
+    if not info_path.is_file():
+        raise InputNotFoundError(
+            f"{output}: no {RUN_INFO}; --resume continues a run train-reference wrote, give its folder"
+        )
+    info = json.loads(info_path.read_text())
+    config = GRPOConfig.from_dict(info["config"], info.get("policy", "tiny"))
+    return config, info.get("init_adapter"), int(info.get("start_step", 0))
+
+
+def _saved_checkpoints(output: Path) -> dict[int, Path]:
+    found = {}
+    for folder in output.glob("checkpoint-*"):
+        step = folder.name.removeprefix("checkpoint-")
+        if step.isdigit() and (folder / "trainer_state.json").is_file():
+            found[int(step)] = folder
+    return dict(sorted(found.items()))
 
 
 def train(
@@ -116,15 +176,30 @@ def train(
     init_adapter: str | os.PathLike | None = None,
     start_step: int = 0,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = False,
 ) -> TrainResult:
-    """Run GRPO for ``config.steps`` steps from the warm start (+ ``init_adapter``), saving into ``output``."""
+    """Run GRPO for ``config.steps`` steps from the base (+ ``init_adapter``), saving into ``output``.
+
+    With ``resume=True`` and an ``output`` this function wrote before, the run continues after its last
+    checkpoint (adapter, AdamW moments, log) up to step ``start_step + config.steps``; the settings
+    must be the recorded ones (``steps`` may grow). Problems and samples depend only on the seed and
+    the step, so a resumed run sees what an unbroken one would.
+    """
     config = config or GRPOConfig()
     if start_step < 0:
         raise ConfigError(f"start_step must be >= 0, got {start_step}")
-    output = check_output(output, overwrite, [init_adapter] if init_adapter else [])
-    task = get_task(config.warm.task)
-    if init_adapter is None:
+    output = Path(output)
+    resuming = resume and (output / RUN_INFO).is_file()
+    if resuming:
+        _check_same_run(output, config, init_adapter, start_step)
+    else:
+        output = check_output(output, overwrite, [init_adapter] if init_adapter else [])
+    task = _task(config)
+    saved = _saved_checkpoints(output) if resuming else {}
+    if saved:
+        model, tokenizer = load_policy(config.warm, saved[max(saved)], True, progress)
+    elif init_adapter is None:
         base, tokenizer = load_policy(config.warm, None, True, progress)
         torch.manual_seed(config.seed)  # LoRA A init
         model = get_peft_model(base, lora_config(config.rank, config.alpha))
@@ -137,36 +212,76 @@ def train(
     exclude = task.test_prompts()
     test_set = task.test_set(config.eval_size) if config.eval_size else []
 
-    if output.exists():
-        shutil.rmtree(output)
-    output.mkdir(parents=True)
     info = {
         "config": asdict(config),
+        "policy": config.policy,
         "init_adapter": str(init_adapter) if init_adapter else None,
         "start_step": start_step,
         "base_model": config.warm.base_id,
     }
-    (output / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    if not resuming:
+        if output.exists():
+            shutil.rmtree(output)
+        output.mkdir(parents=True)
+    tmp_info = output / f".{RUN_INFO}.tmp"
+    tmp_info.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp_info, output / RUN_INFO)
 
     log: list[dict] = []
-    checkpoints: dict[int, Path] = {}
-    if test_set:
-        log.append({"step": start_step, "eval_accuracy": accuracy(model, tokenizer, task, test_set)})
+    checkpoints: dict[int, Path] = dict(saved)
+    first = start_step + 1
+    if saved:
+        last_saved = max(saved)
+        state = json.loads((saved[last_saved] / "trainer_state.json").read_text())
+        log = list(state["log_history"])
+        opt.load_state_dict(torch.load(saved[last_saved] / "optimizer.pt", weights_only=True))
+        sched.load_state_dict(torch.load(saved[last_saved] / "scheduler.pt", weights_only=True))
+        first = last_saved + 1
+        logger.info("resuming %s after step %d", output, last_saved)
+    elif test_set:
+        log.append({"step": start_step, "eval_accuracy": _accuracy(model, tokenizer, config, task, test_set)})
     from tqdm.auto import tqdm
 
     last = start_step + config.steps
-    bar = tqdm(range(start_step + 1, last + 1), desc="GRPO", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        range(first, last + 1),
+        desc="GRPO",
+        disable=not progress,
+        dynamic_ncols=True,
+        initial=first - start_step - 1,
+        total=config.steps,
+    )
     running = None
     for step in bar:
         entry = _grpo_step(model, tokenizer, task, config, opt, sched, params, step, exclude)
         log.append(entry)
         running = entry["reward"] if running is None else 0.9 * running + 0.1 * entry["reward"]
         bar.set_postfix(reward=f"{running:.3f}")
+        logger.info("step %d: reward %.3f, loss %.4f", step, entry["reward"], entry["loss"])
         if step % config.save_steps == 0 or step == last:
             if test_set:
-                log.append({"step": step, "eval_accuracy": accuracy(model, tokenizer, task, test_set)})
+                log.append(
+                    {"step": step, "eval_accuracy": _accuracy(model, tokenizer, config, task, test_set)}
+                )
             checkpoints[step] = _save_checkpoint(output, model, opt, sched, step, last, config, log)
     return TrainResult(output=output, checkpoints=checkpoints, log_history=log)
+
+
+def _check_same_run(output: Path, config: GRPOConfig, init_adapter, start_step: int) -> None:
+    """Refuse to resume ``output`` with settings other than the ones it was started with."""
+    recorded, recorded_init, recorded_start = load_run_config(output)
+    mine = {**asdict(config), "steps": None, "init_adapter": str(init_adapter) if init_adapter else None}
+    theirs = {**asdict(recorded), "steps": None, "init_adapter": recorded_init}
+    differ = sorted(k for k in mine if mine[k] != theirs.get(k))
+    if differ or start_step != recorded_start or config.policy != recorded.policy:
+        raise ConfigError(
+            f"{output}: was started with other settings ({', '.join(differ) or 'policy/start step'}); "
+            "resume it with the settings in its nextrap_reference.json, or train into a new folder"
+        )
+    if start_step + config.steps < max(_saved_checkpoints(output), default=0):
+        raise ConfigError(
+            f"{output}: already trained past step {start_step + config.steps}; ask for more steps to resume"
+        )
 
 
 def _seed_for(seed: int, step: int) -> int:
@@ -176,33 +291,56 @@ def _seed_for(seed: int, step: int) -> int:
 def _grpo_step(model, tokenizer, task, config: GRPOConfig, opt, sched, params, step: int, exclude) -> dict:
     gen = torch.Generator().manual_seed(_seed_for(config.seed, step))
     problems = task.sample(gen, config.prompts_per_step, exclude)
-    prompts = encode(tokenizer, [p for p, _ in problems]).repeat_interleave(config.group_size, 0)
-    targets = encode(tokenizer, [a for _, a in problems], bos=False).repeat_interleave(config.group_size, 0)
-    answers = generate(model, prompts, task.answer_len, config.temperature, gen)
-    rewards = (answers == targets).all(1).float()
+    chat = isinstance(config.warm, SmolLM2Config)
+    if chat:
+        prompts, answers, mask, rewards = smollm2.rollout(
+            model, tokenizer, config.warm, problems, config.group_size, config.temperature, gen
+        )
+        logprobs_of = smollm2.answer_logprobs
+    else:
+        prompts = encode(tokenizer, [p for p, _ in problems]).repeat_interleave(config.group_size, 0)
+        targets = encode(tokenizer, [a for _, a in problems], bos=False).repeat_interleave(
+            config.group_size, 0
+        )
+        answers = generate(model, prompts, task.answer_len, config.temperature, gen)
+        rewards = (answers == targets).all(1).float()
+        mask = None
+        logprobs_of = answer_logprobs
     grouped = rewards.view(-1, config.group_size)
     adv = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1, 1)
+    # With one update per step the old policy is the current one: the ratio is 1 and its forward pass
+    # would be wasted (the pretrained policy's steps are minutes on a CPU). The tiny policy keeps it.
+    skip_old = chat and config.updates_per_step == 1
     with torch.no_grad():
-        old = answer_logprobs(model, prompts, answers)
+        old = None if skip_old else logprobs_of(model, prompts, answers)
         ref = None
         if config.kl_coef > 0:
             with model.disable_adapter():
-                ref = answer_logprobs(model, prompts, answers)
+                ref = logprobs_of(model, prompts, answers)
     for _ in range(config.updates_per_step):
-        logp = answer_logprobs(model, prompts, answers)
-        ratio = torch.exp(logp - old)
+        logp = logprobs_of(model, prompts, answers)
+        ratio = torch.exp(logp - (logp.detach() if old is None else old))
         objective = torch.minimum(ratio * adv, ratio.clamp(1 - config.clip, 1 + config.clip) * adv)
-        loss = -objective.mean()
         kl = torch.zeros(())
         if ref is not None:
-            kl = (torch.exp(ref - logp) - (ref - logp) - 1).mean()
+            kl_tokens = torch.exp(ref - logp) - (ref - logp) - 1
+        if mask is None:
+            loss = -objective.mean()
+            if ref is not None:
+                kl = kl_tokens.mean()
+        else:  # mean over each answer's own tokens, then over answers (GRPO)
+            weights = mask.float() / mask.sum(1, keepdim=True).clamp(min=1)
+            loss = -(objective * weights).sum(1).mean()
+            if ref is not None:
+                kl = (kl_tokens * weights).sum(1).mean()
+        if ref is not None:
             loss = loss + config.kl_coef * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         opt.step()
         sched.step()
-    return {
+    entry = {
         "step": step,
         "reward": rewards.mean().item(),
         "reward_std": grouped.std(1).mean().item(),
@@ -211,6 +349,9 @@ def _grpo_step(model, tokenizer, task, config: GRPOConfig, opt, sched, params, s
         "grad_norm": grad_norm.item(),
         "learning_rate": sched.get_last_lr()[0],
     }
+    if mask is not None:
+        entry["answer_tokens"] = mask.sum(1).float().mean().item()
+    return entry
 
 
 def _save_checkpoint(output: Path, model, opt, sched, step: int, last: int, config: GRPOConfig, log) -> Path:

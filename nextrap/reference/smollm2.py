@@ -1,0 +1,188 @@
+"""The pretrained reference policy: SmolLM2-135M-Instruct answering chat-formatted addition problems.
+
+Sampling runs under ``torch.inference_mode`` with a KV cache: one forward over the prompts, then one
+single-token forward per answer token, stopping when every answer has written the end-of-turn token
+or after ``max_new_tokens``. Answers are ragged; tokens after a row's end-of-turn token are filled
+with that token and masked out of the loss (``answer_mask``). Log-probabilities ask the model for
+the logits of the answer positions only (``logits_to_keep``): the 49,152-wide output layer is a
+fifth of the model's work per token.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from nextrap.errors import ConfigError
+from nextrap.reference.chat import ChatTask, get_chat_task
+from nextrap.reference.weights import require_weights
+
+__all__ = [
+    "BASE_ID",
+    "DTYPES",
+    "SmolLM2Config",
+    "accuracy",
+    "answer_logprobs",
+    "answer_mask",
+    "encode_prompts",
+    "generate",
+    "load_base",
+    "rollout",
+]
+
+BASE_ID = "nextrap-smollm2-135m-instruct-q4_1"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class SmolLM2Config:
+    """Settings of the SmolLM2 policy: its chat task, the compute dtype, and the longest answer sampled."""
+
+    task: str = "add2"
+    dtype: str = "float32"
+    max_new_tokens: int = 12
+
+    def __post_init__(self) -> None:
+        try:
+            get_chat_task(self.task)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"SmolLM2Config.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"SmolLM2Config.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    @property
+    def base_id(self) -> str:
+        """Names the base model (adapter configs record it as ``base_model_name_or_path``)."""
+        return BASE_ID
+
+    def get_task(self) -> ChatTask:
+        return get_chat_task(self.task)
+
+
+def load_base(cfg: SmolLM2Config, folder: str | os.PathLike | None = None):
+    """The model (``cfg.dtype``, eval mode) and its tokenizer, from the fetched weights (or ``folder``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    folder = Path(folder) if folder is not None else require_weights()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[cfg.dtype])
+    # adapters record this as base_model_name_or_path: it names the model, not a cache path
+    model.config.name_or_path = BASE_ID
+    model.name_or_path = BASE_ID
+    return model.eval(), tokenizer
+
+
+def encode_prompts(tokenizer, task: ChatTask, questions: list[str]) -> torch.Tensor:
+    """Chat-template token ids ``(n, P)`` int64 of ``questions``, ending with the assistant's turn opener."""
+    texts = [
+        tokenizer.apply_chat_template(task.messages(q), tokenize=False, add_generation_prompt=True)
+        for q in questions
+    ]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    if len({len(row) for row in ids}) != 1:
+        raise ConfigError(
+            f"task {task.name!r}: prompts tokenise to different lengths {sorted({len(r) for r in ids})}; "
+            "this policy needs a tokenizer that splits numbers into digits"
+        )
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def answer_mask(answers: torch.Tensor, stop_id: int) -> torch.Tensor:
+    """``(n, A)`` bool: the tokens of each answer up to and including its first ``stop_id``."""
+    is_stop = (answers == stop_id).long()
+    return (is_stop.cumsum(1) - is_stop) == 0
+
+
+def generate(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    max_new_tokens: int,
+    stop_id: int,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Answers ``(n, A)`` int64, ``A <= max_new_tokens``, sampled with a KV cache; temperature 0 is greedy.
+
+    A row that wrote ``stop_id`` is padded with it; generation ends early when every row has.
+    """
+    with torch.inference_mode():
+        out = model(input_ids=prompt_ids, use_cache=True, logits_to_keep=1)
+        done = torch.zeros(len(prompt_ids), dtype=torch.bool)
+        tokens = []
+        for i in range(max_new_tokens):
+            logits = out.logits[:, -1].float()
+            if temperature == 0:
+                nxt = logits.argmax(-1)
+            else:
+                probs = torch.softmax(logits / temperature, -1)
+                nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            nxt = torch.where(done, torch.full_like(nxt, stop_id), nxt)
+            tokens.append(nxt)
+            done |= nxt == stop_id
+            if bool(done.all()) or i == max_new_tokens - 1:
+                break
+            out = model(
+                input_ids=nxt[:, None], past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1
+            )
+        answers = torch.stack(tokens, 1)
+    return answers.clone()  # a normal tensor: inference tensors cannot enter a later backward pass
+
+
+def answer_logprobs(model: nn.Module, prompt_ids: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities ``(n, A)`` float32 of ``answer_ids`` given ``prompt_ids`` (with grad)."""
+    ids = torch.cat([prompt_ids, answer_ids], 1)
+    logits = model(input_ids=ids, logits_to_keep=answer_ids.shape[1] + 1).logits[:, :-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, answer_ids[..., None])[..., 0]
+
+
+def _stop_id(tokenizer) -> int:
+    return (
+        tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if "<|im_end|>" in tokenizer.get_vocab()
+        else tokenizer.eos_token_id
+    )
+
+
+def rollout(
+    model: nn.Module,
+    tokenizer,
+    cfg: SmolLM2Config,
+    problems: list[tuple[str, str]],
+    group_size: int,
+    temperature: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``group_size`` sampled answers per problem: prompt ids, answer ids, answer mask, rewards ``(n,)``."""
+    task = cfg.get_task()
+    stop = _stop_id(tokenizer)
+    prompts = encode_prompts(tokenizer, task, [q for q, _ in problems]).repeat_interleave(group_size, 0)
+    answers = generate(model, prompts, cfg.max_new_tokens, stop, temperature, generator)
+    texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
+    targets = [a for _, a in problems for _ in range(group_size)]
+    rewards = torch.tensor([task.reward(t, a) for t, a in zip(texts, targets, strict=True)])
+    return prompts, answers, answer_mask(answers, stop), rewards
+
+
+def accuracy(
+    model: nn.Module, tokenizer, cfg: SmolLM2Config, problems: list[tuple[str, str]], batch: int = 64
+) -> float:
+    """Share of ``problems`` whose greedy answer is right."""
+    was_training = model.training
+    model.eval()
+    task, stop, correct = cfg.get_task(), _stop_id(tokenizer), 0
+    for i in range(0, len(problems), batch):
+        chunk = problems[i : i + batch]
+        prompts = encode_prompts(tokenizer, task, [q for q, _ in chunk])
+        answers = generate(model, prompts, cfg.max_new_tokens, stop, temperature=0)
+        texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
+        correct += sum(task.reward(t, a) for t, (_, a) in zip(texts, chunk, strict=True))
+    model.train(was_training)
+    return correct / max(1, len(problems))
