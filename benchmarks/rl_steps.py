@@ -1,122 +1,141 @@
-"""Does jumping along the predicted trajectory save RL steps? Plain GRPO against extrapolate-and-resume.
+"""Does extrapolation save RL steps? The papers' protocols, paired by seed, with confidence intervals.
 
-For each seed, on the bundled reference task (``nextrap.reference``):
+Every arm of a seed starts from that seed's plain GRPO run (``nextrap.reference.protocols`` has the
+arms and their proportions: NExt's observe 3/8 of the run, jump c horizons, train 1/4 more; RELEX's
+observe 3/16 and predict far ahead without training; RL-Extra's cycles; the restart control; AdamW
+kept or warmed up after the jump; ``--method auto``). For each arm and seed:
 
-* plain:             GRPO for ``observe + max(c) * H + resume`` steps, evaluated at every checkpoint;
-* restart, no jump:  the plain run's checkpoint at ``observe``, resumed with a fresh optimizer (the
-                     control: every jump arm also restarts AdamW's moments);
-* <method> c=...:    nextrap extrapolates the plain run's first ``observe`` steps with each method
-                     (next, linear, relex, relex-anchored) and coefficient; training resumes from the jump (its
-                     step counter at the virtual step) for ``resume`` steps.
+* accuracy at the arm's budget of trained steps (5/8 of the run: 250 of 400) against the plain run at
+  the same budget and at its end (the NExt paper's table: method@250 vs plain@250 and plain@400);
+* steps to reach several targets (fractions of the plain run's final accuracy) and the steps saved.
 
-A curve's x axis is the number of RL steps actually trained. The target accuracy is
-``--target-fraction`` of the plain run's final accuracy (mean of its last 3 evaluations); the table
-gives the steps each arm needed to first reach it, the fraction saved against the plain run, the
-final accuracy and the wall time. Curves of all seeds go into one PNG (needs matplotlib:
-``pip install matplotlib``; the table is printed without it).
+Differences to the plain run are paired by seed: mean and 95% t interval (scipy). An arm saves steps,
+or gains accuracy, only where its interval excludes zero. Finished arms are never rerun, so the
+benchmark resumes after an interruption; ``--seeds`` can grow later.
 
-Run: ``python benchmarks/rl_steps.py --seeds 0 1 2`` (about 8 minutes per seed on 2 CPU cores).
+    python benchmarks/rl_steps.py --seeds 0 1 2 3 4 --out bench-data/rl_steps
+    python benchmarks/rl_steps.py --policy smollm2 --steps 80 --save-steps 5 --seeds 0 1 2 3 4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import math
 import time
 from pathlib import Path
 
-from nextrap.reference import (
-    EndToEndConfig,
-    GRPOConfig,
-    final_accuracy,
-    jump_arm,
-    plain_run,
-    reset_arm,
-    steps_to_reach,
-)
+from nextrap.reference import GRPOConfig, WarmStartConfig
+from nextrap.reference.endtoend import final_accuracy
+from nextrap.reference.protocols import ArmResult, ProtocolConfig, run_seed
+from nextrap.reference.smollm2 import SmolLM2Config
+from nextrap.reference.stats import accuracy_at, accuracy_standard_error, paired_difference, steps_to_reach
+
+TARGETS = (0.9, 0.95, 1.0)
 
 
-def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict:
+def _config(args: argparse.Namespace) -> ProtocolConfig:
+    warm = SmolLM2Config(task=args.task or "add2") if args.policy == "smollm2" else WarmStartConfig(task=args.task or "sort")
     grpo = GRPOConfig(
-        seed=seed,
+        steps=args.steps,
         save_steps=args.save_steps,
-        prompts_per_step=args.prompts,
         lr=args.lr,
+        prompts_per_step=args.prompts,
+        group_size=args.group_size,
         eval_size=args.eval_size,
+        warm=warm,
     )
-    base = EndToEndConfig(observe=args.observe, resume=args.resume, horizon=args.horizon, grpo=grpo)
-    started = time.perf_counter()
-    plain = plain_run(out / "plain", base, extra_steps=round(max(args.coef) * base.horizon_steps))
-    arms = {"plain": (plain.eval_accuracy(), time.perf_counter() - started, None)}
-    control = reset_arm(plain, out / "restart", base)
-    arms[control.name] = (control.curve, control.seconds, control.accuracy_at_jump)
-    for method in args.methods:
-        for coef in args.coef:
-            arm = jump_arm(plain, out / f"{method}-c{coef:g}", base, coef, method)
-            arms[arm.name] = (arm.curve, arm.seconds, arm.accuracy_at_jump)
-    target = args.target_fraction * final_accuracy(arms["plain"][0])
-    plain_steps = steps_to_reach(arms["plain"][0], target)
-    rows = {}
-    for name, (curve, seconds, at_jump) in arms.items():
-        steps = steps_to_reach(curve, target)
-        saved = None if steps is None or not plain_steps else 1 - steps / plain_steps
-        rows[name] = {
-            "steps_to_target": steps,
-            "saved": saved,
-            "final_accuracy": final_accuracy(curve),
-            "trained_steps": max(curve),
-            "accuracy_after_jump": at_jump,
-            "seconds": seconds,
-            "curve": curve,
-        }
-    return {
-        "seed": seed,
-        "target": target,
-        "accuracy_before_jump": arms["plain"][0][args.observe],
-        "arms": rows,
-    }
+    return ProtocolConfig(
+        grpo=grpo,
+        horizon=args.horizon,
+        coefs=tuple(args.coef),
+        methods=tuple(args.methods),
+        cycle_methods=tuple(args.cycle_methods),
+    )
 
 
-def _fmt(x, spec: str, none: str = "never") -> str:
-    return none if x is None else format(x, spec)
-
-
-def print_table(results: list[dict], args: argparse.Namespace) -> str:
-    lines = [
-        f"reference task, {args.prompts} prompts x 8 answers per step, lr {args.lr:g}, checkpoints every "
-        f"{args.save_steps} steps; jump after {args.observe} steps, horizon {args.horizon} intervals "
-        f"({args.horizon * args.save_steps} steps), then {args.resume} steps; target = "
-        f"{args.target_fraction:.0%} of the plain run's final accuracy",
-        "",
-        f"{'seed':>4}  {'arm':<18} {'acc. after jump':>15} {'steps to target':>15} {'saved':>7} "
-        f"{'final acc.':>10} {'steps':>6} {'wall s':>7}",
-    ]
-    for res in results:
-        for name, row in res["arms"].items():
-            lines.append(
-                f"{res['seed']:>4}  {name:<18} {_fmt(row['accuracy_after_jump'], '.3f', '-'):>15} "
-                f"{_fmt(row['steps_to_target'], 'd'):>15} {_fmt(row['saved'], '+.0%', '-'):>7} "
-                f"{row['final_accuracy']:>10.3f} {row['trained_steps']:>6d} {row['seconds']:>7.0f}"
+def summarize(results: dict[int, dict[str, ArmResult]], config: ProtocolConfig) -> dict:
+    """Per arm: paired differences to the plain run at matched budgets and in steps to each target."""
+    seeds = sorted(results)
+    plain = {s: results[s]["plain"].curve for s in seeds}
+    budget, length = config.budget, config.length
+    out: dict = {"seeds": seeds, "budget": budget, "length": length, "arms": {}}
+    for name in results[seeds[0]]:
+        arms = {s: results[s][name] for s in seeds if name in results[s]}
+        if len(arms) < len(seeds) or name == "plain":
+            continue
+        row: dict = {}
+        trained = arms[seeds[0]].trained_steps
+        if name.startswith("relex@") and not name.endswith("+train"):
+            at = int(name.removeprefix("relex@"))
+            acc = [arms[s].accuracy_after_jump for s in seeds]
+            row["accuracy"] = acc
+            row["vs_plain_at_target"] = paired_difference(acc, [accuracy_at(plain[s], min(at, length)) for s in seeds])
+            row["vs_plain_at_observe"] = paired_difference(
+                acc, [accuracy_at(plain[s], config.relex_observe) for s in seeds]
             )
-    lines += [
+        else:
+            acc = [accuracy_at(arms[s].curve, trained) for s in seeds]
+            row["accuracy"] = acc
+            row["vs_plain_same_steps"] = paired_difference(acc, [accuracy_at(plain[s], trained) for s in seeds])
+            row["vs_plain_end"] = paired_difference(acc, [accuracy_at(plain[s], length) for s in seeds])
+            for frac in TARGETS:
+                reached_both, saved, never = [], [], 0
+                for s in seeds:
+                    target = frac * final_accuracy(plain[s])
+                    p, a = steps_to_reach(plain[s], target), steps_to_reach(arms[s].curve, target)
+                    never += a is None
+                    if p and a is not None:
+                        reached_both.append(s)
+                        saved.append(1 - a / p)
+                row[f"saved@{frac:g}"] = (
+                    paired_difference(saved, [0.0] * len(saved)) if saved else None,
+                    len(seeds) - never,
+                )
+        if any(arms[s].accuracy_after_jump is not None for s in seeds) and "vs_plain_at_target" not in row:
+            jump = [arms[s].accuracy_after_jump for s in seeds]
+            if all(j is not None for j in jump):
+                row["after_jump"] = sum(jump) / len(jump)
+        row["seconds"] = sum(arms[s].seconds for s in seeds) / len(seeds)
+        out["arms"][name] = row
+    return out
+
+
+def table(summary: dict, config: ProtocolConfig) -> str:
+    g = config.grpo
+    se = accuracy_standard_error(0.5, g.eval_size)
+    lines = [
+        f"{g.policy} policy, task {g.warm.task}, lr {g.lr:g}, {g.prompts_per_step} prompts x {g.group_size} answers, "
+        f"r {g.rank}; plain run {config.length} steps, checkpoint every {g.save_steps}; jump arms observe "
+        f"{config.observe}, horizon {config.horizon_steps} steps, then {config.resume} steps (budget {config.budget}); "
+        f"seeds {summary['seeds']}; held-out problems {g.eval_size} (accuracy standard error <= {se:.3f})",
+        "differences to the plain run, paired by seed: mean [95% t interval]",
         "",
-        "over seeds (the median of steps saved leaves out seeds where the arm never reached the target)",
+        f"{'arm':<22} {'acc. at budget':>14} {'vs plain, same steps':>34} {'vs plain at its end':>34} "
+        f"{'after jump':>10} " + " ".join(f"{'saved to ' + format(t, '.0%') + ' (reached)':>36}" for t in TARGETS),
     ]
-    for name in results[0]["arms"]:
-        saved = [r["arms"][name]["saved"] for r in results if r["arms"][name]["saved"] is not None]
-        reached = sum(r["arms"][name]["steps_to_target"] is not None for r in results)
-        final = statistics.median(r["arms"][name]["final_accuracy"] for r in results)
+    for name, row in summary["arms"].items():
+        mean_acc = sum(row["accuracy"]) / len(row["accuracy"])
+        if "vs_plain_at_target" in row:
+            lines.append(
+                f"{name:<22} {mean_acc:>14.3f} {'vs plain at that step: ' + row['vs_plain_at_target'].text():>34} "
+                f"{'vs plain at observe: ' + row['vs_plain_at_observe'].text():>34}"
+            )
+            continue
+        saved = []
+        for t in TARGETS:
+            d, reached = row[f"saved@{t:g}"]
+            saved.append(f"{(d.text('+.0%') if d else 'never'):>28} ({reached}/{len(summary['seeds'])})")
+        after = row.get("after_jump")
         lines.append(
-            f"      {name:<18} reached target in {reached}/{len(results)} seeds, median steps saved "
-            f"{_fmt(statistics.median(saved) if saved else None, '+.0%', '-')}, median final accuracy {final:.3f}"
+            f"{name:<22} {mean_acc:>14.3f} {row['vs_plain_same_steps'].text():>34} {row['vs_plain_end'].text():>34} "
+            f"{(format(after, '.3f') if after is not None else '-'):>10} " + " ".join(saved)
         )
-    text = "\n".join(lines)
-    print(text)
-    return text
+    return "\n".join(lines)
 
 
-def plot(results: list[dict], path: Path) -> bool:
+def plot(results: dict[int, dict[str, ArmResult]], config: ProtocolConfig, path: Path) -> bool:
+    """Mean accuracy by trained steps over seeds, with a 95% band, for the plain run and the main arms."""
     try:
         import matplotlib
 
@@ -125,51 +144,75 @@ def plot(results: list[dict], path: Path) -> bool:
     except ImportError:
         print("matplotlib is not installed (pip install matplotlib): no plot")
         return False
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), sharey=True, squeeze=False)
-    for ax, res in zip(axes[0], results, strict=True):
-        for name, row in res["arms"].items():
-            xs = sorted(row["curve"])
-            ax.plot(xs, [row["curve"][x] for x in xs], label=name, lw=1.5 if name == "plain" else 1)
-        ax.axhline(res["target"], color="grey", ls=":", lw=1)
-        ax.set_title(f"seed {res['seed']}")
-        ax.set_xlabel("RL steps trained")
-    axes[0][0].set_ylabel("held-out accuracy")
-    axes[0][0].legend(fontsize=8)
+    from scipy import stats
+
+    seeds = sorted(results)
+    grid = list(range(0, config.length + 1, config.grpo.save_steps))
+    fig, ax = plt.subplots(figsize=(8, 5))
+    names = ["plain", "restart"] + [n for n in results[seeds[0]] if " c=" in n and len(n.split()) == 2]
+    names += [n for n in results[seeds[0]] if n.startswith("cycles ")]
+    for name in names:
+        curves = [results[s][name] for s in seeds if name in results[s]]
+        xs = [x for x in grid if x <= curves[0].trained_steps and x >= min(curves[0].curve)]
+        ys = [[accuracy_at(c.curve, x) for c in curves] for x in xs]
+        mean = [sum(y) / len(y) for y in ys]
+        ax.plot(xs, mean, label=name, lw=2 if name == "plain" else 1)
+        if len(curves) > 1:
+            t = stats.t.ppf(0.975, len(curves) - 1)
+            half = [
+                t * math.sqrt(sum((v - m) ** 2 for v in y) / (len(y) - 1)) / math.sqrt(len(y))
+                for y, m in zip(ys, mean, strict=True)
+            ]
+            ax.fill_between(xs, [m - h for m, h in zip(mean, half, strict=True)],
+                            [m + h for m, h in zip(mean, half, strict=True)], alpha=0.12)
+    ax.axvline(config.budget, color="grey", ls=":", lw=1)
+    ax.set(xlabel="RL steps trained", ylabel="held-out accuracy (mean over seeds, 95% band)",
+           title=f"{config.grpo.policy}: plain run vs jump arms ({len(seeds)} seeds)")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
     return True
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--observe", type=int, default=50)
-    parser.add_argument("--resume", type=int, default=100)
-    parser.add_argument("--horizon", type=int, default=5, help="in checkpoint intervals")
-    parser.add_argument("--coef", type=float, nargs="+", default=[1.0, 2.0])
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        default=["next", "linear", "relex", "relex-anchored"],
-        choices=["next", "linear", "relex", "relex-anchored"],
-    )
-    parser.add_argument("--save-steps", type=int, default=5)
-    parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--eval-size", type=int, default=512)
-    parser.add_argument("--target-fraction", type=float, default=0.95)
-    parser.add_argument("--out", type=Path, default=Path("rl_steps_out"))
-    args = parser.parse_args()
-
-    results = []
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--policy", choices=["tiny", "smollm2"], default="tiny")
+    p.add_argument("--task", default=None, help="tiny: sort|add|reverse; smollm2: its chat tasks")
+    p.add_argument("--steps", type=int, default=400, help="length L of the plain run")
+    p.add_argument("--save-steps", type=int, default=10)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--eval-size", type=int, default=512)
+    p.add_argument("--horizon", type=int, default=5, help="in checkpoint intervals")
+    p.add_argument("--coef", type=float, nargs="+", default=[1.0, 1.5, 2.0])
+    p.add_argument("--methods", nargs="+", default=["next", "linear", "relex"])
+    p.add_argument("--cycle-methods", nargs="+", default=["linear", "next", "relex"])
+    p.add_argument("--arms", nargs="*", default=None, help="only these arms [all]")
+    p.add_argument("--out", type=Path, default=Path("bench-data/rl_steps"))
+    p.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    args = p.parse_args()
+    config = _config(args)
+    started = time.perf_counter()
+    results = {}
     for seed in args.seeds:
-        results.append(run_seed(seed, args, args.out / f"seed-{seed}"))
-        print(f"seed {seed} done", flush=True)
-    text = print_table(results, args)
-    (args.out / "table.txt").write_text(text + "\n")
-    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    if plot(results, args.out / "rl_steps.png"):
-        print(f"plot: {args.out / 'rl_steps.png'}")
+        print(f"== seed {seed}", flush=True)
+        results[seed] = run_seed(
+            config, seed, args.out / f"seed-{seed}", args.arms,
+            on_arm=lambda a: print(f"   {a.name}: {a.seconds:.0f} s", flush=True),
+        )
+    summary = summarize(results, config)
+    text = table(summary, config) + f"\n\nwall time this invocation: {time.perf_counter() - started:.0f} s"
+    print(text)
+    stem = f"rl_steps-{config.grpo.policy}"
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"{stem}.txt").write_text(text + "\n")
+    raw = {s: {n: a.to_dict() for n, a in arms.items()} for s, arms in results.items()}
+    (args.results / f"{stem}.json").write_text(json.dumps(raw, indent=1) + "\n")
+    if plot(results, config, args.results / f"{stem}.png"):
+        print(f"plot: {args.results / f'{stem}.png'}")
 
 
 if __name__ == "__main__":

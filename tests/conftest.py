@@ -29,6 +29,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def reference_cache(tmp_path_factory):
+    """One cache (warm starts of the tiny reference policy) for every test of the session that asks for it."""
+    folder = tmp_path_factory.mktemp("nextrap-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NEXTRAP_CACHE", str(folder))
+    yield folder
+    mp.undo()
+
+
 @pytest.fixture
 def tiny_run(tmp_path: Path) -> Path:
     """A TRL-layout run: 10 checkpoints (steps 10..100) of a 2-layer model, r = 4, float32."""

@@ -48,6 +48,7 @@ ORDER = [
     "reference.grpo",
     "reference.endtoend",
     "reference.cycles",
+    "reference.protocols",
     "reference",
     "integrations",
     "integrations.transformers",

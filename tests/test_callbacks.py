@@ -248,8 +248,7 @@ def _trl_grpo(tmp_path, monkeypatch, out, max_steps, callbacks=(), save_steps=No
     from nextrap.reference import WarmStartConfig, get_task, load_base
     from nextrap.reference.model import lora_config
 
-    monkeypatch.setenv("NEXTRAP_CACHE", str(tmp_path / "cache"))
-    task = get_task(WarmStartConfig().task)
+    task = get_task(WarmStartConfig().task)  # the warm start comes from the session's reference_cache
     base, tokenizer, _ = load_base(WarmStartConfig())
     tokenizer.eos_token = "<pad>"
     problems = task.sample(torch.Generator().manual_seed(0), 64, task.test_prompts())
@@ -282,6 +281,7 @@ def _trl_grpo(tmp_path, monkeypatch, out, max_steps, callbacks=(), save_steps=No
     )
 
 
+@pytest.mark.usefixtures("reference_cache")
 def test_trl_grpo_trainer_with_the_callback(tmp_path, monkeypatch):
     """TRL's GRPOTrainer on the reference policy: the callback jumps in place and training goes on."""
     from transformers import TrainerCallback
@@ -312,6 +312,7 @@ def test_trl_grpo_trainer_with_the_callback(tmp_path, monkeypatch):
     assert max(float((seen["after"][n] - seen["before"][n]).abs().max()) for n in seen["before"]) > 0
 
 
+@pytest.mark.usefixtures("reference_cache")
 def test_format_trl_is_resumed_by_trls_grpo_trainer(tmp_path, monkeypatch):
     from click.testing import CliRunner
 

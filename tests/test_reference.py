@@ -34,14 +34,7 @@ from nextrap.reference.model import VOCAB, build_tokenizer, encode
 WARM = WarmStartConfig()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def reference_cache(tmp_path_factory):
-    """Every test of this module shares one warm start, cached in a temporary folder."""
-    folder = tmp_path_factory.mktemp("nextrap-cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NEXTRAP_CACHE", str(folder))
-    yield folder
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("reference_cache")  # one warm start for the session (conftest)
 
 
 def test_tasks_answer_by_hand():

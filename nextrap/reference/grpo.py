@@ -64,6 +64,7 @@ class GRPOConfig:
     updates_per_step: int = 1
     temperature: float = 1.0
     max_grad_norm: float = 1.0
+    warmup_steps: int = 0  # linear learning-rate warm-up over this run's first steps (e.g. after a jump)
     seed: int = 0
     eval_size: int = 256
     warm: WarmStartConfig | SmolLM2Config = field(default_factory=WarmStartConfig)
@@ -88,6 +89,8 @@ class GRPOConfig:
         for name in ("steps", "save_steps", "prompts_per_step", "group_size", "rank", "updates_per_step"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"GRPOConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"GRPOConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.group_size < 2:
             raise ConfigError(
                 f"GRPOConfig.group_size must be >= 2 (advantages compare answers), got {self.group_size}"
@@ -174,6 +177,7 @@ def train(
     config: GRPOConfig | None = None,
     *,
     init_adapter: str | os.PathLike | None = None,
+    init_optimizer: str | os.PathLike | None = None,
     start_step: int = 0,
     overwrite: bool = False,
     resume: bool = False,
@@ -185,6 +189,10 @@ def train(
     checkpoint (adapter, AdamW moments, log) up to step ``start_step + config.steps``; the settings
     must be the recorded ones (``steps`` may grow). Problems and samples depend only on the seed and
     the step, so a resumed run sees what an unbroken one would.
+
+    ``init_optimizer``: a checkpoint folder whose ``optimizer.pt`` (AdamW's moments) the new run starts
+    with, instead of a fresh optimizer: what "keep the moments across a jump" means. The moments belong
+    to the weights before the jump; they are stale but of the right shapes.
     """
     config = config or GRPOConfig()
     if start_step < 0:
@@ -208,7 +216,9 @@ def train(
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    if init_optimizer is not None and not saved:
+        _load_moments(opt, Path(init_optimizer))  # before the schedule, which then sets its own first lr
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _WarmUp(config.warmup_steps))
     exclude = task.test_prompts()
     test_set = task.test_set(config.eval_size) if config.eval_size else []
 
@@ -216,6 +226,7 @@ def train(
         "config": asdict(config),
         "policy": config.policy,
         "init_adapter": str(init_adapter) if init_adapter else None,
+        "init_optimizer": str(init_optimizer) if init_optimizer else None,
         "start_step": start_step,
         "base_model": config.warm.base_id,
     }
@@ -265,6 +276,27 @@ def train(
                 )
             checkpoints[step] = _save_checkpoint(output, model, opt, sched, step, last, config, log)
     return TrainResult(output=output, checkpoints=checkpoints, log_history=log)
+
+
+class _WarmUp:
+    """Learning-rate factor: linear from 1/n to 1 over the first ``n`` steps, then 1 (a class: picklable)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def __call__(self, k: int) -> float:
+        return 1.0 if self.steps <= 0 else min(1.0, (k + 1) / self.steps)
+
+
+def _load_moments(opt: torch.optim.Optimizer, folder: Path) -> None:
+    path = folder / "optimizer.pt"
+    if not path.is_file():
+        raise InputNotFoundError(f"{folder}: no optimizer.pt to take AdamW's moments from; give a checkpoint folder")
+    state = torch.load(path, weights_only=True)
+    try:
+        opt.load_state_dict(state)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"{path}: its optimizer state does not fit this model ({exc})") from None
 
 
 def _check_same_run(output: Path, config: GRPOConfig, init_adapter, start_step: int) -> None:
