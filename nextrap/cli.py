@@ -114,10 +114,14 @@ _fit_options = [
         type=click.Choice(sorted(PRESETS)),
         default="auto",
         show_default=True,
-        help="Predictor settings: 'auto' converges on any model size; 'reference' is the paper's.",
+        help="Predictor settings: 'auto' converges on any model size and stops when a held-out pair stops improving; "
+        "'plateau' is the earlier default (training-loss plateau); 'reference' is the paper's.",
     ),
     click.option(
-        "--epochs", type=click.IntRange(min=1), default=None, help="Predictor epochs (preset: 1000)."
+        "--epochs",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Most predictor epochs per group; exact count with --preset reference (reference, plateau: 1000).",
     ),
     click.option(
         "--lr",
@@ -132,7 +136,8 @@ _fit_options = [
         "--patience",
         type=click.IntRange(min=0),
         default=None,
-        help="Stop after this many epochs without improvement; 0 never stops early (auto: 100).",
+        help="Stop after this many epochs without improvement (auto: of the held-out pair's loss; plateau: of the "
+        "training loss, 100); 0 never stops early.",
     ),
     click.option(
         "--seed", type=int, default=None, help="Seed of the predictor's initialization (default 0)."
@@ -492,6 +497,7 @@ def _summary(result: Any) -> str:
     for g in rep["predictor"].get("groups", []):  # only the NExt predictor trains networks
         lines.append(
             f"  predictor d={g['dim']:<6} {g['vectors']:>5} vectors  {g['epochs_run']:>5} epochs  "
+            f"{g.get('seconds', 0.0):>6.1f} s ({g.get('stop_reason', '?')})  "
             f"loss {g['relative_loss']:.3f} of predicting zeros"
             + ("" if g["converged"] else "  (not converged)")
         )

@@ -28,6 +28,7 @@ from torch import nn
 
 from nextrap.errors import ConfigError
 from nextrap.predictors.base import Prediction
+from nextrap.predictors.next_fit import PRECISIONS, STOP_RULES, FitSettings, fit_network, group_loss, threads
 from nextrap.progress import Progress, no_progress
 from nextrap.trajectory import Features, Trajectory
 
@@ -35,12 +36,17 @@ __all__ = ["PRESETS", "PRESET_NAMES", "NExtConfig", "NExtNet", "NExtPredictor"]
 
 logger = logging.getLogger(__name__)
 
-PRESET_NAMES = ("auto", "reference")
+PRESET_NAMES = ("auto", "plateau", "reference")
 
 
 @dataclass(frozen=True)
 class NExtConfig:
-    """Hyper-parameters of the NExt predictor; validated at construction."""
+    """Hyper-parameters of the NExt predictor; validated at construction.
+
+    ``epochs`` is the most a group trains (the exact count with ``stop = "fixed"``); ``stop`` picks the
+    rule that ends it earlier (:mod:`nextrap.predictors.next_fit`); ``patience = 0`` disables early
+    stopping whatever the rule. ``threads`` (0: torch's setting) and ``precision`` only change speed.
+    """
 
     preset: str = "auto"
     lr: float = 1e-3
@@ -50,8 +56,12 @@ class NExtConfig:
     weight_decay: float = 0.01
     min_lr_ratio: float = 0.1
     normalize: bool = True
+    stop: str = "holdout"
     patience: int = 100
     min_improvement: float = 1e-3
+    refit: bool = True
+    threads: int = 0
+    precision: str = "float32"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,8 +73,11 @@ class NExtConfig:
             (self.hidden >= 1, "hidden", "at least 1"),
             (self.weight_decay >= 0, "weight_decay", ">= 0"),
             (0 < self.min_lr_ratio <= 1, "min_lr_ratio", "in (0, 1]"),
+            (self.stop in STOP_RULES, "stop", f"one of {list(STOP_RULES)}"),
             (self.patience >= 0, "patience", ">= 0 (0 disables early stopping)"),
             (self.min_improvement >= 0, "min_improvement", ">= 0"),
+            (self.threads >= 0, "threads", ">= 0 (0: torch's setting)"),
+            (self.precision in PRECISIONS, "precision", f"one of {list(PRECISIONS)}"),
         ]
         for ok, name, expected in checks:
             if not ok:
@@ -77,10 +90,28 @@ class NExtConfig:
             raise ConfigError(f"NExt preset {preset!r}: expected one of {sorted(PRESETS)}")
         return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
 
+    def fit_settings(self) -> FitSettings:
+        return FitSettings(
+            lr=self.lr,
+            epochs=self.epochs,
+            min_lr_ratio=self.min_lr_ratio,
+            weight_decay=self.weight_decay,
+            loss=self.loss,
+            stop=self.stop,
+            patience=self.patience,
+            min_improvement=self.min_improvement,
+            refit=self.refit,
+            precision=self.precision,
+        )
+
 
 PRESETS: dict[str, NExtConfig] = {
     "auto": NExtConfig(),
-    "reference": NExtConfig(preset="reference", lr=2e-5, normalize=False, patience=0),
+    # The default before the fit was made fast: training-loss plateau, up to 1000 epochs.
+    "plateau": NExtConfig(preset="plateau", stop="train", epochs=1000, patience=100),
+    "reference": NExtConfig(
+        preset="reference", lr=2e-5, normalize=False, stop="fixed", patience=0, refit=False
+    ),
 }
 
 
@@ -188,9 +219,11 @@ class NExtPredictor:
             report.update(dim=dim, vectors=len(grp.items), rows=int(x_g.shape[0]))
             group_reports.append(report)
             logger.info(
-                "group d=%d: %d epochs, loss %.4g (%.3g of predicting zeros)",
+                "group d=%d: %d epochs in %.2f s (%s), loss %.4g (%.3g of predicting zeros)",
                 dim,
                 report["epochs_run"],
+                report["seconds"],
+                report["stop_reason"],
                 report["final_loss"],
                 report["relative_loss"],
             )
@@ -215,44 +248,31 @@ class NExtPredictor:
         )
 
 
-def _loss(pred: torch.Tensor, target: torch.Tensor, kind: str, pairs: int) -> torch.Tensor:
-    err = (pred - target).abs() if kind == "l1" else (pred - target).square()
-    return err.sum() / pairs  # the reference: summed over entries and vectors, averaged over pairs
-
-
 def _fit(
     dim: int, x_g: torch.Tensor, x_l: torch.Tensor, y: torch.Tensor, cfg: NExtConfig, pairs: int
 ) -> tuple[NExtNet, dict[str, Any]]:
-    """Full-batch AdamW with cosine annealing; stops early when the loss stops improving."""
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(cfg.seed * 1_000_003 + dim)  # same group, same init, whatever else ran before
-    net = NExtNet(dim, cfg.hidden).to(x_g.device)
-    torch.random.set_rng_state(gen_state)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-        opt, T_max=cfg.epochs, eta_min=cfg.lr * cfg.min_lr_ratio
+    """Train one group's network (:func:`fit_network`) and report how far it got."""
+
+    def make_net() -> NExtNet:
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(cfg.seed * 1_000_003 + dim)  # same group, same init, whatever else ran before
+        net = NExtNet(dim, cfg.hidden)
+        torch.random.set_rng_state(gen_state)
+        net = net.to(x_g.device)
+        return net
+
+    with threads(cfg.threads):
+        net, report = fit_network(make_net, x_g, x_l, y, pairs, cfg.fit_settings())
+        with torch.no_grad():
+            final = float(group_loss(net(x_g, x_l), y, cfg.loss, pairs))
+            zero_loss = float(group_loss(torch.zeros_like(y), y, cfg.loss, pairs))
+    report.update(
+        parameters=sum(p.numel() for p in net.parameters()),
+        seconds_per_epoch=report["seconds"] / max(1, report["epochs_run"]),
+        stopped_early=report["stop_reason"] not in ("max_epochs", "fixed_epochs"),
+        final_loss=final,
+        zero_loss=zero_loss,
+        relative_loss=final / zero_loss if zero_loss > 0 else 0.0,
+        converged=final <= 0.1 * zero_loss if zero_loss > 0 else True,
     )
-    with torch.no_grad():
-        zero_loss = float(_loss(torch.zeros_like(y), y, cfg.loss, pairs))
-    best, best_epoch, loss_value, epoch = math.inf, 0, math.inf, 0
-    for epoch in range(1, cfg.epochs + 1):
-        opt.zero_grad(set_to_none=True)
-        loss = _loss(net(x_g, x_l), y, cfg.loss, pairs)
-        loss.backward()
-        opt.step()
-        sched.step()
-        loss_value = float(loss.detach())
-        if loss_value < best * (1 - cfg.min_improvement):
-            best, best_epoch = loss_value, epoch
-        elif cfg.patience and epoch - best_epoch >= cfg.patience:
-            break
-    with torch.no_grad():
-        final = float(_loss(net(x_g, x_l), y, cfg.loss, pairs))
-    return net, {
-        "epochs_run": epoch,
-        "stopped_early": epoch < cfg.epochs,
-        "final_loss": final,
-        "zero_loss": zero_loss,
-        "relative_loss": final / zero_loss if zero_loss > 0 else 0.0,
-        "converged": final <= 0.1 * zero_loss if zero_loss > 0 else True,
-    }
+    return net, report
