@@ -31,6 +31,9 @@ from pathlib import Path
 
 import torch
 
+# Measure the checkout this file lives in, not whatever nextrap is installed.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 QWEN_7B = {"hidden": 3584, "intermediate": 18944, "kv_dim": 512}
 SMOL_135M = {"hidden": 576, "intermediate": 1536, "kv_dim": 192}
 
@@ -71,7 +74,7 @@ def make_runs(args: argparse.Namespace) -> dict[str, tuple[Path, int | None, int
             print(f"writing the 7B-shaped run into {path}", file=sys.stderr)
             shapes = llama_like_shapes(args.qwen_layers, **QWEN_7B)
             write_synthetic_run(path, steps, shapes, PlantSpec(rank=32, alpha=64.0))
-        runs["qwen"] = (path, None, None)
+        runs["qwen"] = (path, args.qwen_holdout, args.qwen_horizon)
     return runs
 
 
@@ -167,12 +170,19 @@ def main() -> None:
     p.add_argument("--ref", type=Path, default=None, help="an existing reference run to use")
     p.add_argument("--qwen-layers", type=int, default=28)
     p.add_argument("--qwen-checkpoints", type=int, default=16)
+    p.add_argument("--qwen-holdout", type=int, default=None, help="default: the backtest's")
+    p.add_argument("--qwen-horizon", type=int, default=None, help="default: the backtest's")
     p.add_argument("--configs", nargs="+", default=["old", "new"], choices=sorted(CONFIGS))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads for everything (0: torch's default)"
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     args = p.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "

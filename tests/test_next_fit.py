@@ -165,3 +165,24 @@ def test_new_default_is_at_least_as_close_to_the_planted_truth_as_the_old(tmp_pa
     assert new_err <= old_err * 1.02
     assert new_epochs < old_epochs
     assert all(g["stop_reason"] in ("holdout_plateau", "max_epochs") and g["seconds"] > 0 for g in groups)
+
+
+def test_learning_rate_falls_with_vector_length_in_auto_only():
+    auto = NExtConfig.from_preset("auto")
+    assert auto.group_lr(1) == auto.group_lr(192) == 3e-3  # below 1.5 / 3e-3 = 500 the cap holds
+    assert auto.group_lr(576) == pytest.approx(1.5 / 576)
+    assert auto.group_lr(18944) == pytest.approx(7.918e-5, rel=1e-3)
+    assert NExtConfig.from_preset("plateau").group_lr(18944) == 1e-3
+    assert NExtConfig.from_preset("reference").group_lr(18944) == 2e-5
+
+
+def test_plateau_preset_is_the_earlier_default():
+    cfg = NExtConfig.from_preset("plateau")
+    assert (cfg.lr, cfg.epochs, cfg.stop, cfg.patience, cfg.min_improvement, cfg.normalize) == (
+        1e-3,
+        1000,
+        "train",
+        100,
+        1e-3,
+        True,
+    )

@@ -5,15 +5,20 @@ sigmas as ``d = 1``, 1-D tensors of length d) one :class:`NExtNet` maps the glob
 vectors at checkpoint k to the target feature at k (the rank-1 part of the next ``horizon``
 intervals). Trained on every pair with ``k + horizon <= K``, it is then fed the last checkpoint.
 
-Two presets:
+Three presets:
 
 * ``reference`` reproduces the paper's scripts: raw features, AdamW lr 2e-5, cosine to 0.1 lr over
-  1000 full-batch epochs, L1 loss summed over entries. Tuned for 7B-sized vectors; on small models it
-  stays far from converged (see METHOD.md).
-* ``auto`` (default) rescales each group's inputs and targets to unit RMS entries, so one learning
-  rate (1e-3) fits every vector length, and stops when the loss plateaus. Same network, same loss.
+  exactly 1000 full-batch epochs, L1 loss summed over entries. Tuned for 7B-sized vectors; on small
+  models it stays far from converged (see METHOD.md).
+* ``auto`` (default) rescales each group's inputs and targets to unit RMS entries, takes the learning
+  rate 3e-3 capped at ``1.5 / d`` (the largest stable Adam step falls with the vector length), and
+  stops when the loss of a held-out training pair stops improving, then retrains on every pair for
+  the epoch count that pair chose (:mod:`nextrap.predictors.next_fit`). Same network, same loss.
+* ``plateau`` is the earlier default: lr 1e-3 for every length, up to 1000 epochs, stopped when the
+  training loss plateaus (which, with a few pairs to memorize, is late).
 
-The report says, per group, the final loss relative to predicting zeros: how far the fit got.
+The report says, per group, the epochs run, the seconds, why the fit stopped, and the final loss
+relative to predicting zeros: how far the fit got.
 """
 
 from __future__ import annotations
@@ -49,8 +54,9 @@ class NExtConfig:
     """
 
     preset: str = "auto"
-    lr: float = 1e-3
-    epochs: int = 1000
+    lr: float = 3e-3
+    lr_dim_scale: float = 1.5
+    epochs: int = 500
     loss: str = "l1"
     hidden: int = 256
     weight_decay: float = 0.01
@@ -68,6 +74,7 @@ class NExtConfig:
         checks = [
             (self.preset in PRESET_NAMES, "preset", f"one of {list(PRESET_NAMES)}"),
             (self.lr > 0 and math.isfinite(self.lr), "lr", "a positive number"),
+            (self.lr_dim_scale >= 0, "lr_dim_scale", ">= 0 (0: the same lr for every vector length)"),
             (self.epochs >= 1, "epochs", "at least 1"),
             (self.loss in ("l1", "l2"), "loss", "'l1' or 'l2'"),
             (self.hidden >= 1, "hidden", "at least 1"),
@@ -90,9 +97,19 @@ class NExtConfig:
             raise ConfigError(f"NExt preset {preset!r}: expected one of {sorted(PRESETS)}")
         return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
 
-    def fit_settings(self) -> FitSettings:
+    def group_lr(self, dim: int) -> float:
+        """The learning rate for vectors of length ``dim``: ``lr``, capped at ``lr_dim_scale / dim``.
+
+        With Adam every weight moves by about the learning rate per step, and a layer's output by about
+        ``dim`` times that, so the largest stable rate falls as ``1 / dim``. Measured on unit-RMS
+        features (SmolLM2 shapes): stable at (d, lr) = (576, 3e-3) and (1536, 1e-3), stuck at
+        (192, 1e-2) and (1536, 3e-3), i.e. stable while ``d * lr`` stays below about 1.7.
+        """
+        return min(self.lr, self.lr_dim_scale / dim) if self.lr_dim_scale > 0 else self.lr
+
+    def fit_settings(self, dim: int = 1) -> FitSettings:
         return FitSettings(
-            lr=self.lr,
+            lr=self.group_lr(dim),
             epochs=self.epochs,
             min_lr_ratio=self.min_lr_ratio,
             weight_decay=self.weight_decay,
@@ -108,9 +125,18 @@ class NExtConfig:
 PRESETS: dict[str, NExtConfig] = {
     "auto": NExtConfig(),
     # The default before the fit was made fast: training-loss plateau, up to 1000 epochs.
-    "plateau": NExtConfig(preset="plateau", stop="train", epochs=1000, patience=100),
+    "plateau": NExtConfig(
+        preset="plateau", lr=1e-3, lr_dim_scale=0.0, stop="train", epochs=1000, patience=100, refit=False
+    ),
     "reference": NExtConfig(
-        preset="reference", lr=2e-5, normalize=False, stop="fixed", patience=0, refit=False
+        preset="reference",
+        lr=2e-5,
+        lr_dim_scale=0.0,
+        epochs=1000,
+        normalize=False,
+        stop="fixed",
+        patience=0,
+        refit=False,
     ),
 }
 
@@ -262,11 +288,12 @@ def _fit(
         return net
 
     with threads(cfg.threads):
-        net, report = fit_network(make_net, x_g, x_l, y, pairs, cfg.fit_settings())
+        net, report = fit_network(make_net, x_g, x_l, y, pairs, cfg.fit_settings(dim))
         with torch.no_grad():
             final = float(group_loss(net(x_g, x_l), y, cfg.loss, pairs))
             zero_loss = float(group_loss(torch.zeros_like(y), y, cfg.loss, pairs))
     report.update(
+        lr=cfg.group_lr(dim),
         parameters=sum(p.numel() for p in net.parameters()),
         seconds_per_epoch=report["seconds"] / max(1, report["epochs_run"]),
         stopped_early=report["stop_reason"] not in ("max_epochs", "fixed_epochs"),
