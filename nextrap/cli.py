@@ -121,13 +121,13 @@ _fit_options = [
         "--epochs",
         type=click.IntRange(min=1),
         default=None,
-        help="Most predictor epochs per group; exact count with --preset reference (reference, plateau: 1000).",
+        help="Most predictor epochs per group; the exact count with --preset reference (auto: 500; plateau, reference: 1000).",
     ),
     click.option(
         "--lr",
         type=click.FloatRange(min=0, min_open=True),
         default=None,
-        help="Predictor learning rate (preset auto: 1e-3, reference: 2e-5).",
+        help="Predictor learning rate (auto: 3e-3, capped at 1.5/d for vectors of length d; plateau: 1e-3; reference: 2e-5).",
     ),
     click.option(
         "--loss", type=click.Choice(["l1", "l2"]), default=None, help="Predictor loss (preset: l1)."
@@ -136,7 +136,7 @@ _fit_options = [
         "--patience",
         type=click.IntRange(min=0),
         default=None,
-        help="Stop after this many epochs without improvement (auto: of the held-out pair's loss; plateau: of the "
+        help="Stop after this many epochs without improvement (auto: of the held-out pair's loss, 50; plateau: of the "
         "training loss, 100); 0 never stops early.",
     ),
     click.option(

@@ -63,7 +63,7 @@ class NExtConfig:
     min_lr_ratio: float = 0.1
     normalize: bool = True
     stop: str = "holdout"
-    patience: int = 100
+    patience: int = 50
     min_improvement: float = 1e-3
     refit: bool = True
     threads: int = 0
