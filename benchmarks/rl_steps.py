@@ -6,7 +6,7 @@ For each seed, on the bundled reference task (``nextrap.reference``):
 * restart, no jump:  the plain run's checkpoint at ``observe``, resumed with a fresh optimizer (the
                      control: every jump arm also restarts AdamW's moments);
 * <method> c=...:    nextrap extrapolates the plain run's first ``observe`` steps with each method
-                     (next, linear, relex) and coefficient; training resumes from the jump (its
+                     (next, linear, relex, relex-anchored) and coefficient; training resumes from the jump (its
                      step counter at the virtual step) for ``resume`` steps.
 
 A curve's x axis is the number of RL steps actually trained. The target accuracy is
@@ -148,7 +148,10 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=5, help="in checkpoint intervals")
     parser.add_argument("--coef", type=float, nargs="+", default=[1.0, 2.0])
     parser.add_argument(
-        "--methods", nargs="+", default=["next", "linear", "relex"], choices=["next", "linear", "relex"]
+        "--methods",
+        nargs="+",
+        default=["next", "linear", "relex", "relex-anchored"],
+        choices=["next", "linear", "relex", "relex-anchored"],
     )
     parser.add_argument("--save-steps", type=int, default=5)
     parser.add_argument("--prompts", type=int, default=64)

@@ -12,10 +12,12 @@ ahead along the predicted trajectory, for you to resume training from::
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
-from nextrap.backtest import BacktestOptions, BacktestResult, backtest
-from nextrap.callbacks import Jump, TrajectoryRecorder, extrapolate_into
 from nextrap.errors import (
     CheckpointError,
     ConfigError,
@@ -26,16 +28,79 @@ from nextrap.errors import (
     MismatchError,
     NextrapError,
     OutputExistsError,
+    UnsafeOutputError,
 )
-from nextrap.extrapolate import ExtrapolateOptions, ExtrapolationResult, extrapolate
-from nextrap.hub import push
-from nextrap.layouts import CheckpointRef, Discovery, discover, from_explicit
-from nextrap.predictors import LinearPredictor, NExtConfig, NExtPredictor, RelexPredictor
-from nextrap.runs import open_run, scan
-from nextrap.trajectory import Trajectory, compute_features
 from nextrap.version import __version__
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+# The public API, imported on first use: `import nextrap` and `nextrap --help` must not pay for torch.
+_LAZY = {
+    "BacktestOptions": "nextrap.backtest",
+    "BacktestResult": "nextrap.backtest",
+    "backtest": "nextrap.backtest",
+    "Jump": "nextrap.callbacks",
+    "JumpCycles": "nextrap.callbacks",
+    "JumpSchedule": "nextrap.callbacks",
+    "TrajectoryRecorder": "nextrap.callbacks",
+    "extrapolate_into": "nextrap.callbacks",
+    "ExtrapolateOptions": "nextrap.extrapolate",
+    "ExtrapolationResult": "nextrap.extrapolate",
+    "extrapolate": "nextrap.extrapolate",
+    "push": "nextrap.hub",
+    "CheckpointRef": "nextrap.layouts",
+    "Discovery": "nextrap.layouts",
+    "discover": "nextrap.layouts",
+    "from_explicit": "nextrap.layouts",
+    "LinearPredictor": "nextrap.predictors",
+    "NExtConfig": "nextrap.predictors",
+    "NExtPredictor": "nextrap.predictors",
+    "RelexConfig": "nextrap.predictors",
+    "RelexPredictor": "nextrap.predictors",
+    "open_run": "nextrap.runs",
+    "scan": "nextrap.runs",
+    "Trajectory": "nextrap.trajectory",
+    "compute_features": "nextrap.trajectory",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module 'nextrap' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """Keeps ``nextrap.extrapolate`` and ``nextrap.backtest`` the functions once their modules are imported.
+
+    Importing a submodule binds it as an attribute of its package (``nextrap.extrapolate`` = the module
+    ``nextrap/extrapolate.py``), which would shadow the lazily exported function of the same name.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == value.__name__ and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from nextrap.backtest import BacktestOptions, BacktestResult, backtest
+    from nextrap.callbacks import Jump, JumpCycles, JumpSchedule, TrajectoryRecorder, extrapolate_into
+    from nextrap.extrapolate import ExtrapolateOptions, ExtrapolationResult, extrapolate
+    from nextrap.hub import push
+    from nextrap.layouts import CheckpointRef, Discovery, discover, from_explicit
+    from nextrap.predictors import LinearPredictor, NExtConfig, NExtPredictor, RelexConfig, RelexPredictor
+    from nextrap.runs import open_run, scan
+    from nextrap.trajectory import Trajectory, compute_features
 
 __all__ = [
     "BacktestOptions",
@@ -50,6 +115,8 @@ __all__ = [
     "HubError",
     "InputNotFoundError",
     "Jump",
+    "JumpCycles",
+    "JumpSchedule",
     "LayoutError",
     "LinearPredictor",
     "MismatchError",
@@ -57,9 +124,11 @@ __all__ = [
     "NExtPredictor",
     "NextrapError",
     "OutputExistsError",
+    "RelexConfig",
     "RelexPredictor",
     "Trajectory",
     "TrajectoryRecorder",
+    "UnsafeOutputError",
     "__version__",
     "backtest",
     "compute_features",

@@ -26,7 +26,7 @@ import torch
 
 from nextrap import lowrank
 from nextrap.errors import ConfigError, LayoutError
-from nextrap.predictors import METHODS, NExtConfig, Prediction, make_predictor
+from nextrap.predictors import METHODS, NExtConfig, Prediction, RelexConfig, make_predictor
 from nextrap.progress import Progress, no_progress
 from nextrap.runs import DEFAULT_HORIZON, MIN_PAIRS, resolve_horizon
 from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Trajectory, compute_features
@@ -38,13 +38,19 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BacktestOptions:
-    """``holdout``: checkpoints held out at the end (None: one horizon's worth, so c reaches 1)."""
+    """``holdout``: checkpoints held out at the end (None: one horizon's worth, so c reaches 1).
+
+    ``observe_until``: instead, fit on the checkpoints up to this step and score every later one to the
+    end of the run (RELEX's protocol: observe 75 steps, predict up to step 500).
+    """
 
     holdout: int | None = None
     methods: tuple[str, ...] = METHODS
     horizon: int | None = None
     predictor: NExtConfig = field(default_factory=NExtConfig)
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    relex: RelexConfig = field(default_factory=RelexConfig)
+    observe_until: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(self.methods))
@@ -53,6 +59,8 @@ class BacktestOptions:
             raise ConfigError(f"methods {list(self.methods)}: expected some of {list(METHODS)}")
         if self.holdout is not None and self.holdout < 1:
             raise ConfigError(f"holdout = {self.holdout}: hold out at least 1 checkpoint")
+        if self.holdout is not None and self.observe_until is not None:
+            raise ConfigError("give either --holdout or --observe-until, not both")
 
 
 @dataclass
@@ -86,24 +94,24 @@ class BacktestResult:
             f"fit on steps {self.fit_steps[0]}..{self.fit_steps[-1]} ({len(self.fit_steps)} checkpoints), horizon "
             f"{self.horizon} intervals = {self.horizon_steps} steps; held out: {', '.join(map(str, self.heldout_steps))}",
             "",
-            f"{'method':<8} {'step':>6} {'coef':>6} {'rel. error':>10} {'cosine':>7} {'best coef':>9}",
+            f"{'method':<14} {'step':>6} {'coef':>6} {'rel. error':>10} {'cosine':>7} {'best coef':>9}",
         ]
         for method, rows in self.summary().items():
             for r in rows:
                 lines.append(
-                    f"{method:<8} {r['step']:>6} {r['coef']:>6.2f} {r['relative_error']:>10.3f} "
+                    f"{method:<14} {r['step']:>6} {r['coef']:>6.2f} {r['relative_error']:>10.3f} "
                     f"{r['cosine']:>7.3f} {r['best_coef']:>9.2f}"
                 )
-        lines.append(f"{'stay':<8} {'':>6} {'':>6} {1.0:>10.3f}")
+        lines.append(f"{'stay':<14} {'':>6} {'':>6} {1.0:>10.3f}")
         kinds = sorted({s["kind"] for s in self.scores} - {"all"})
         lines += ["", "mean relative error by module kind (1 = as good as staying)"]
-        lines.append(f"{'method':<8} " + " ".join(f"{k[:9]:>9}" for k in kinds))
+        lines.append(f"{'method':<14} " + " ".join(f"{k[:9]:>9}" for k in kinds))
         for method in dict.fromkeys(s["method"] for s in self.scores):
             means = []
             for k in kinds:
                 vals = [s["relative_error"] for s in self.scores if s["method"] == method and s["kind"] == k]
                 means.append(sum(vals) / len(vals))
-            lines.append(f"{method:<8} " + " ".join(f"{m:>9.3f}" for m in means))
+            lines.append(f"{method:<14} " + " ".join(f"{m:>9.3f}" for m in means))
         for method, groups in self.predictor_fits.items():
             lines += ["", f"{method} predictor fit per vector length"]
             lines += [_fit_line(g) for g in groups]
@@ -133,61 +141,78 @@ def score_prediction(
     device: torch.device,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> list[dict[str, Any]]:
-    """Scores of ``dW_base + c_j D`` against ``dW_j`` for each checkpoint index ``j`` in ``targets``.
+    """Scores of ``dW_base + O + c_j D`` against ``dW_j`` for each checkpoint index ``j`` in ``targets``.
 
-    Returns one row per target and module kind (plus ``all``): ``relative_error``, ``cosine``,
-    ``best_coef``, and the sums they come from. Everything is computed from factors.
+    ``O`` is the prediction's offset (zero for most methods), ``D`` its direction per horizon. The
+    prediction must have been fitted on the checkpoints up to ``base``. Returns one row per target
+    and module kind (plus ``all``): ``relative_error``, ``cosine`` (of the predicted move with the true
+    one), ``best_coef`` (the ``c`` minimising the error), and the norms. Everything is computed from
+    factors, in float64.
     """
+    fit = trajectory.prefix(base + 1)
     sums: dict[tuple[int, str], dict[str, float]] = {}
+    keys = ("oo", "od", "dd", "ot", "dt", "tt")
 
-    def add(j: int, kind: str, dd: float, dt: float, tt: float) -> None:
+    def add(j: int, kind: str, values: dict[str, float]) -> None:
         for k in (kind, "all"):
-            acc = sums.setdefault((j, k), {"dd": 0.0, "dt": 0.0, "tt": 0.0})
-            acc["dd"] += dd
-            acc["dt"] += dt
-            acc["tt"] += tt
+            acc = sums.setdefault((j, k), dict.fromkeys(keys, 0.0))
+            for key in keys:
+                acc[key] += values[key]
 
     idx = [base, *targets]
     for names in trajectory.module_chunks(len(idx), chunk_bytes):
         B, A = trajectory.load_factors(names, device, idx)
-        # float64: the error is a difference of inner products, which float32 would blur at 1e-4
-        Ld, Rd = (x.double() for x in prediction.stacked(names, device))
         B, A = B.double(), A.double()
-        dd = lowrank.frobenius_inner(Ld, Rd, Ld, Rd)
+        Ld, Rd = (x.double() for x in prediction.factors(fit, names, device, 0.0, 1.0))
+        Lo, Ro = (x.double() for x in prediction.factors(fit, names, device, 1.0, 0.0))
+        inner = lowrank.frobenius_inner
+        oo, od, dd = inner(Lo, Ro, Lo, Ro), inner(Lo, Ro, Ld, Rd), inner(Ld, Rd, Ld, Rd)
         for n, j in enumerate(targets, start=1):
             Lt = torch.cat([B[:, n], -B[:, 0]], -1)  # true update dW_j - dW_base, factored
             Rt = torch.cat([A[:, n], A[:, 0]], -2)
-            dt = lowrank.frobenius_inner(Ld, Rd, Lt, Rt)
-            tt = lowrank.frobenius_inner(Lt, Rt, Lt, Rt)
+            ot, dt, tt = inner(Lo, Ro, Lt, Rt), inner(Ld, Rd, Lt, Rt), inner(Lt, Rt, Lt, Rt)
             for m, name in enumerate(names):
-                add(j, _kind(name), float(dd[m]), float(dt[m]), float(tt[m]))
+                values = {"oo": oo[m], "od": od[m], "dd": dd[m], "ot": ot[m], "dt": dt[m], "tt": tt[m]}
+                add(j, _kind(name), {k: float(v) for k, v in values.items()})
     for key in trajectory.raw:
         X = trajectory.load_raw(key, device, idx).double()
-        if key in prediction.vectors:
-            D = prediction.vectors[key].to(device, torch.float64).reshape(-1)
-        elif key in prediction.matrices:
-            L, R = prediction.matrices[key]
-            D = (L.double() @ R.double()).to(device).reshape(-1)
-        else:
-            D = torch.zeros_like(X[0].reshape(-1))
+        flat = X[0].reshape(-1)
+        D = prediction.raw_move(key, 1.0, device)
+        off = prediction.raw_move(key, 0.0, device)
+        D = torch.zeros_like(flat) if D is None else D.double().reshape(-1)
+        off = torch.zeros_like(flat) if off is None else off.double().reshape(-1)
+        D = D - off  # raw_move(1) = offset + direction
         for n, j in enumerate(targets, start=1):
             T = (X[n] - X[0]).reshape(-1)
-            add(j, "other", float(D @ D), float(D @ T), float(T @ T))
+            add(
+                j,
+                "other",
+                {
+                    "oo": float(off @ off),
+                    "od": float(off @ D),
+                    "dd": float(D @ D),
+                    "ot": float(off @ T),
+                    "dt": float(D @ T),
+                    "tt": float(T @ T),
+                },
+            )
 
     rows = []
     for (j, kind), s in sums.items():
         c = coefs[targets.index(j)]
-        err2 = max(0.0, c * c * s["dd"] - 2 * c * s["dt"] + s["tt"])
+        pp = s["oo"] + 2 * c * s["od"] + c * c * s["dd"]  # ||O + c D||^2
+        pt = s["ot"] + c * s["dt"]  # <O + c D, T>
+        err2 = max(0.0, pp - 2 * pt + s["tt"])
         rows.append(
             {
                 "step": trajectory.steps[j],
                 "coef": c,
                 "kind": kind,
                 "relative_error": math.sqrt(err2 / s["tt"]) if s["tt"] > 0 else 0.0,
-                "cosine": s["dt"] / math.sqrt(s["dd"] * s["tt"]) if s["dd"] > 0 and s["tt"] > 0 else 0.0,
-                "best_coef": s["dt"] / s["dd"] if s["dd"] > 0 else 0.0,
+                "cosine": pt / math.sqrt(pp * s["tt"]) if pp > 0 and s["tt"] > 0 else 0.0,
+                "best_coef": (s["dt"] - s["od"]) / s["dd"] if s["dd"] > 0 else 0.0,
                 "true_norm": math.sqrt(s["tt"]),
-                "predicted_norm": c * math.sqrt(s["dd"]),
+                "predicted_norm": math.sqrt(max(pp, 0.0)),
             }
         )
     rows.sort(key=lambda r: (r["step"], r["kind"] != "all", r["kind"]))
@@ -205,8 +230,17 @@ def backtest(
     device = device or torch.device("cpu")
     K = len(trajectory.headers)
     horizon_req = options.horizon
-    holdout = options.holdout if options.holdout is not None else (horizon_req or _default_holdout(K))
-    prefix = K - holdout
+    if options.observe_until is not None:
+        prefix = sum(1 for t in trajectory.steps if t <= options.observe_until)
+        if prefix >= K:
+            raise LayoutError(
+                f"--observe-until {options.observe_until}: no checkpoint after it (the last is step "
+                f"{trajectory.steps[-1]}); give an earlier step"
+            )
+        holdout = K - prefix
+    else:
+        holdout = options.holdout if options.holdout is not None else (horizon_req or _default_holdout(K))
+        prefix = K - holdout
     if prefix < 3:
         raise LayoutError(
             f"holding out {holdout} of {K} checkpoints leaves {prefix} to fit on; at least 3 are needed: "
@@ -219,12 +253,18 @@ def backtest(
     targets = list(range(prefix, K))
     coefs = [(trajectory.steps[j] - fit.steps[-1]) / horizon_steps for j in targets]
 
+    span = fit.steps[-1] - fit.steps[0]
+    far = max(trajectory.steps[-1] - fit.steps[-1], 0) / span if span > 0 else 0.0
+    if far > 1:
+        notes.append(
+            f"the last held-out checkpoint lies {far:.1f}x the observed span beyond the fit (far extrapolation)"
+        )
     features = None
     if any(make_predictor(m, options.predictor).needs_features for m in options.methods):
         features = compute_features(fit, horizon, device, options.chunk_bytes, progress)
     scores, fits = [], {}
     for method in progress(list(options.methods), "backtest methods"):
-        predictor = make_predictor(method, options.predictor, options.chunk_bytes)
+        predictor = make_predictor(method, options.predictor, options.chunk_bytes, options.relex)
         pred = predictor.predict(
             fit, horizon, features if predictor.needs_features else None, device, progress
         )
@@ -235,6 +275,12 @@ def backtest(
         ):
             scores.append({"method": method, **row})
     rec = _recommend(scores, options.methods)
+    if "relex" in options.methods:
+        notes.append(
+            "relex (denoised) predicts a smoothed point, not the next noisy checkpoint: its weight-space error "
+            "includes the held-out checkpoint's own noise, so a denoised prediction can score worse here and still "
+            "be the better model; judge it by accuracy (evaluate the adapter) before discarding it"
+        )
     return BacktestResult(
         fit_steps=fit.steps,
         heldout_steps=tuple(trajectory.steps[j] for j in targets),

@@ -29,7 +29,7 @@ from nextrap.errors import ConfigError, MismatchError
 from nextrap.extrapolate import ExtrapolateOptions, ExtrapolationResult, extrapolate
 from nextrap.predictors import NExtConfig
 
-__all__ = ["Jump", "TrajectoryRecorder", "extrapolate_into"]
+__all__ = ["Jump", "JumpCycles", "JumpSchedule", "TrajectoryRecorder", "extrapolate_into"]
 
 logger = logging.getLogger(__name__)
 
@@ -175,11 +175,12 @@ def extrapolate_into(
     reset_optimizer: bool = True,
     options: ExtrapolateOptions | None = None,
     output: str | os.PathLike | None = None,
+    to_step: int | None = None,
 ) -> Jump:
     """Jump ``model`` along its recorded trajectory, in place.
 
     Computes the extrapolated adapter from ``recorder``'s snapshots (``options``: method, horizon,
-    predictor...; ``coef`` overrides its coefficients), then copies every tensor into the matching
+    predictor...; ``coef``, or ``to_step`` when given, overrides its coefficients), then copies every tensor into the matching
     existing ``Parameter`` with ``param.data.copy_`` so optimizers keep valid references. With an
     ``optimizer`` and ``reset_optimizer``, the moments of the replaced parameters are dropped. The
     adapter is also written to ``output`` if given (else to a temporary folder, then removed).
@@ -189,9 +190,8 @@ def extrapolate_into(
             f"the recorder holds {len(recorder.steps)} snapshot(s); a jump needs at least 2 (better horizon + 3): "
             "record more steps first"
         )
-    options = replace(
-        options or ExtrapolateOptions(predictor=NExtConfig()), coefs=(float(coef),), hash_inputs=False
-    )
+    target = {"coefs": None, "to_steps": (int(to_step),)} if to_step is not None else {"coefs": (float(coef),), "to_steps": ()}
+    options = replace(options or ExtrapolateOptions(predictor=NExtConfig()), hash_inputs=False, **target)
     with tempfile.TemporaryDirectory(prefix="nextrap-jump-") as scratch_name:
         scratch = Path(scratch_name)
         paths = recorder.checkpoints(scratch / "snapshots")
@@ -239,3 +239,104 @@ def _copy_into(
             param.data.copy_(value.to(param.device, param.dtype))
             params.append(param)
     return len(params), params
+
+
+@dataclass(frozen=True)
+class JumpSchedule:
+    """RL-Extra's cycle: train ``train_steps``, jump ``jump_steps`` ahead, repeat (``cycles`` times; None: always).
+
+    Within a cycle the adapter is recorded at its start and every ``record_every`` steps; the jump is
+    computed from that cycle's snapshots only (after a jump the trajectory has a break). The step
+    counter keeps counting steps actually trained; a jump of N steps is ``to_step = last + N``.
+    ``reset_optimizer`` drops the optimizer's moments at each jump (RL-Extra starts a fresh run).
+    """
+
+    train_steps: int
+    jump_steps: int
+    record_every: int = 10
+    cycles: int | None = None
+    reset_optimizer: bool = True
+
+    def __post_init__(self) -> None:
+        if self.train_steps < 1 or self.record_every < 1:
+            raise ConfigError(
+                f"jump schedule: train_steps ({self.train_steps}) and record_every ({self.record_every}) must be >= 1"
+            )
+        if self.jump_steps < 1:
+            raise ConfigError(
+                f"jump schedule: a jump of {self.jump_steps} steps lands at or before the end of its observation; "
+                "jump at least 1 step ahead"
+            )
+        if self.train_steps < self.record_every:
+            raise ConfigError(
+                f"jump schedule: a cycle of {self.train_steps} steps recorded every {self.record_every} holds one "
+                "snapshot after its start; a jump needs 2 or more: train longer per cycle or record more often"
+            )
+        if self.cycles is not None and self.cycles < 1:
+            raise ConfigError(f"jump schedule: cycles = {self.cycles}; give at least 1 (or None)")
+
+
+class JumpCycles:
+    """Runs a :class:`JumpSchedule` in any training loop: call :meth:`begin` once, :meth:`step_end` each step.
+
+    ``options`` pick the method (RL-Extra's is ``linear``); with ``linear`` and no explicit horizon
+    the horizon spans the whole cycle, so the jump repeats the cycle's own update scaled to
+    ``jump_steps``, exactly as RL-Extra does.
+    """
+
+    def __init__(
+        self,
+        schedule: JumpSchedule,
+        options: ExtrapolateOptions | None = None,
+        folder: str | os.PathLike | None = None,
+        in_memory: bool = True,
+        adapter_name: str = "default",
+    ):
+        self.schedule = schedule
+        self.options = options or ExtrapolateOptions(method="linear")
+        self.recorder = TrajectoryRecorder(
+            folder, every=schedule.record_every, in_memory=in_memory, adapter_name=adapter_name
+        )
+        self.jumps: list[Jump] = []
+        self._cycle_start: int | None = None
+
+    def begin(self, model: torch.nn.Module, step: int = 0) -> None:
+        """Record the starting point of the first cycle (the adapter before training step ``step + 1``)."""
+        self._cycle_start = step
+        self.recorder.clear()
+        self.recorder.record(model, step)
+
+    def step_end(
+        self, model: torch.nn.Module, step: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> Jump | None:
+        """Record when due; jump at the end of a cycle. Returns the jump, if one was made."""
+        if self._cycle_start is None:
+            raise ConfigError("JumpCycles.step_end before begin(): call begin(model, start_step) first")
+        done = self.schedule.cycles is not None and len(self.jumps) >= self.schedule.cycles
+        into = step - self._cycle_start
+        due = into % self.schedule.record_every == 0 or (into == self.schedule.train_steps and not done)
+        if due and (not self.recorder.steps or step > self.recorder.steps[-1]):
+            self.recorder.record(model, step)
+        if done or into < self.schedule.train_steps:
+            return None
+        options = self.options
+        if options.method == "linear" and options.horizon is None:
+            options = replace(options, horizon=len(self.recorder.steps) - 1)
+        jump = extrapolate_into(
+            model,
+            self.recorder,
+            optimizer=optimizer,
+            reset_optimizer=self.schedule.reset_optimizer,
+            options=options,
+            to_step=step + self.schedule.jump_steps,
+        )
+        self.jumps.append(jump)
+        logger.info("jump cycle %d: step %d -> virtual step %g", len(self.jumps), step, jump.virtual_step)
+        # the next cycle starts from the jumped weights
+        self._cycle_start = step
+        self.recorder.clear()
+        self.recorder.record(model, step)
+        return jump
+
+    def close(self) -> None:
+        self.recorder.close()

@@ -149,6 +149,32 @@ _fit_options = [
 _with_fit_options = _options(_fit_options)
 
 
+_relex_options = [
+    click.option(
+        "--relex-rank",
+        type=int,
+        default=1,
+        show_default=True,
+        help="RELEX: temporal components kept (the paper uses 1).",
+    ),
+    click.option(
+        "--relex-window",
+        type=int,
+        default=None,
+        help="RELEX: fit the lines to the last N checkpoints [default: all observed].",
+    ),
+]
+
+
+_with_relex_options = _options(_relex_options)
+
+
+def _relex_config(relex_rank: int, relex_window: int | None):
+    from nextrap.predictors import RelexConfig
+
+    return RelexConfig(rank=relex_rank, window=relex_window)
+
+
 _hub_options = [
     click.option("--private", is_flag=True, help="Create the repository as private (if it does not exist)."),
     click.option("--revision", default=None, help="Branch to commit to; created if missing [default: main]."),
@@ -236,25 +262,32 @@ def scan(
     "--output",
     required=True,
     type=click.Path(path_type=Path),
-    help="Output folder: the adapter (one --coef) or coef-<c>/ subfolders, plus nextrap.json.",
+    help="Output folder: the adapter (one --coef) or coef-<c>/ (step-<N>/ with --to-step) subfolders, plus nextrap.json.",
 )
 @click.option(
     "--coef",
     "coefs",
     multiple=True,
     type=float,
-    default=(1.0,),
-    show_default=True,
-    help="Extending coefficient c: jump c horizons ahead. Repeat for several adapters.",
+    help="Extending coefficient c: jump c horizons ahead [default: 1]. Repeat for several adapters.",
+)
+@click.option(
+    "--to-step",
+    "to_steps",
+    multiple=True,
+    type=int,
+    help="Jump to this training step instead of --coef (beyond the last checkpoint). Repeatable.",
 )
 @click.option(
     "--method",
-    type=click.Choice(["next", "linear", "relex", "auto"]),
+    type=click.Choice(["next", "linear", "relex", "relex-anchored", "auto"]),
     default="next",
     show_default=True,
-    help="next: the NExt predictor; linear: repeat the last horizon; relex: rank-1 line; auto: what backtest recommends.",
+    help="next: the NExt predictor; linear: repeat the last horizon (RL-Extra); relex: RELEX, denoised temporal "
+    "SVD + line; relex-anchored: the same line from the last checkpoint; auto: what backtest recommends.",
 )
 @_with_fit_options
+@_with_relex_options
 @click.option(
     "--rank-policy",
     type=click.Choice(["keep", "grow"]),
@@ -298,6 +331,7 @@ def extrapolate(
     adapter_name: str | None,
     output: Path,
     coefs: tuple[float, ...],
+    to_steps: tuple[int, ...],
     method: str,
     horizon: int | None,
     preset: str,
@@ -306,8 +340,10 @@ def extrapolate(
     loss: str | None,
     patience: int | None,
     seed: int | None,
-    rank_policy: str,
     device: str,
+    relex_rank: int,
+    relex_window: int | None,
+    rank_policy: str,
     base_model: str | None,
     merge: bool,
     out_format: str,
@@ -332,7 +368,9 @@ def extrapolate(
 
     predictor = _next_config(preset, epochs, lr, loss, patience, seed)
     options = ExtrapolateOptions(
-        coefs=coefs,
+        coefs=coefs or None,
+        to_steps=to_steps,
+        relex=_relex_config(relex_rank, relex_window),
         method=method,
         horizon=horizon,
         rank_policy=rank_policy,
@@ -378,13 +416,21 @@ def extrapolate(
     help="Checkpoints held out at the end [default: one horizon's worth, so the coefficient reaches 1].",
 )
 @click.option(
+    "--observe-until",
+    type=int,
+    default=None,
+    help="Fit on the checkpoints up to this step and score every later one, to the end of the run "
+    "(RELEX's protocol) instead of --holdout.",
+)
+@click.option(
     "--method",
     "methods",
     multiple=True,
-    type=click.Choice(["next", "linear", "relex"]),
+    type=click.Choice(["next", "linear", "relex", "relex-anchored"]),
     help="Methods to compare (repeatable) [default: all].",
 )
 @_with_fit_options
+@_with_relex_options
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write a PNG of the scores here.")
 @click.pass_context
@@ -396,6 +442,7 @@ def backtest(
     steps: tuple[int, ...],
     adapter_name: str | None,
     holdout: int | None,
+    observe_until: int | None,
     methods: tuple[str, ...],
     horizon: int | None,
     preset: str,
@@ -405,6 +452,8 @@ def backtest(
     patience: int | None,
     seed: int | None,
     device: str,
+    relex_rank: int,
+    relex_window: int | None,
     as_json: bool,
     plot: Path | None,
 ) -> None:
@@ -419,6 +468,8 @@ def backtest(
 
     options = BacktestOptions(
         holdout=holdout,
+        observe_until=observe_until,
+        relex=_relex_config(relex_rank, relex_window),
         methods=methods or METHODS,
         horizon=horizon,
         predictor=_next_config(preset, epochs, lr, loss, patience, seed),
@@ -486,6 +537,28 @@ def inspect(
         click.echo(f"plot: {p}")
 
 
+@main.command()
+@click.argument("adapter_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where the new adapter goes.")
+@click.option("--rank", "keep_rank", type=int, default=1, show_default=True, help="Directions kept per module.")
+@click.option("--rescale", is_flag=True, help="Rescale the kept part to the full update's Frobenius norm (AlphaRL).")
+@click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
+@_handle_errors
+def truncate(adapter_dir: Path, output: Path, keep_rank: int, rescale: bool, overwrite: bool) -> None:
+    """Keep only the top-k part of each LoRA update (AlphaRL's test); evaluate the result with your harness."""
+    from nextrap.truncate import truncate_adapter
+
+    result = truncate_adapter(adapter_dir, output, keep_rank, rescale, overwrite)
+    rep = result.report
+    click.echo(
+        f"kept the top {keep_rank} direction(s) of {len(rep['modules'])} LoRA modules"
+        + (" rescaled to the full update's norm" if rescale else "")
+        + f": median energy kept {rep['median_energy_kept']:.1%}; "
+        + f"{len(rep['raw_tensors_copied'])} other tensors copied unchanged"
+    )
+    click.echo(f"adapter: {result.output}")
+
+
 def _summary(result: Any) -> str:
     rep = result.report
     hz = rep["horizon"]
@@ -501,11 +574,19 @@ def _summary(result: Any) -> str:
             f"loss {g['relative_loss']:.3f} of predicting zeros"
             + ("" if g["converged"] else "  (not converged)")
         )
-    lines.append(f"{'coef':>6}  {'virtual step':>12}  {'max trunc. err':>14}  output")
+    if "median_explained_variance" in rep["predictor"]:
+        p = rep["predictor"]
+        lines.append(
+            f"  relex ({p['mode']}, rank {p['rank']}, line over {p['window_checkpoints']} checkpoints): the kept "
+            f"temporal components explain {p['median_explained_variance']:.1%} of the updates (median over modules)"
+        )
+    lines.append(f"{'coef':>8}  {'virtual step':>12}  {'x span':>6}  {'max trunc. err':>14}  output")
     for out in rep["outputs"]:
         path = result.adapters[out["coef"]]
+        ratio = out.get("jump_over_observed_span")
         lines.append(
-            f"{out['coef']:>6g}  {out['virtual_step']:>12g}  {out['max_relative_truncation_error']:>14.2e}  {path}"
+            f"{out['coef']:>8.4g}  {out['virtual_step']:>12g}  {'' if ratio is None else f'{ratio:.2f}':>6}  "
+            f"{out['max_relative_truncation_error']:>14.2e}  {path}"
         )
     lines += [f"note: {n}" for n in rep["notes"]]
     lines.append(f"report: {result.report_path}")
@@ -621,6 +702,21 @@ def _warm_config(task: str, base_seed: int):
     show_default=True,
     help="Held-out problems scored at every checkpoint (0: none).",
 )
+@click.option(
+    "--jump-every",
+    type=int,
+    default=None,
+    help="Jump cycles (RL-Extra): train this many steps, then jump --jump-steps ahead, repeat.",
+)
+@click.option("--jump-steps", type=int, default=None, help="With --jump-every: steps each jump skips.")
+@click.option("--cycles", "max_jumps", type=int, default=None, help="With --jump-every: at most this many jumps.")
+@click.option(
+    "--method",
+    type=click.Choice(["next", "linear", "relex", "relex-anchored"]),
+    default="linear",
+    show_default=True,
+    help="With --jump-every: how each jump is computed (RL-Extra: linear).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
 @click.pass_context
 @_handle_errors
@@ -640,6 +736,10 @@ def train_reference(
     kl_coef: float,
     rank: int,
     eval_size: int,
+    jump_every: int | None,
+    jump_steps: int | None,
+    max_jumps: int | None,
+    method: str,
     overwrite: bool,
 ) -> None:
     """Train the bundled reference policy with GRPO + LoRA, saving TRL-style checkpoints."""
@@ -663,6 +763,9 @@ def train_reference(
             click.echo(
                 f"continuing the step counter at {start_step}, the adapter's virtual step (nextrap.json)"
             )
+    if jump_every is not None or jump_steps is not None or max_jumps is not None:
+        _train_cycles(ctx, output, config, jump_every, jump_steps, max_jumps, method, init_adapter, start_step, overwrite)
+        return
     result = train(
         output,
         config,
@@ -683,6 +786,41 @@ def train_reference(
     if acc:
         first, last = min(acc), max(acc)
         click.echo(f"held-out accuracy: {acc[first]:.3f} at step {first} -> {acc[last]:.3f} at step {last}")
+
+
+def _train_cycles(ctx, output, config, jump_every, jump_steps, max_jumps, method, init_adapter, start_step, overwrite):
+    """``train-reference --jump-every M --jump-steps N``: RL-Extra's cycles on the reference trainer."""
+    from nextrap.callbacks import JumpSchedule
+    from nextrap.errors import ConfigError
+    from nextrap.extrapolate import ExtrapolateOptions
+    from nextrap.reference.cycles import train_cycles
+
+    if jump_every is None or jump_steps is None:
+        raise ConfigError("jump cycles need both --jump-every M and --jump-steps N")
+    schedule = JumpSchedule(
+        train_steps=jump_every, jump_steps=jump_steps, record_every=config.save_steps, cycles=max_jumps
+    )
+    result = train_cycles(
+        output,
+        config,
+        schedule,
+        ExtrapolateOptions(method=method),
+        init_adapter=init_adapter,
+        start_step=start_step,
+        overwrite=overwrite,
+        progress=ctx.obj["progress"],
+    )
+    for c in result.cycles:
+        acc = c["eval_accuracy"]
+        line = f"cycle {c['cycle']}: steps {c['start_step'] + 1}..{c['start_step'] + c['steps']}"
+        if acc:
+            last = max(acc, key=int)
+            line += f", held-out accuracy {acc[last]:.3f} at step {last}"
+        if c["jump"]:
+            line += f"; jump ({c['jump']['method']}) to step {c['jump']['to_step']}"
+        click.echo(line)
+    trained = sum(c["steps"] for c in result.cycles)
+    click.echo(f"{trained} steps trained in {len(result.cycles)} cycles; report: {result.output / 'cycles.json'}")
 
 
 def _recorded_virtual_step(adapter: Path) -> int:

@@ -29,7 +29,7 @@ from nextrap.atomic import atomic_directory, check_output
 from nextrap.devices import resolve_device
 from nextrap.errors import ConfigError, LayoutError
 from nextrap.layouts import Discovery
-from nextrap.predictors import METHODS, NExtConfig, Prediction, make_predictor
+from nextrap.predictors import METHODS, NExtConfig, Prediction, RelexConfig, make_predictor
 from nextrap.progress import Progress, progress_bar
 from nextrap.runs import open_run, resolve_horizon
 from nextrap.trainer_checkpoint import OPTIMIZER_POLICIES, write_trainer_state
@@ -53,8 +53,10 @@ RANK_POLICIES = ("keep", "grow")
 class ExtrapolateOptions:
     """Everything that shapes an extrapolation; the CLI's options map one to one onto these fields.
 
-    ``coefs``: extending coefficients c (one adapter each). ``method``: ``next``, ``linear``, ``relex``,
-    or ``auto`` (backtest the run, take the recommended method). ``horizon``: in checkpoint intervals;
+    ``coefs``: extending coefficients c (one adapter each); ``to_steps``: target steps instead (one
+    adapter each, c = (step - t_K) / horizon steps); give one or the other (neither: c = 1).
+    ``method``: ``next``, ``linear``, ``relex``, ``relex-anchored``, or ``auto`` (backtest the run,
+    take the recommended method); ``relex``: RELEX's rank and window. ``horizon``: in checkpoint intervals;
     ``None`` means 5, shortened when the run is too short for 3 training pairs. ``rank_policy``:
     ``keep`` (rank r, best approximation) or ``grow`` (exact, rank r + 1). ``merge`` with
     ``base_model`` writes merged full weights instead of adapters. ``format="trl"`` writes a
@@ -62,7 +64,8 @@ class ExtrapolateOptions:
     whether the last checkpoint's optimizer and scheduler go along.
     """
 
-    coefs: tuple[float, ...] = (1.0,)
+    coefs: tuple[float, ...] | None = None
+    to_steps: tuple[int, ...] = ()
     method: str = "next"
     horizon: int | None = None
     rank_policy: str = "keep"
@@ -75,11 +78,18 @@ class ExtrapolateOptions:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     format: str = "peft"
     optimizer: str = "reset"
+    relex: RelexConfig = field(default_factory=RelexConfig)
 
     def __post_init__(self) -> None:
-        coefs = tuple(float(c) for c in self.coefs)
+        to_steps = tuple(int(t) for t in self.to_steps)
+        object.__setattr__(self, "to_steps", to_steps)
+        if to_steps and self.coefs:
+            raise ConfigError("give either coefficients (--coef) or target steps (--to-step), not both")
+        if len(set(to_steps)) != len(to_steps):
+            raise ConfigError(f"to_steps = {list(to_steps)}: a step is given twice")
+        coefs = tuple(float(c) for c in self.coefs) if self.coefs is not None else ((1.0,) if not to_steps else ())
         object.__setattr__(self, "coefs", coefs)
-        if not coefs:
+        if not coefs and not to_steps:
             raise ConfigError("coefs is empty: give at least one extending coefficient (--coef)")
         if any(not math.isfinite(c) for c in coefs):
             raise ConfigError(f"coefs = {list(coefs)}: every coefficient must be a finite number")
@@ -108,7 +118,20 @@ class ExtrapolateOptions:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["coefs"] = list(self.coefs)
+        d["to_steps"] = list(self.to_steps)
         return d
+
+    def resolve_coefs(self, last_step: int, horizon_steps: int) -> list[tuple[float, int | None]]:
+        """``(coef, requested step or None)`` per output; target steps must lie beyond ``last_step``."""
+        if not self.to_steps:
+            return [(c, None) for c in self.coefs]
+        early = [t for t in self.to_steps if t <= last_step]
+        if early:
+            raise ConfigError(
+                f"--to-step {early[0]}: not beyond the last checkpoint (step {last_step}); give a later step, or "
+                "--coef for a fraction of a horizon"
+            )
+        return [((t - last_step) / horizon_steps, t) for t in self.to_steps]
 
 
 @dataclass(frozen=True)
@@ -164,34 +187,44 @@ def extrapolate(
     if options.merge:
         _check_base_model(options.base_model)
 
+    horizon_steps = traj.steps[-1] - traj.steps[-1 - horizon]
+    targets = options.resolve_coefs(traj.steps[-1], horizon_steps)  # bad --to-step fails before the work
+    notes.extend(_far_notes(traj, targets, horizon_steps))
+
     method, evidence = options.method, None
     if method == "auto":
         method, evidence = _auto_method(traj, options, device, wrap, notes)
-    predictor = make_predictor(method, options.predictor, options.chunk_bytes)
+    predictor = make_predictor(method, options.predictor, options.chunk_bytes, options.relex)
     features = (
         compute_features(traj, horizon, device, options.chunk_bytes, wrap)
         if predictor.needs_features
         else None
     )
     prediction = predictor.predict(traj, horizon, features, device, wrap)
-    frozen = [k for k in traj.raw if k not in prediction.vectors and k not in prediction.matrices]
+    frozen = [
+        k
+        for k in traj.raw
+        if k not in prediction.vectors and k not in prediction.matrices and k not in prediction.offsets
+    ]
     if frozen:
         notes.append(
             f"{len(frozen)} saved tensor(s) never change along the run (e.g. {frozen[0]}): copied unchanged"
         )
     del features  # large on big models; not needed past this point
-    horizon_steps = traj.steps[-1] - traj.steps[-1 - horizon]
 
     outputs, adapters = [], {}
     with atomic_directory(output, options.overwrite, traj.discovery.input_paths) as tmp:
-        for coef in wrap(list(options.coefs), "writing adapters"):
-            sub = tmp if len(options.coefs) == 1 else tmp / f"coef-{coef}"
+        for coef, to_step in wrap(targets, "writing adapters"):
+            name = f"step-{to_step}" if to_step is not None else f"coef-{coef}"
+            sub = tmp if len(targets) == 1 else tmp / name
             sub.mkdir(exist_ok=True)
             tensors, modules, overrides = _extended_tensors(traj, prediction, coef, options, device)
             entry = {
                 "coef": coef,
                 "path": "." if sub == tmp else sub.name,
                 "virtual_step": traj.steps[-1] + coef * horizon_steps,
+                "requested_step": to_step,
+                "jump_over_observed_span": _span_ratio(traj, coef * horizon_steps),
                 "rank": _rank_summary(traj, options.rank_policy),
                 "max_relative_truncation_error": max(
                     (m["relative_truncation_error"] for m in modules.values()), default=0.0
@@ -247,13 +280,16 @@ def _auto_method(
     from nextrap.backtest import BacktestOptions, backtest
 
     bt_options = BacktestOptions(
-        horizon=options.horizon, predictor=options.predictor, chunk_bytes=options.chunk_bytes
+        horizon=options.horizon,
+        predictor=options.predictor,
+        chunk_bytes=options.chunk_bytes,
+        relex=options.relex,
     )
     try:
         result = backtest(traj, bt_options, device, wrap)
     except LayoutError as exc:
         raise ConfigError(
-            f"--method auto could not backtest this run ({exc}); choose --method next, linear or relex"
+            f"--method auto could not backtest this run ({exc}); choose --method next, linear, relex or relex-anchored"
         ) from exc
     rec = result.recommendation
     notes.append(f"method auto: {rec['text']}")
@@ -295,6 +331,27 @@ def _rank_summary(traj: Trajectory, policy: str) -> int | list[int]:
     return ranks[0] if len(ranks) == 1 else ranks
 
 
+def _span_ratio(traj: Trajectory, jump_steps: float) -> float | None:
+    """The jump's length over the steps the checkpoints span (None when they span none)."""
+    span = traj.steps[-1] - traj.steps[0]
+    return jump_steps / span if span > 0 else None
+
+
+def _far_notes(traj: Trajectory, targets: list[tuple[float, int | None]], horizon_steps: int) -> list[str]:
+    """Warn (log and report) about jumps longer than the span the checkpoints were observed over."""
+    notes = []
+    for coef, _ in targets:
+        ratio = _span_ratio(traj, coef * horizon_steps)
+        if ratio is not None and ratio > 1:
+            text = (
+                f"coefficient {coef:g} jumps {coef * horizon_steps:g} steps, {ratio:.1f}x the observed span "
+                f"(steps {traj.steps[0]}..{traj.steps[-1]}): far extrapolation, check the result before training on"
+            )
+            logger.warning(text)
+            notes.append(text)
+    return notes
+
+
 def _extended_tensors(
     traj: Trajectory,
     pred: Prediction,
@@ -303,28 +360,21 @@ def _extended_tensors(
     device: torch.device,
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, float]], dict[str, Any]]:
     """The new adapter's tensors (run's keys and dtypes), per-module figures, config overrides."""
-    last = len(traj.headers) - 1
     tensors: dict[str, torch.Tensor] = {}
     figures: dict[str, dict[str, float]] = {}
     for (out_f, in_f, rank), names in traj.shape_groups().items():
-        per_module = (out_f + in_f) * (rank + 1) * 4 * 4
+        # the factors of the new update have r + k columns; the SVD holds a few copies of them
+        per_module = (out_f + in_f) * (rank + pred.inner_size(names[0], rank)) * 4 * 4
         size = max(1, options.chunk_bytes // per_module)
         for i in range(0, len(names), size):
             chunk = names[i : i + size]
-            B, A = traj.load_factors(chunk, device, indices=[last], scaled=False)
+            B, A = traj.load_factors(chunk, device, indices=[len(traj.headers) - 1], scaled=False)
             B, A = B[:, 0], A[:, 0]
             scaling = torch.tensor([traj.modules[n].scaling for n in chunk], device=device).view(-1, 1, 1)
-            Lp, Rp = pred.stacked(chunk, device)
-            Lp = Lp * coef
+            Lp, Rp = pred.factors(traj, chunk, device, 1.0, coef)  # the move, offset + c * direction
             if options.rank_policy == "keep":
-                new = lowrank.refactor_to_rank(
-                    torch.cat([scaling * B, Lp], -1),
-                    torch.cat([A, Rp], -2),
-                    rank,
-                    scaling,
-                    B,
-                    A,
-                )
+                Ln, Rn = pred.factors(traj, chunk, device, 1.0, coef, plus_last=True)
+                new = lowrank.refactor_to_rank(Ln, Rn, rank, scaling, B, A)
                 B_new, A_new, err, norm = new.B, new.A, new.error, new.norm
             else:
                 top = lowrank.factored_svd(Lp, Rp)  # grow keeps the update's rank-1 part exactly
@@ -346,13 +396,12 @@ def _extended_tensors(
                     "truncation_error": float(err[j]),
                     "relative_truncation_error": float(err[j] / norm[j]) if float(norm[j]) > 0 else 0.0,
                 }
+    last = len(traj.headers) - 1
     for key, raw in traj.raw.items():
         x = traj.load_raw(key, device, indices=[last])[0]
-        if key in pred.vectors:
-            x = x + coef * pred.vectors[key].to(device)
-        elif key in pred.matrices:
-            L, R = pred.matrices[key]
-            x = x + coef * (L @ R).to(device).reshape(x.shape)
+        move = pred.raw_move(key, coef, device)
+        if move is not None:
+            x = x + move.reshape(x.shape)
         tensors[key] = x.to("cpu", raw.dtype)
     return tensors, figures, _grow_overrides(traj) if options.rank_policy == "grow" else {}
 

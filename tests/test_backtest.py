@@ -63,37 +63,51 @@ def test_linear_prediction_is_the_last_horizon_update(tmp_path: Path):
         torch.testing.assert_close(L @ R, last[name] - before[name], rtol=1e-5, atol=1e-6)
 
 
-def test_relex_recovers_an_exactly_linear_rank1_run(tmp_path: Path):
-    """With a fixed direction, a straight coefficient line and no noise, RELEX's jump is exact."""
+def _dense_move(pred, traj, name: str, offset: float, direction: float) -> torch.Tensor:
+    L, R = pred.factors(traj, [name], torch.device("cpu"), offset, direction)
+    return L[0].double() @ R[0].double()
+
+
+@pytest.mark.parametrize("method", ["relex", "relex-anchored"])
+def test_relex_recovers_an_exactly_linear_rank1_run(tmp_path: Path, method: str):
+    """With a fixed direction, a straight coefficient line and no noise, RELEX's jump is exact (both modes)."""
     traj = nextrap.open_run(_run(tmp_path, "run", curve="linear", noise=0.0))
-    pred = RelexPredictor().predict(traj, horizon=5)
+    pred = RelexPredictor(mode="denoised" if method == "relex" else "anchored").predict(traj, horizon=5)
     assert pred.diagnostics["median_line_r2"] == pytest.approx(1.0, abs=1e-6)
+    assert pred.diagnostics["median_explained_variance"] == pytest.approx(1.0, abs=1e-6)
     last, before = _dense(traj, len(STEPS) - 1), _dense(traj, len(STEPS) - 6)
-    for name, (L, R) in pred.matrices.items():
-        torch.testing.assert_close(L @ R, last[name] - before[name], rtol=1e-4, atol=1e-5)
+    for name in traj.modules:
+        move = _dense_move(pred, traj, name, 1.0, 1.0)
+        torch.testing.assert_close(move.float(), last[name] - before[name], rtol=1e-4, atol=1e-5)
 
 
 def test_scores_agree_with_dense_computation(tmp_path: Path):
-    traj = nextrap.open_run(_run(tmp_path, "run", curve="saturating", turn=0.3))
+    traj = nextrap.open_run(_run(tmp_path, "run", curve="saturating", turn=0.3, noise=0.2))
     result = backtest(traj, BacktestOptions(holdout=4, methods=("linear", "relex")))
     fit_end = len(STEPS) - 5  # index of the prefix's last checkpoint
-    base = _dense(traj, fit_end)
+    fit = traj.prefix(fit_end + 1)
+    base = {n: m.double() for n, m in _dense(traj, fit_end).items()}
     horizon_steps = result.horizon_steps
     for method, predictor in (("linear", LinearPredictor()), ("relex", RelexPredictor())):
-        pred = predictor.predict(traj.prefix(fit_end + 1), result.horizon)
-        D = {n: L @ R for n, (L, R) in pred.matrices.items()}
+        pred = predictor.predict(fit, result.horizon)
+        off = {n: _dense_move(pred, fit, n, 1.0, 0.0) for n in traj.modules}
+        D = {n: _dense_move(pred, fit, n, 0.0, 1.0) for n in traj.modules}
+        if method == "relex":
+            assert sum(float(o.norm()) for o in off.values()) > 0  # denoised: it does move off the checkpoint
         for row in result.summary()[method]:
             j = STEPS.index(row["step"])
             c = (row["step"] - STEPS[fit_end]) / horizon_steps
-            true = {n: m - base[n] for n, m in _dense(traj, j).items()}
-            err = sum(float((c * D[n] - true[n]).square().sum()) for n in D) ** 0.5
+            true = {n: m.double() - base[n] for n, m in _dense(traj, j).items()}
+            P = {n: off[n] + c * D[n] for n in D}
+            err = sum(float((P[n] - true[n]).square().sum()) for n in D) ** 0.5
             norm = sum(float(true[n].square().sum()) for n in D) ** 0.5
-            inner = sum(float((D[n] * true[n]).sum()) for n in D)
-            dnorm = sum(float(D[n].square().sum()) for n in D) ** 0.5
+            inner = sum(float((P[n] * true[n]).sum()) for n in D)
+            pnorm = sum(float(P[n].square().sum()) for n in D) ** 0.5
+            best = sum(float((D[n] * (true[n] - off[n])).sum()) for n in D) / sum(float(D[n].square().sum()) for n in D)
             assert row["coef"] == pytest.approx(c)
             assert row["relative_error"] == pytest.approx(err / norm, rel=1e-4)
-            assert row["cosine"] == pytest.approx(inner / (dnorm * norm), rel=1e-4)
-            assert row["best_coef"] == pytest.approx(inner / dnorm**2, rel=1e-4)
+            assert row["cosine"] == pytest.approx(inner / (pnorm * norm), rel=1e-4)
+            assert row["best_coef"] == pytest.approx(best, rel=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -136,7 +150,7 @@ def test_auto_method_uses_the_backtest_recommendation(tmp_path: Path):
     assert any(n.startswith("method auto:") for n in res.report["notes"])
 
 
-@pytest.mark.parametrize("method", ["linear", "relex"])
+@pytest.mark.parametrize("method", ["linear", "relex", "relex-anchored"])
 def test_every_method_writes_a_resumable_adapter(tmp_path: Path, method: str):
     run = _run(tmp_path, "run", curve="linear", noise=0.0)
     res = nextrap.extrapolate(run, tmp_path / "out", nextrap.ExtrapolateOptions(method=method, coefs=(1.0,)))

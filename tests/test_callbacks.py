@@ -110,10 +110,13 @@ def test_extrapolate_into_copies_in_place_and_resets_moments(tmp_path):
             torch.testing.assert_close(
                 got[name] @ got[a_name], want[name] @ want[a_name], rtol=1e-4, atol=1e-6
             )
-    # training goes on with the same optimizer
+    # training goes on with the same optimizer: one step moves the swapped-in values and fills fresh moments
+    before_step = {n: p.detach().clone() for n, p in after.items()}
     loss = sum(p.square().sum() for p in after.values())
     loss.backward()
     opt.step()
+    assert all(not torch.equal(p.detach(), before_step[n]) for n, p in after.items())
+    assert all(opt.state[p]["step"] == 1 for p in after.values())
 
 
 def test_extrapolate_into_needs_snapshots(tmp_path):
@@ -327,3 +330,72 @@ def test_format_trl_is_resumed_by_trls_grpo_trainer(tmp_path, monkeypatch):
     assert capture.lora.keys() == expected.keys()
     for key, value in expected.items():
         torch.testing.assert_close(capture.lora[key], value, rtol=0, atol=0)
+
+
+def test_jump_cycles_linear_lands_where_a_straight_run_would(tmp_path):
+    """RL-Extra's cycle with linear: on a run whose update grows linearly, each jump of N steps is exact."""
+    from nextrap.callbacks import JumpCycles, JumpSchedule
+
+    model = _peft_model()
+    gen = torch.Generator().manual_seed(7)
+    velocity = {n: torch.randn(p.shape, generator=gen) / 100 for n, p in _lora_params(model).items() if "lora_B" in n}
+    cycles = JumpCycles(JumpSchedule(train_steps=20, jump_steps=30, record_every=5, cycles=2))
+    cycles.begin(model, 0)
+    opt = torch.optim.SGD(list(_lora_params(model).values()), lr=0.0)
+    for step in range(1, 61):
+        with torch.no_grad():  # one "training step": B moves by its velocity
+            for name, p in _lora_params(model).items():
+                if name in velocity:
+                    p.add_(velocity[name])
+        cycles.step_end(model, step, opt)
+    cycles.close()
+    assert [j.step for j in cycles.jumps] == [20, 40]  # the third cycle ends the run: no jump after it
+    assert [j.virtual_step for j in cycles.jumps] == [50, 70]
+    for name, p in _lora_params(model).items():
+        if name in velocity:  # 60 steps trained + 2 x 30 jumped
+            torch.testing.assert_close(p.detach(), velocity[name] * 120, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"train_steps": 20, "jump_steps": 0}, "lands at or before"),
+        ({"train_steps": 4, "jump_steps": 10, "record_every": 5}, "a jump needs 2"),
+    ],
+)
+def test_bad_jump_schedule_is_a_one_line_error(kwargs, needle):
+    from nextrap.callbacks import JumpSchedule
+
+    with pytest.raises(nextrap.ConfigError, match=needle) as info:
+        JumpSchedule(**kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_trainer_callback_runs_jump_cycles(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from nextrap.callbacks import JumpSchedule
+    from nextrap.integrations.transformers import NExtCallback
+
+    model = _peft_model()
+    gen = torch.Generator().manual_seed(0)
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 61, (64, 12), generator=gen)]
+    nextcb = NExtCallback(
+        schedule=JumpSchedule(train_steps=4, jump_steps=4, record_every=2),
+        options=nextrap.ExtrapolateOptions(method="linear"),
+    )
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=12,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+    )
+    out = Trainer(model=model, args=args, train_dataset=data, callbacks=[nextcb]).train()
+    assert out.global_step == 12 and torch.isfinite(torch.tensor(out.training_loss))
+    assert [j.step for j in nextcb.jumps] == [4, 8, 12] and [j.virtual_step for j in nextcb.jumps] == [8, 12, 16]
+    with pytest.raises(nextrap.ConfigError, match="either jump_at"):
+        NExtCallback(jump_at=4, schedule=JumpSchedule(train_steps=4, jump_steps=4, record_every=2))

@@ -130,7 +130,10 @@ def test_whole_loop_train_extrapolate_resume_evaluate(tmp_path: Path):
     # the resumed run continues the step counter from the virtual step
     assert sorted(int(p.name.split("-")[1]) for p in resumed.glob("checkpoint-*")) == [50, 55, 60, 65]
     assert max(r.jump) == 30 + 20 and max(r.plain) == 30 + 15 + 20
-    assert r.jump_steps_to_target is None or r.jump_steps_to_target <= max(r.jump)
+    # steps to target: the first evaluation at or above the target, recomputed here from the curves
+    for curve, steps in ((r.plain, r.plain_steps_to_target), (r.jump, r.jump_steps_to_target)):
+        reached = [s for s in sorted(curve) if curve[s] >= r.target]
+        assert steps == (reached[0] if reached else None), (curve, r.target)
 
 
 def test_resumed_run_starts_from_the_given_adapter(tmp_path: Path):
@@ -225,3 +228,56 @@ def test_cli_demo_runs_the_whole_loop(tmp_path: Path):
     assert summary["method"] == "linear" and max(int(s) for s in summary["jump"]) == 35
     res = CliRunner().invoke(main, ["demo", "-o", str(out)])
     assert res.exit_code == 1 and "--overwrite" in res.output
+
+
+def _dense_lora(folder: Path) -> dict[str, torch.Tensor]:
+    from nextrap.adapters import open_adapter, read_header
+    from nextrap.layouts import CheckpointRef
+
+    ref = CheckpointRef(0, folder, folder / "adapter_model.safetensors", "explicit", "given")
+    header = read_header(ref)
+    with open_adapter(ref) as reader:
+        return {n: m.scaling * reader.get(m.b_key) @ reader.get(m.a_key) for n, m in header.modules.items()}
+
+
+@pytest.mark.slow
+def test_jump_cycles_follow_rl_extra(tmp_path: Path):
+    """Train 3, jump 3 ahead with RL-Extra's linear rule, train 3 more from the jump at the virtual step."""
+    from nextrap.callbacks import JumpSchedule
+    from nextrap.reference.cycles import train_cycles
+
+    cfg = GRPOConfig(steps=6, save_steps=1, prompts_per_step=8, group_size=2, eval_size=16, seed=1)
+    result = train_cycles(tmp_path / "cyc", cfg, JumpSchedule(train_steps=3, jump_steps=3, record_every=1))
+    assert [(c["start_step"], c["steps"]) for c in result.cycles] == [(0, 3), (6, 3)]
+    assert result.cycles[0]["jump"]["to_step"] == 6 and result.cycles[1]["jump"] is None
+    report = json.loads((tmp_path / "cyc" / "cycles.json").read_text())
+    assert report["method"] == "linear" and len(report["cycles"]) == 2
+    # the jump: dW_3 + (3 / 2) (dW_3 - dW_1), cut to the adapter's rank (the cycle's horizon spans steps 1..3)
+    d1, d3 = (_dense_lora(tmp_path / "cyc" / "cycle-1" / f"checkpoint-{s}") for s in (1, 3))
+    jumped = _dense_lora(tmp_path / "cyc" / "jump-1")
+    for name in d3:
+        target = (d3[name] + 1.5 * (d3[name] - d1[name])).double()
+        U, S, Vh = torch.linalg.svd(target)
+        want = (U[:, : cfg.rank] * S[: cfg.rank]) @ Vh[: cfg.rank]
+        torch.testing.assert_close(jumped[name].double(), want, rtol=1e-4, atol=1e-6)
+    assert sorted(p.name for p in (tmp_path / "cyc" / "cycle-2").glob("checkpoint-*")) == [
+        "checkpoint-7",
+        "checkpoint-8",
+        "checkpoint-9",
+    ]
+    assert set(result.accuracy_by_trained_steps()) == {0, 1, 2, 3, 4, 5, 6}
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--jump-every", "10", "--jump-steps", "0"], "lands at or before"),
+        (["--jump-every", "5", "--jump-steps", "5"], "twice --save-steps"),
+        (["--jump-every", "10"], "both --jump-every"),
+    ],
+)
+def test_cli_bad_jump_schedule(tmp_path: Path, args, needle):
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["train-reference", "-o", str(out), "--steps", "20", "--save-steps", "5", *args])
+    assert res.exit_code == 1 and needle in res.output and res.output.count("\n") == 1, res.output
+    assert not out.exists()

@@ -17,7 +17,8 @@ from collections.abc import Iterable
 
 from transformers import TrainerCallback
 
-from nextrap.callbacks import Jump, TrajectoryRecorder, extrapolate_into
+from nextrap.callbacks import Jump, JumpCycles, JumpSchedule, TrajectoryRecorder, extrapolate_into
+from nextrap.errors import ConfigError
 from nextrap.extrapolate import ExtrapolateOptions
 
 __all__ = ["NExtCallback"]
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 class NExtCallback(TrainerCallback):
     """Record the adapter as training goes; jump ahead at the given steps.
+
+    With ``schedule`` (a :class:`~nextrap.callbacks.JumpSchedule`) it runs RL-Extra's cycles instead:
+    train M steps, jump N steps ahead, repeat; ``jump_at`` must then be None.
 
     Args:
         jump_at: global steps after which to jump (one or several).
@@ -40,14 +44,21 @@ class NExtCallback(TrainerCallback):
 
     def __init__(
         self,
-        jump_at: int | Iterable[int],
+        jump_at: int | Iterable[int] | None = None,
         coef: float = 1.0,
         record_every: int | None = 10,
         options: ExtrapolateOptions | None = None,
         reset_optimizer: bool = True,
         folder: str | os.PathLike | None = None,
         in_memory: bool = False,
+        schedule: JumpSchedule | None = None,
     ):
+        if (jump_at is None) == (schedule is None):
+            raise ConfigError("NExtCallback: give either jump_at (steps to jump after) or a schedule (jump cycles)")
+        self.cycles = (
+            JumpCycles(schedule, options, folder, in_memory or folder is None) if schedule is not None else None
+        )
+        jump_at = () if jump_at is None else jump_at
         self.jump_at = {jump_at} if isinstance(jump_at, int) else set(jump_at)
         self.coef, self.options, self.reset_optimizer = coef, options, reset_optimizer
         self.record_every = record_every
@@ -58,8 +69,18 @@ class NExtCallback(TrainerCallback):
         if not self.recorder.steps or step > self.recorder.steps[-1]:
             self.recorder.record(model, step)
 
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.cycles is not None:
+            self.cycles.begin(model, state.global_step)
+        return control
+
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         step = state.global_step
+        if self.cycles is not None:
+            jump = self.cycles.step_end(model, step, optimizer)
+            if jump is not None:
+                self.jumps.append(jump)
+            return control
         if self.record_every is not None and step % self.record_every == 0:
             self._record(model, step)
         if step in self.jump_at:
@@ -78,10 +99,12 @@ class NExtCallback(TrainerCallback):
         return control
 
     def on_save(self, args, state, control, model=None, **kwargs):
-        if self.record_every is None:
+        if self.record_every is None and self.cycles is None:
             self._record(model, state.global_step)
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
         self.recorder.close()
+        if self.cycles is not None:
+            self.cycles.close()
         return control

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -15,12 +16,22 @@ __all__ = ["Prediction", "Predictor"]
 
 @dataclass(frozen=True)
 class Prediction:
-    """The update a method predicts for the next ``horizon`` checkpoint intervals after the last one.
+    """The update a method predicts, relative to the last checkpoint: ``offset + c * direction``.
 
-    ``matrices[name] = (L, R)`` is the update of a matrix parameter in factored form, ``L (out, k)``,
-    ``R (k, in)``, already scaled (it adds to ``scaling * B @ A``); ``vectors[key]`` is the update of a
-    raw tensor, in that tensor's shape. Extrapolating with coefficient ``c`` adds ``c`` times these. ``diagnostics`` is
-    JSON-able and goes into the report.
+    ``direction`` is the move of one ``horizon`` of checkpoint intervals; ``offset`` is a move applied
+    at every coefficient (zero for most methods; RELEX's denoised reconstruction of the last checkpoint
+    minus the checkpoint itself). Extrapolating with coefficient ``c`` adds ``offset + c * direction``.
+
+    Three forms, one per kind of parameter:
+
+    * ``matrices[name] = (L, R)``: a direction in factored form, ``L (out, k)``, ``R (k, in)``, already
+      scaled (it adds to ``scaling * B @ A``); no offset;
+    * ``combinations[name] = (offset_w, direction_w)``, each ``(T,)`` float64: the offset and direction
+      as weighted sums of the observed updates ``dW`` at the checkpoint indices ``indices`` (so the
+      factors are those of the run itself, loaded when needed: rank <= T r, never held for all modules);
+    * ``vectors[key]`` (direction) and ``offsets[key]`` (offset) of raw tensors, in the tensor's shape.
+
+    ``diagnostics`` is JSON-able and goes into the report.
     """
 
     method: str
@@ -28,6 +39,9 @@ class Prediction:
     matrices: dict[str, tuple[torch.Tensor, torch.Tensor]]
     vectors: dict[str, torch.Tensor]
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    combinations: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    indices: tuple[int, ...] = ()
+    offsets: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def stacked(self, names: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The factored updates of ``names`` stacked, zero-padded to a common inner size: ``(M, out, k)``, ``(M, k, in)``."""
@@ -36,6 +50,61 @@ class Prediction:
         Ls = [torch.nn.functional.pad(L, (0, k - L.shape[-1])) for L, _ in pairs]
         Rs = [torch.nn.functional.pad(R, (0, 0, 0, k - R.shape[-2])) for _, R in pairs]
         return torch.stack(Ls).to(device, torch.float32), torch.stack(Rs).to(device, torch.float32)
+
+    def inner_size(self, name: str, rank: int) -> int:
+        """Columns of the factored move of module ``name`` of LoRA rank ``rank`` (to size memory chunks)."""
+        if name in self.combinations:
+            return (len(self.indices) + 1) * rank
+        return self.matrices[name][0].shape[-1]
+
+    def factors(
+        self,
+        trajectory: Trajectory,
+        names: Sequence[str],
+        device: torch.device,
+        offset_scale: float = 1.0,
+        direction_scale: float = 1.0,
+        plus_last: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``offset_scale * offset + direction_scale * direction`` of ``names`` (one shape), factored, float32.
+
+        With ``plus_last`` the last checkpoint's own update ``dW_K`` is added, giving the new update
+        itself. Returns ``L (M, out, k)``, ``R (M, k, in)`` on ``device``.
+        """
+        last = len(trajectory.headers) - 1
+        if names[0] in self.combinations:
+            idx = list(self.indices)
+            w = torch.stack(
+                [offset_scale * self.combinations[n][0] + direction_scale * self.combinations[n][1] for n in names]
+            ).to(device, torch.float64)
+            if plus_last:
+                if last not in idx:
+                    idx.append(last)
+                    w = torch.nn.functional.pad(w, (0, 1))
+                w[:, idx.index(last)] += 1.0
+            B, A = trajectory.load_factors(names, device, idx)  # (M, T, out, r), (M, T, r, in)
+            M, T, out_f, r = B.shape
+            L = (B * w.to(B.dtype)[:, :, None, None]).permute(0, 2, 1, 3).reshape(M, out_f, T * r)
+            return L, A.reshape(M, T * r, A.shape[-1])
+        L, R = self.stacked(list(names), device)
+        L = L * direction_scale
+        if plus_last:
+            B, A = trajectory.load_factors(names, device, [last])
+            L, R = torch.cat([B[:, 0], L], -1), torch.cat([A[:, 0], R], -2)
+        return L, R
+
+    def raw_move(self, key: str, coef: float, device: torch.device) -> torch.Tensor | None:
+        """The move of raw tensor ``key`` at coefficient ``coef`` (None: it does not move)."""
+        move = None
+        if key in self.vectors:
+            move = coef * self.vectors[key].to(device, torch.float32)
+        elif key in self.matrices:
+            L, R = self.matrices[key]
+            move = coef * (L @ R).to(device, torch.float32)
+        if key in self.offsets:
+            off = self.offsets[key].to(device, torch.float32)
+            move = off if move is None else move.reshape(off.shape) + off
+        return move
 
 
 class Predictor(Protocol):

@@ -1,12 +1,28 @@
-"""RELEX: a fixed rank-1 direction and a straight-line coefficient (METHOD.md, "Baselines").
+"""RELEX: rank-k over time, a straight line per temporal coefficient (METHOD.md, "Baselines").
 
-The direction ``u, v`` is the top singular pair of the last update ``dW(t_K)``. Over the observation
-window, the run's coefficient along it is ``a_t = u^T dW_t v`` (from factors: ``(u^T B_t)(A_t v)``);
-a least-squares line ``a(t) = alpha + beta t`` through those points extrapolates it, and the update
-for one horizon of ``H`` steps is ``beta H u v^T``. Raw tensors get a line per entry.
+Per parameter, the observed updates ``dW_t`` (t over the run's checkpoints) are the rows of a
+``T x d`` matrix ``M``. Its top-k SVD comes from the ``T x T`` Gram matrix ``G = M M^T``: with
+``G = U S^2 U^T``, the temporal coefficients are ``C = U_k S_k`` (``T x k``) and the directions
+``V_k = M^T U_k / S_k``. A least-squares line ``c_k(t) = a_k + b_k t`` through each coefficient (over
+the last ``window`` checkpoints) predicts the update at step ``t*``:
 
-The fit quality (R^2 of the line, per module) goes into the diagnostics: it is the evidence for
-or against "the rank-1 coefficient moves linearly".
+* denoised (as published): ``dW(t*) = sum_k c_k(t*) V_k``, a reconstruction that is not anchored at
+  the last checkpoint (the authors credit their gain to this denoising);
+* anchored: ``dW(t*) = dW_K + sum_k b_k (t* - t_K) V_k``.
+
+Both are weighted sums of the observed updates, ``sum_t w_t dW_t`` with
+``w = U_k S_k^-1 c(t*)``, so for LoRA everything is exact from the factors: the Gram entries are
+``<dW_i, dW_j> = sum((B_i^T B_j) * (A_i A_j^T))`` (scalings folded into B), ``O(T^2 r^2 (out + in))``
+per module, and no ``out x in`` matrix is ever built. The prediction is returned as those weights
+(:attr:`Prediction.combinations`), refactored to the run's rank when it is written.
+
+Raw tensors (DoRA magnitudes, biases, ``modules_to_save``) get the same temporal SVD on their
+flattened deltas from the first checkpoint (their starting value is unknown).
+
+Differences from the reference script, all deliberate: time is the checkpoint's step (the script
+uses the checkpoint's position, the same for evenly spaced checkpoints), and the window is counted in
+checkpoints. As in the script, the SVD uses every observed checkpoint and the window only limits the
+line fit.
 """
 
 from __future__ import annotations
@@ -16,12 +32,18 @@ from dataclasses import dataclass
 
 import torch
 
-from nextrap import lowrank
+from nextrap.errors import ConfigError
 from nextrap.predictors.base import Prediction
 from nextrap.progress import Progress, no_progress
 from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Features, Trajectory
 
-__all__ = ["RelexPredictor", "line_fit"]
+__all__ = ["RELEX_MODES", "RelexConfig", "RelexPredictor", "TemporalFit", "line_fit", "lora_gram", "temporal_fit"]
+
+RELEX_MODES = ("denoised", "anchored")
+
+# Components whose singular value is below this fraction of the top one carry no signal (the
+# reference script uses the same cut-off); their direction would divide by ~0.
+_SV_CUTOFF = 1e-6
 
 
 def line_fit(t: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -41,20 +63,105 @@ def line_fit(t: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return intercept, slope, r2
 
 
+def lora_gram(B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """``G[m, i, j] = <dW_i, dW_j>_F`` of ``dW_t = B[m, t] @ A[m, t]``, exact, float64 ``(M, T, T)``.
+
+    ``B (M, T, out, r)`` (scaling folded in), ``A (M, T, r, in)``. Two BLAS-3 products of the
+    stacked factors (``(T r) x (T r)`` each), then the block-wise Hadamard sum.
+    """
+    M, T, out_f, r = B.shape
+    Bf = B.permute(0, 2, 1, 3).reshape(M, out_f, T * r)
+    Af = A.reshape(M, T * r, A.shape[-1])
+    gb = (Bf.transpose(-1, -2) @ Bf).double().view(M, T, r, T, r)
+    ga = (Af @ Af.transpose(-1, -2)).double().view(M, T, r, T, r)
+    G = (gb * ga).sum(dim=(2, 4))
+    return (G + G.transpose(-1, -2)) / 2
+
+
+@dataclass(frozen=True)
+class TemporalFit:
+    """RELEX on a batch of Gram matrices: weights over the observed updates, and the fit's figures.
+
+    ``offset (M, T)`` and ``direction (M, T)`` (float64): the move from the last row is
+    ``sum_t (offset_t + c direction_t) x_t``; ``explained (M,)``: the share of ``trace(G)`` in the
+    kept components; ``coefficients (M, T, k)``: ``C = U_k S_k``; ``line_r2 (M, k)``.
+    """
+
+    offset: torch.Tensor
+    direction: torch.Tensor
+    explained: torch.Tensor
+    coefficients: torch.Tensor
+    line_r2: torch.Tensor
+
+
+def temporal_fit(
+    G: torch.Tensor,
+    times: torch.Tensor,
+    rank: int,
+    window: int | None,
+    horizon_steps: float,
+    anchored: bool,
+) -> TemporalFit:
+    """Fit RELEX from the Gram matrices ``G (M, T, T)`` of rows observed at ``times (T,)``.
+
+    The last row is the checkpoint the move starts from; ``horizon_steps`` is the step length of one
+    unit of the coefficient c.
+    """
+    T = G.shape[-1]
+    k = min(rank, T)
+    lam, U = torch.linalg.eigh(G.double())  # ascending
+    lam, U = lam.flip(-1).clamp_min(0), U.flip(-1)
+    total = lam.sum(-1)
+    explained = torch.where(total > 0, lam[..., :k].sum(-1) / total.clamp_min(1e-300), torch.zeros_like(total))
+    S = lam[..., :k].sqrt()  # (M, k)
+    keep = _SV_CUTOFF * S[..., :1] < S
+    inv_s = torch.where(keep, 1 / S.clamp_min(1e-300), torch.zeros_like(S))
+    Uk = U[..., :k]  # (M, T, k)
+    C = Uk * S.unsqueeze(-2)  # (M, T, k)
+    times = times.to(torch.float64)
+    w = T if window is None else min(window, T)
+    intercept, slope, r2 = line_fit(times[-w:], C[..., -w:, :].transpose(-1, -2))  # (M, k) each
+    proj = Uk * inv_s.unsqueeze(-2)  # (M, T, k): c -> weights over rows
+    direction = (proj @ (slope * horizon_steps).unsqueeze(-1)).squeeze(-1)
+    if anchored:
+        offset = torch.zeros_like(direction)
+    else:
+        fitted_last = intercept + slope * times[-1]  # the line at the last checkpoint
+        offset = (proj @ fitted_last.unsqueeze(-1)).squeeze(-1)
+        offset[..., -1] -= 1.0  # relative to the last checkpoint's own update
+    return TemporalFit(offset=offset, direction=direction, explained=explained, coefficients=C, line_r2=r2)
+
+
+@dataclass(frozen=True)
+class RelexConfig:
+    """RELEX's options: ``rank`` temporal components (paper: 1), line ``window`` in checkpoints (None: all)."""
+
+    rank: int = 1
+    window: int | None = None
+
+    def __post_init__(self) -> None:
+        check_relex_options(self.rank, self.window, "denoised")
+
+
 @dataclass(frozen=True)
 class RelexPredictor:
-    """``window``: how many of the last checkpoints the line is fitted to (None: all of them)."""
+    """RELEX with ``rank`` temporal components, the line fitted on the last ``window`` checkpoints.
 
+    ``mode``: ``denoised`` (as published) or ``anchored`` at the last checkpoint.
+    """
+
+    rank: int = 1
     window: int | None = None
+    mode: str = "denoised"
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    name: str = "relex"
     needs_features: bool = False
 
     def __post_init__(self) -> None:
-        if self.window is not None and self.window < 2:
-            raise ValueError(
-                f"RelexPredictor.window must be >= 2 (a line needs two points), got {self.window}"
-            )
+        check_relex_options(self.rank, self.window, self.mode)
+
+    @property
+    def name(self) -> str:
+        return "relex" if self.mode == "denoised" else "relex-anchored"
 
     def predict(
         self,
@@ -66,34 +173,61 @@ class RelexPredictor:
     ) -> Prediction:
         device = device or torch.device("cpu")
         K = len(trajectory.headers)
-        first = 0 if self.window is None else max(0, K - self.window)
-        idx = list(range(first, K))
-        steps = torch.tensor([trajectory.steps[i] for i in idx], dtype=torch.float64, device=device)
-        span = trajectory.steps[-1] - trajectory.steps[-1 - horizon]
-        matrices: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        r2s: dict[str, float] = {}
-        for names in progress(trajectory.module_chunks(len(idx), self.chunk_bytes), "relex"):
-            B, A = trajectory.load_factors(names, device, idx)
-            top = lowrank.top_triplet(B[:, -1], A[:, -1])
-            Bu = torch.einsum("mo,mkor->mkr", top.u, B)
-            Av = torch.einsum("mkri,mi->mkr", A, top.v)
-            coeffs = (Bu * Av).sum(-1).double()  # (M, K): a_t = u^T dW_t v
-            _, slope, r2 = line_fit(steps, coeffs)
-            step_size = (slope * span).float()
+        anchored = self.mode == "anchored"
+        h_steps = float(trajectory.steps[-1] - trajectory.steps[-1 - horizon])
+        times = torch.tensor(trajectory.steps, dtype=torch.float64)
+        combos: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        explained: dict[str, float] = {}
+        r2: dict[str, float] = {}
+        for names in progress(trajectory.module_chunks(K, self.chunk_bytes), self.name):
+            B, A = trajectory.load_factors(names, device)
+            fit = temporal_fit(lora_gram(B, A), times, self.rank, self.window, h_steps, anchored)
             for j, name in enumerate(names):
-                matrices[name] = ((step_size[j] * top.u[j])[:, None].cpu(), top.v[j][None, :].cpu())
-                r2s[name] = float(r2[j])
-        vectors = {}
+                combos[name] = (fit.offset[j].cpu(), fit.direction[j].cpu())
+                explained[name] = float(fit.explained[j])
+                r2[name] = float(fit.line_r2[j, 0])
+        vectors: dict[str, torch.Tensor] = {}
+        offsets: dict[str, torch.Tensor] = {}
         for key in trajectory.raw:
-            X = trajectory.load_raw(key, device, idx).double()
-            if bool((X[:1] == X).all()):
+            X = trajectory.load_raw(key, device).double()
+            if bool((X[:1] == X).all()) or K < 2:
                 continue
-            flat = X.reshape(len(idx), -1).T  # (entries, K)
-            _, slope, _ = line_fit(steps, flat)
-            vectors[key] = (slope * span).float().reshape(X.shape[1:]).cpu()
+            rows = (X[1:] - X[:1]).reshape(K - 1, -1)  # deltas from the first checkpoint
+            fit = temporal_fit((rows @ rows.T)[None], times[1:], self.rank, self.window, h_steps, anchored)
+            shape = X.shape[1:]
+            vectors[key] = (fit.direction[0] @ rows).float().reshape(shape).cpu()
+            if not anchored:
+                offsets[key] = (fit.offset[0] @ rows).float().reshape(shape).cpu()
+            explained[key] = float(fit.explained[0])
+        window = K if self.window is None else min(self.window, K)
         diagnostics = {
-            "window_steps": [trajectory.steps[first], trajectory.steps[-1]],
-            "median_line_r2": statistics.median(r2s.values()) if r2s else None,
-            "line_r2": r2s,
+            "rank": self.rank,
+            "mode": self.mode,
+            "window_checkpoints": window,
+            "window_steps": [trajectory.steps[K - window], trajectory.steps[-1]],
+            "median_explained_variance": statistics.median(explained.values()) if explained else None,
+            "explained_variance": explained,
+            "median_line_r2": statistics.median(r2.values()) if r2 else None,
         }
-        return Prediction(self.name, horizon, matrices, vectors, diagnostics)
+        return Prediction(
+            self.name,
+            horizon,
+            {},
+            vectors,
+            diagnostics,
+            combinations=combos,
+            indices=tuple(range(K)),
+            offsets=offsets,
+        )
+
+
+def check_relex_options(rank: int, window: int | None, mode: str) -> None:
+    """One-line errors for RELEX options that cannot work."""
+    if rank < 1:
+        raise ConfigError(f"--relex-rank {rank}: RELEX keeps at least 1 temporal component; use 1 (the paper's)")
+    if window is not None and window < 2:
+        raise ConfigError(
+            f"--relex-window {window}: a line needs at least 2 checkpoints; give 2 or more (default: all)"
+        )
+    if mode not in RELEX_MODES:
+        raise ConfigError(f"RELEX mode {mode!r}: expected one of {list(RELEX_MODES)}")

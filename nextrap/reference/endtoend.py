@@ -21,6 +21,7 @@ from nextrap.atomic import check_output
 from nextrap.errors import ConfigError
 from nextrap.extrapolate import ExtrapolateOptions, extrapolate
 from nextrap.reference.grpo import GRPOConfig, TrainResult, train
+from nextrap.reference.stats import steps_to_reach
 
 __all__ = [
     "Arm",
@@ -106,11 +107,6 @@ class EndToEndResult:
             "jump_steps_to_target": self.jump_steps_to_target,
             "steps_saved": self.steps_saved,
         }
-
-
-def steps_to_reach(curve: dict[int, float], target: float) -> int | None:
-    """The first step (of a sorted curve) whose accuracy is at least ``target``; None if never."""
-    return next((s for s, acc in sorted(curve.items()) if acc >= target - 1e-12), None)
 
 
 @dataclass
