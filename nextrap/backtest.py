@@ -74,6 +74,8 @@ class BacktestResult:
     scores: list[dict[str, Any]]
     recommendation: dict[str, Any]
     notes: list[str]
+    # per method that trains networks (NExt): one entry per group (epochs, seconds, why it stopped)
+    predictor_fits: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def summary(self, kind: str = "all") -> dict[str, list[dict[str, Any]]]:
         """``{method: [score per held-out checkpoint]}`` for one module kind."""
@@ -110,10 +112,20 @@ class BacktestResult:
                 vals = [s["relative_error"] for s in self.scores if s["method"] == method and s["kind"] == k]
                 means.append(sum(vals) / len(vals))
             lines.append(f"{method:<14} " + " ".join(f"{m:>9.3f}" for m in means))
+        for method, groups in self.predictor_fits.items():
+            lines += ["", f"{method} predictor fit per vector length"]
+            lines += [_fit_line(g) for g in groups]
         rec = self.recommendation
         lines += ["", f"recommendation: {rec['text']}"]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+def _fit_line(g: dict[str, Any]) -> str:
+    return (
+        f"  d={g['dim']:<6} {g['rows']:>6} rows  {g['epochs_run']:>5} epochs  {g['seconds']:>7.2f} s  "
+        f"stopped: {g['stop_reason']}"
+    )
 
 
 def _kind(name: str) -> str:
@@ -250,12 +262,14 @@ def backtest(
     features = None
     if any(make_predictor(m, options.predictor).needs_features for m in options.methods):
         features = compute_features(fit, horizon, device, options.chunk_bytes, progress)
-    scores = []
+    scores, fits = [], {}
     for method in progress(list(options.methods), "backtest methods"):
         predictor = make_predictor(method, options.predictor, options.chunk_bytes, options.relex)
         pred = predictor.predict(
             fit, horizon, features if predictor.needs_features else None, device, progress
         )
+        if "groups" in pred.diagnostics:
+            fits[method] = pred.diagnostics["groups"]
         for row in score_prediction(
             trajectory, pred, prefix - 1, targets, coefs, device, options.chunk_bytes
         ):
@@ -275,6 +289,7 @@ def backtest(
         scores=scores,
         recommendation=rec,
         notes=notes,
+        predictor_fits=fits,
     )
 
 

@@ -114,16 +114,20 @@ _fit_options = [
         type=click.Choice(sorted(PRESETS)),
         default="auto",
         show_default=True,
-        help="Predictor settings: 'auto' converges on any model size; 'reference' is the paper's.",
+        help="Predictor settings: 'auto' converges on any model size and stops when a held-out pair stops improving; "
+        "'plateau' is the earlier default (training-loss plateau); 'reference' is the paper's.",
     ),
     click.option(
-        "--epochs", type=click.IntRange(min=1), default=None, help="Predictor epochs (preset: 1000)."
+        "--epochs",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Most predictor epochs per group; the exact count with --preset reference (auto: 500; plateau, reference: 1000).",
     ),
     click.option(
         "--lr",
         type=click.FloatRange(min=0, min_open=True),
         default=None,
-        help="Predictor learning rate (preset auto: 1e-3, reference: 2e-5).",
+        help="Predictor learning rate (auto: 3e-3, capped at 1.5/d for vectors of length d; plateau: 1e-3; reference: 2e-5).",
     ),
     click.option(
         "--loss", type=click.Choice(["l1", "l2"]), default=None, help="Predictor loss (preset: l1)."
@@ -132,7 +136,8 @@ _fit_options = [
         "--patience",
         type=click.IntRange(min=0),
         default=None,
-        help="Stop after this many epochs without improvement; 0 never stops early (auto: 100).",
+        help="Stop after this many epochs without improvement (auto: of the held-out pair's loss, 50; plateau: of the "
+        "training loss, 100); 0 never stops early.",
     ),
     click.option(
         "--seed", type=int, default=None, help="Seed of the predictor's initialization (default 0)."
@@ -565,6 +570,7 @@ def _summary(result: Any) -> str:
     for g in rep["predictor"].get("groups", []):  # only the NExt predictor trains networks
         lines.append(
             f"  predictor d={g['dim']:<6} {g['vectors']:>5} vectors  {g['epochs_run']:>5} epochs  "
+            f"{g.get('seconds', 0.0):>6.1f} s ({g.get('stop_reason', '?')})  "
             f"loss {g['relative_loss']:.3f} of predicting zeros"
             + ("" if g["converged"] else "  (not converged)")
         )

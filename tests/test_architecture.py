@@ -21,6 +21,7 @@ ORDER = [
     "trajectory",
     "runs",
     "predictors.base",
+    "predictors.next_fit",
     "predictors.next",
     "predictors.linear",
     "predictors.relex",

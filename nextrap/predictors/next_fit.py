@@ -1,0 +1,229 @@
+"""Training one NExt network: full-batch AdamW on a cosine schedule, and the rule that stops it.
+
+Three stopping rules:
+
+* ``fixed``: run every epoch (the paper's schedule);
+* ``train``: stop when the training loss has not improved by ``min_improvement`` (relative) for
+  ``patience`` epochs;
+* ``holdout``: hold out the most recent training pair (the one closest to the checkpoint the
+  network is finally fed), train on the others, and stop when the loss on the held-out pair has not
+  improved for ``patience`` epochs. The network is then retrained from the same initialization on
+  every pair for the best epoch count (``refit``), or kept as it was at the best epoch.
+
+The training loss keeps falling long after the held-out loss has stopped (with a few pairs the network
+memorizes them), so ``train`` runs most groups to the epoch limit; ``holdout`` stops where more
+epochs stop helping the prediction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["STOP_RULES", "FitSettings", "cosine_lr", "fit_network", "threads"]
+
+STOP_RULES = ("fixed", "train", "holdout")
+PRECISIONS = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How one group's network is trained (built from :class:`~nextrap.predictors.next.NExtConfig`)."""
+
+    lr: float
+    epochs: int
+    min_lr_ratio: float
+    weight_decay: float
+    loss: str
+    stop: str
+    patience: int
+    min_improvement: float
+    refit: bool
+    precision: str
+
+
+def cosine_lr(epoch: int, settings: FitSettings) -> float:
+    """Learning rate of the step taken in ``epoch`` (0-based): cosine from ``lr`` to ``min_lr_ratio * lr``.
+
+    The same values as ``torch.optim.lr_scheduler.CosineAnnealingLR(T_max=epochs, eta_min=...)``
+    stepped once per epoch.
+    """
+    lo = settings.lr * settings.min_lr_ratio
+    return lo + (settings.lr - lo) * (1 + math.cos(math.pi * epoch / settings.epochs)) / 2
+
+
+def group_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, pairs: int) -> torch.Tensor:
+    """The reference loss: entries' absolute (l1) or squared (l2) errors summed, divided by ``pairs``."""
+    err = (pred - target).abs() if kind == "l1" else (pred - target).square()
+    return err.sum() / pairs
+
+
+@contextlib.contextmanager
+def threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` intra-op threads (0: leave torch's setting), then restore it."""
+    before = torch.get_num_threads()
+    if count > 0 and count != before:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+EpochHook = Callable[[int, float, float], None]
+
+
+def fit_network(
+    make_net: Callable[[], nn.Module],
+    x_g: torch.Tensor,
+    x_l: torch.Tensor,
+    y: torch.Tensor,
+    pairs: int,
+    settings: FitSettings,
+    on_epoch: EpochHook | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train a fresh network from ``make_net()`` on rows ``(global, local) -> target``.
+
+    Args:
+        make_net: builds the network, initialized the same way on every call.
+        x_g, x_l, y: ``(items * pairs, d)`` float32; row ``i * pairs + k`` is item ``i`` at pair ``k``.
+        pairs: training pairs per item; the loss divides by it.
+        settings: optimizer, schedule and stopping rule.
+        on_epoch: called after every optimizer step with ``(epoch, lr, training loss)`` (epoch 1-based).
+
+    Returns:
+        The trained network and a JSON-able report: ``epochs_run`` (optimizer steps, refit included),
+        ``best_epoch``, ``stop_reason``, ``seconds``, ``holdout_relative_loss`` (held-out pair's loss at
+        the best epoch over predicting zeros; ``None`` without a held-out pair).
+    """
+    t0 = time.perf_counter()
+    s = settings
+    rule = s.stop if s.patience > 0 else "fixed"
+    notes = []
+    if rule == "holdout" and pairs < 2:
+        rule = "train"
+        notes.append("one training pair: nothing to hold out, stopped on the training loss instead")
+    if rule == "holdout":
+        last = torch.arange(x_g.shape[0], device=x_g.device) % pairs == pairs - 1
+        fit_rows, val_rows = ~last, last
+        fit_pairs = pairs - 1
+    else:
+        fit_rows, val_rows, fit_pairs = None, None, pairs
+
+    def rows(x: torch.Tensor, sel: torch.Tensor | None) -> torch.Tensor:
+        return x if sel is None else x[sel]
+
+    net = make_net()
+    first = _train(
+        net,
+        rows(x_g, fit_rows),
+        rows(x_l, fit_rows),
+        rows(y, fit_rows),
+        fit_pairs,
+        s,
+        rule,
+        (x_g[val_rows], x_l[val_rows], y[val_rows]) if val_rows is not None else None,
+        on_epoch,
+    )
+    report: dict[str, Any] = {
+        "stop_rule": rule,
+        "best_epoch": first["best_epoch"],
+        "stop_reason": first["stop_reason"],
+        "holdout_relative_loss": first.get("holdout_relative_loss"),
+    }
+    epochs_run = first["epochs"]
+    if rule == "holdout":
+        if s.refit:
+            # Same initialization, every pair, the epoch count the held-out pair chose, no stopping.
+            net = make_net()
+            refit = replace_epochs(s, first["best_epoch"])
+            second = _train(net, x_g, x_l, y, pairs, refit, "fixed", None, on_epoch, offset=epochs_run)
+            epochs_run += second["epochs"]
+        elif first["best_state"] is not None:
+            net.load_state_dict(first["best_state"])
+    report.update(epochs_run=epochs_run, notes=notes, seconds=time.perf_counter() - t0)
+    return net, report
+
+
+def replace_epochs(settings: FitSettings, epochs: int) -> FitSettings:
+    from dataclasses import replace
+
+    return replace(settings, epochs=max(1, epochs))
+
+
+def _train(
+    net: nn.Module,
+    x_g: torch.Tensor,
+    x_l: torch.Tensor,
+    y: torch.Tensor,
+    pairs: int,
+    s: FitSettings,
+    rule: str,
+    heldout: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    on_epoch: EpochHook | None,
+    offset: int = 0,
+) -> dict[str, Any]:
+    params = list(net.parameters())
+    # fused: one kernel for all parameters instead of a dozen ops per tensor (same update rule)
+    fused = x_g.device.type in ("cpu", "cuda")
+    opt = torch.optim.AdamW(params, lr=cosine_lr(0, s), weight_decay=s.weight_decay, fused=fused)
+    autocast = (
+        torch.autocast(x_g.device.type, dtype=torch.bfloat16)
+        if s.precision == "bfloat16"
+        else contextlib.nullcontext()
+    )
+
+    def forward(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            out = net(a, b)
+        return out.float()
+
+    val_zero = None
+    if heldout is not None:
+        val_zero = float(group_loss(torch.zeros_like(heldout[2]), heldout[2], s.loss, 1))
+    best, best_epoch, best_state, reason = math.inf, 0, None, "max_epochs"
+    epoch = 0
+    for epoch in range(1, s.epochs + 1):
+        lr = cosine_lr(epoch - 1, s)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss = group_loss(forward(x_g, x_l), y, s.loss, pairs)
+        loss.backward()
+        opt.step()
+        loss_value = float(loss.detach())
+        if on_epoch is not None:
+            on_epoch(offset + epoch, lr, loss_value)
+        if rule == "fixed":
+            continue
+        if heldout is not None:
+            with torch.no_grad():
+                watched = float(group_loss(forward(heldout[0], heldout[1]), heldout[2], s.loss, 1))
+        else:
+            watched = loss_value
+        if not math.isfinite(watched):
+            reason = "diverged"
+            break
+        if watched < best * (1 - s.min_improvement):
+            best, best_epoch = watched, epoch
+            if heldout is not None and not s.refit:
+                best_state = copy.deepcopy(net.state_dict())
+        elif epoch - best_epoch >= s.patience:
+            reason = "holdout_plateau" if heldout is not None else "train_plateau"
+            break
+    if rule == "fixed":
+        best_epoch, reason = epoch, "fixed_epochs"
+    out: dict[str, Any] = {"epochs": epoch, "best_epoch": best_epoch, "stop_reason": reason}
+    if heldout is not None:
+        out["best_state"] = best_state
+        out["holdout_relative_loss"] = best / val_zero if val_zero else 0.0
+    return out
