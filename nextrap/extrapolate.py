@@ -25,9 +25,9 @@ import torch
 
 from nextrap import lowrank
 from nextrap.adapters import write_adapter
-from nextrap.atomic import atomic_directory, check_output
+from nextrap.atomic import atomic_directory, check_output, output_lock
 from nextrap.devices import resolve_device
-from nextrap.errors import ConfigError, LayoutError
+from nextrap.errors import ConfigError, LayoutError, NonFiniteError
 from nextrap.layouts import Discovery
 from nextrap.predictors import METHODS, NExtConfig, Prediction, make_predictor
 from nextrap.progress import Progress, progress_bar
@@ -75,6 +75,7 @@ class ExtrapolateOptions:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     format: str = "peft"
     optimizer: str = "reset"
+    force: bool = False
 
     def __post_init__(self) -> None:
         coefs = tuple(float(c) for c in self.coefs)
@@ -102,6 +103,11 @@ class ExtrapolateOptions:
             )
         if self.optimizer not in OPTIMIZER_POLICIES:
             raise ConfigError(f"optimizer {self.optimizer!r}: expected one of {list(OPTIMIZER_POLICIES)}")
+        if self.optimizer == "keep" and self.format != "trl":
+            raise ConfigError(
+                "--optimizer keep copies the optimizer state into a TRL checkpoint: add --format trl, "
+                "or drop --optimizer (a PEFT adapter folder holds no optimizer state)"
+            )
         if self.chunk_bytes < 1:
             raise ConfigError(f"chunk_bytes = {self.chunk_bytes}: expected a positive number of bytes")
 
@@ -147,11 +153,25 @@ def extrapolate(
     options = options or ExtrapolateOptions()
     wrap = progress if callable(progress) else progress_bar(bool(progress))
     started = time.perf_counter()
-    traj = open_run(run, checkpoints, steps, adapter_name)
+    traj = open_run(run, checkpoints, steps, adapter_name, verify=False)
     device = resolve_device(options.device)
     if options.format == "trl":
         _check_outside_run(Path(output), traj)  # first: its message names the rotation hazard
     output = check_output(output, options.overwrite, traj.discovery.input_paths)
+    # Held from here to the rename, so a second writer of the same output fails now, not after the work.
+    with output_lock(output):
+        traj = open_run(traj, force=options.force, chunk_bytes=options.chunk_bytes, progress=wrap)
+        return _extrapolate_locked(traj, output, options, device, wrap, started)
+
+
+def _extrapolate_locked(
+    traj: Trajectory,
+    output: Path,
+    options: ExtrapolateOptions,
+    device: torch.device,
+    wrap: Progress,
+    started: float,
+) -> ExtrapolationResult:
     horizon, horizon_note = resolve_horizon(len(traj.headers), options.horizon)
     notes = list(traj.discovery.notes) + list(traj.notes) + ([horizon_note] if horizon_note else [])
     spacing = traj.spacing()
@@ -163,6 +183,15 @@ def extrapolate(
         )
     if options.merge:
         _check_base_model(options.base_model)
+    for coef in options.coefs:
+        if coef <= 0:
+            text = (
+                f"coefficient {coef:g} writes "
+                + ("the last checkpoint unchanged" if coef == 0 else "a step backwards along the run")
+                + " (extrapolation uses c > 0)"
+            )
+            logger.warning(text)
+            notes.append(text)
 
     method, evidence = options.method, None
     if method == "auto":
@@ -336,8 +365,8 @@ def _extended_tensors(
             upd_norm = lowrank.frobenius_norm(Lp, Rp)
             for j, name in enumerate(chunk):
                 mod = traj.modules[name]
-                tensors[mod.b_key] = B_new[j].to("cpu", mod.dtype)
-                tensors[mod.a_key] = A_new[j].to("cpu", mod.dtype)
+                tensors[mod.b_key] = _finite_output(B_new[j].to("cpu", mod.dtype), name, coef)
+                tensors[mod.a_key] = _finite_output(A_new[j].to("cpu", mod.dtype), name, coef)
                 figures[name] = {
                     "predicted_sigma": float(
                         pred.diagnostics.get("predicted_sigma", {}).get(name, float("nan"))
@@ -353,8 +382,19 @@ def _extended_tensors(
         elif key in pred.matrices:
             L, R = pred.matrices[key]
             x = x + coef * (L @ R).to(device).reshape(x.shape)
-        tensors[key] = x.to("cpu", raw.dtype)
+        tensors[key] = _finite_output(x.to("cpu", raw.dtype), key, coef)
     return tensors, figures, _grow_overrides(traj) if options.rank_policy == "grow" else {}
+
+
+def _finite_output(tensor: torch.Tensor, name: str, coef: float) -> torch.Tensor:
+    """``tensor`` as it will be written, or :class:`NonFiniteError` when it overflowed its dtype."""
+    if not bool(torch.isfinite(tensor).all()):
+        dtype = str(tensor.dtype).replace("torch.", "")
+        raise NonFiniteError(
+            f"module {name}: the extrapolated weights at coefficient {coef:g} overflow {dtype} (Inf/NaN); "
+            "use a smaller --coef"
+        )
+    return tensor
 
 
 def _grow_overrides(traj: Trajectory) -> dict[str, Any]:
