@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from nextrap.errors import CheckpointError
+from nextrap.errors import CheckpointError, NonFiniteError
 from nextrap.layouts import ADAPTER_CONFIG, CheckpointRef
 
 __all__ = [
@@ -495,14 +495,23 @@ def write_adapter(
     atomic by writing into a temporary folder (see :mod:`nextrap.atomic`).
     """
     from peft import LoraConfig
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    save_file(
-        {k: v.contiguous() for k, v in tensors.items()},
-        str(folder / SAFETENSORS_NAME),
-        metadata={"format": "pt"},
-    )
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteError(f"{key}: Inf/NaN in the tensor to write; nothing was written")
+    target = folder / SAFETENSORS_NAME
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(target), metadata={"format": "pt"})
+    except SafetensorError as exc:
+        # safetensors reports I/O failures (a full disk, a size limit) as its own error type: give them
+        # back their errno and path, so they read like any other OS error.
+        found = re.search(r"(?:I/O error: )?(.*?) \(os error (\d+)\)", str(exc))
+        if found is None:
+            raise
+        raise OSError(int(found[2]), found[1], str(target)) from None
     fields = LoraConfig.__dataclass_fields__
     values = {k: v for k, v in {**config.raw, **(overrides or {})}.items() if k in fields and fields[k].init}
     dropped = sorted(set(config.raw) - set(values) - {"peft_type", "auto_mapping"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ def check_plot_path(path: str | os.PathLike) -> Path:
         if parent.exists():
             if not parent.is_dir():
                 raise OutputExistsError(f"{path}: {parent} is a file, not a folder; choose another place for the plot")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "Permission denied (cannot write there)", str(parent))
             break
     return path
 
