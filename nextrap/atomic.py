@@ -10,9 +10,9 @@ The rules, in one place:
 * Atomic: :func:`atomic_directory` / :func:`atomic_file` write into ``.NAME.tmp-*`` and rename it
   into place; a failure half-way (bad input found late, Ctrl-C, a full disk) leaves the destination
   as it was: absent, or the old content when ``overwrite`` was asked for.
-* Clean: each hidden folder records the pid and host of its writer (``.nextrap-owner``); folders of
-  writers that died (``kill -9``, power loss) are removed by the next writer of the same name, which
-  logs what it removed.
+* Clean: each hidden folder's name records the host and pid of its writer; folders of writers that
+  died (``kill -9``, power loss) are removed by the next writer of the same name, which logs what it
+  removed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -31,7 +32,6 @@ from pathlib import Path
 from nextrap.errors import OutputExistsError, OutputLockedError, UnsafeOutputError
 
 __all__ = [
-    "OWNER_FILE",
     "atomic_directory",
     "atomic_file",
     "check_output",
@@ -42,7 +42,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-OWNER_FILE = ".nextrap-owner"
 _HELD: dict[Path, tuple[int, int]] = {}  # lock file -> (fd, depth): re-entrant within one process
 
 
@@ -95,7 +94,7 @@ def _owner() -> dict[str, object]:
 
 
 def _lock_path(dest: Path) -> Path:
-    return dest.parent / f".{dest.name}.lock"
+    return dest.parent / f"{_stem(dest)}.lock"
 
 
 @contextmanager
@@ -172,38 +171,44 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
+
+
+def _stem(dest: Path) -> str:
+    """The output's name as used in hidden siblings: short enough that they stay under 255 bytes."""
+    return f".{dest.name[:120]}"
+
+
 def _make_hidden(dest: Path, kind: str) -> Path:
-    """A new ``.NAME.<kind>-*`` folder next to ``dest`` that records its writer (pid, host)."""
-    folder = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{kind}-", dir=dest.parent))
-    (folder / OWNER_FILE).write_text(json.dumps(_owner()))
-    return folder
+    """A new ``.NAME.<kind>-<host>-<pid>-<random>`` folder next to ``dest``: its name records the writer."""
+    return Path(tempfile.mkdtemp(prefix=f"{_stem(dest)}.{kind}-{_host()}-{os.getpid()}-", dir=dest.parent))
+
+
+_HIDDEN = re.compile(r"^(?P<kind>tmp|old)-(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)-[^-]+$")
 
 
 def remove_stale(path: str | os.PathLike) -> list[Path]:
     """Remove the ``.NAME.tmp-*`` / ``.NAME.old-*`` folders next to ``path`` whose writer died.
 
-    Only folders that record a pid on this host that no longer runs are removed; a folder from
-    another host, or without a record, is left alone (and logged). Returns what was removed.
+    Only folders whose name records a pid on this host that no longer runs are removed; a folder
+    from another host, or of another naming, is left alone. Returns what was removed (also logged).
     """
     dest = _absolute(path)
-    removed = []
+    removed: list[Path] = []
     try:
         siblings = list(dest.parent.iterdir())
     except OSError:
         return removed
-    host = socket.gethostname()
+    stem, host = f"{_stem(dest)}.", _host()
     for entry in siblings:
-        if not any(entry.name.startswith(f".{dest.name}.{kind}-") for kind in ("tmp", "old")):
+        if not entry.name.startswith(stem):
             continue
-        if not entry.is_dir() or entry.is_symlink():
+        found = _HIDDEN.match(entry.name[len(stem) :])
+        if found is None or not entry.is_dir() or entry.is_symlink():
             continue
-        try:
-            owner = json.loads((entry / OWNER_FILE).read_text())
-            pid, owner_host = int(owner["pid"]), str(owner["host"])
-        except (OSError, ValueError, KeyError, TypeError):
-            logger.warning("left %s in place: it records no writer (not made by this nextrap version)", entry)
-            continue
-        if owner_host != host or _pid_alive(pid):
+        pid = int(found["pid"])
+        if found["host"] != host or _pid_alive(pid):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         if not entry.exists():
@@ -237,7 +242,6 @@ def atomic_directory(
         tmp.chmod(0o777 & ~umask)
         try:
             yield tmp
-            (tmp / OWNER_FILE).unlink()
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -19,7 +19,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from nextrap.atomic import OWNER_FILE, atomic_directory, output_lock
+from nextrap.atomic import atomic_directory, output_lock
 from nextrap.cli import main
 from nextrap.errors import NextrapError, OutputLockedError
 from nextrap.synthetic import PlantSpec, write_synthetic_run
@@ -99,19 +99,21 @@ def test_lock_is_reentrant_in_one_process_and_exclusive_across_open_files(tmp_pa
 
 
 def test_stale_hidden_folders_of_dead_writers_are_removed_and_reported(tiny_run: Path, tmp_path: Path, caplog):
+    from nextrap.atomic import _host
+
     out = tmp_path / "out"
-    dead, alive = tmp_path / ".out.tmp-dead", tmp_path / ".out.old-alive"
-    foreign = tmp_path / ".out.tmp-norecord"
-    for folder, pid in ((dead, _dead_pid()), (alive, os.getpid()), (foreign, None)):
+    dead = tmp_path / f".out.tmp-{_host()}-{_dead_pid()}-abc123"
+    alive = tmp_path / f".out.old-{_host()}-{os.getpid()}-abc123"
+    elsewhere = tmp_path / f".out.tmp-otherhost-{_dead_pid()}-abc123"
+    unnamed = tmp_path / ".out.tmp-norecord"
+    for folder in (dead, alive, elsewhere, unnamed):
         folder.mkdir()
         (folder / "partial.safetensors").write_bytes(b"x" * 10)
-        if pid is not None:
-            (folder / OWNER_FILE).write_text(json.dumps({"pid": pid, "host": os.uname().nodename}))
     with caplog.at_level(logging.WARNING, logger="nextrap"):
         code, lines = _cli(["extrapolate", str(tiny_run), "-o", str(out), *LINEAR])
     assert code == 0, lines
     assert not dead.exists()  # its writer died
-    assert alive.exists() and foreign.exists()  # a live writer's, and one without a record: left alone
+    assert alive.exists() and elsewhere.exists() and unnamed.exists()  # alive, another host's, unknown: kept
     assert any("removed" in r.message and str(dead) in r.message for r in caplog.records)
 
 
