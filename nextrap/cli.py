@@ -91,6 +91,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj.update(debug=debug, progress=not quiet and sys.stderr.isatty())
+    if verbose < 2 and ctx.invoked_subcommand != "push":
+        _quiet_transformers_progress()
     if verbose < 2:
         # deprecation chatter between peft and transformers versions says nothing to a user of this CLI
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)(\.|$)")
@@ -101,6 +103,15 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     root = logging.getLogger("nextrap")
     root.handlers = [h for h in root.handlers if isinstance(h, logging.NullHandler)] + [handler]
     root.setLevel(level)
+
+
+def _quiet_transformers_progress() -> None:
+    """transformers' own bars ("Writing model shards", "Loading weights") would cut through ours."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is imported
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def _options(decorators: list[Callable[..., Any]]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

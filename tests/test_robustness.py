@@ -418,3 +418,22 @@ def test_library_errors_stay_nextrap_errors(tmp_path: Path):
         done = subprocess.run([sys.executable, "-c", child], cwd=REPO, capture_output=True, text=True)
     assert done.stdout.strip() == "locked", done.stderr
     assert issubclass(OutputLockedError, NextrapError)
+
+
+def test_transformers_progress_bars_stay_out_of_the_cli(tiny_run: Path, tmp_path: Path):
+    from .conftest import tiny_llama
+
+    base = tmp_path / "base"
+    tiny_llama().save_pretrained(str(base))
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "nextrap", "extrapolate", str(tiny_run), "-o", str(tmp_path / "m"), *LINEAR]
+        + ["--merge", "--base-model", str(base)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    assert "Writing model shards" not in done.stderr and "Loading weights" not in done.stderr, done.stderr
