@@ -133,7 +133,9 @@ def _config_rank(path: Path, where: str, value: Any) -> int:
 
 def _config_alpha(path: Path, where: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise CheckpointError(f"{path}: {where} = {value!r}; expected a finite number (the LoRA alpha used in training)")
+        raise CheckpointError(
+            f"{path}: {where} = {value!r}; expected a finite number (the LoRA alpha used in training)"
+        )
     if value == 0:
         raise CheckpointError(
             f"{path}: {where} is 0, which would make every update vanish (verl's merger writes 0); "
@@ -152,13 +154,17 @@ def _config_patterns(path: Path, name: str, value: Any, check: Any) -> dict[str,
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: {name} must be a JSON object of pattern -> value, got {type(value).__name__}")
+        raise CheckpointError(
+            f"{path}: {name} must be a JSON object of pattern -> value, got {type(value).__name__}"
+        )
     out = {}
     for key, item in value.items():
         try:
             re.compile(rf"(.*\.)?({key})$")
         except re.error as exc:
-            raise CheckpointError(f"{path}: {name} key {key!r} is not a valid regular expression ({exc})") from None
+            raise CheckpointError(
+                f"{path}: {name} key {key!r} is not a valid regular expression ({exc})"
+            ) from None
         out[key] = check(path, f"{name}[{key!r}]", item)
     return out
 
@@ -186,7 +192,9 @@ def read_config(folder: Path) -> AdapterConfig:
             f"{path}: missing; an adapter folder needs {ADAPTER_CONFIG} next to its weights"
         ) from None
     except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read it ({exc.strerror or exc}); check its permissions") from None
+        raise CheckpointError(
+            f"{path}: cannot read it ({exc.strerror or exc}); check its permissions"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(
             f"{path}: not valid JSON ({exc}); restore the file from the trainer's output"

@@ -50,9 +50,7 @@ def _absolute(path: str | os.PathLike) -> Path:
     return Path(os.path.abspath(path))
 
 
-def check_output(
-    path: str | os.PathLike, overwrite: bool, inputs: Iterable[str | os.PathLike] = ()
-) -> Path:
+def check_output(path: str | os.PathLike, overwrite: bool, inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Fail early, before any work, when ``path`` exists and may not be replaced.
 
     ``inputs`` are the user's own files and folders (a run folder, its checkpoints, an adapter to start

@@ -187,7 +187,10 @@ _fit_options = [
         help="Stop after this many epochs without improvement; 0 never stops early (auto: 100).",
     ),
     click.option(
-        "--seed", type=int, default=None, help="Seed of the predictor's initialization (default 0)."
+        "--seed",
+        type=click.IntRange(0, 2**63 - 1),
+        default=None,
+        help="Seed of the predictor's initialization (default 0).",
     ),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
 ]

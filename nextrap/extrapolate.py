@@ -344,7 +344,9 @@ def _extended_tensors(
             B, A = B[:, 0], A[:, 0]
             scaling = torch.tensor([traj.modules[n].scaling for n in chunk], device=device).view(-1, 1, 1)
             Lp, Rp = pred.stacked(chunk, device)
+            _check_prediction(Lp, Rp, chunk, pred.method)
             Lp = Lp * coef
+            _check_prediction(Lp, Rp, chunk, pred.method, coef)
             if options.rank_policy == "keep":
                 new = lowrank.refactor_to_rank(
                     torch.cat([scaling * B, Lp], -1),
@@ -384,6 +386,23 @@ def _extended_tensors(
             x = x + coef * (L @ R).to(device).reshape(x.shape)
         tensors[key] = _finite_output(x.to("cpu", raw.dtype), key, coef)
     return tensors, figures, _grow_overrides(traj) if options.rank_policy == "grow" else {}
+
+
+def _check_prediction(
+    L: torch.Tensor, R: torch.Tensor, names: list[str], method: str, coef: float | None = None
+) -> None:
+    """The predicted update of a chunk ``L (M, out, k)``, ``R (M, k, in)`` is finite, before any SVD of it."""
+    bad = ~(torch.isfinite(L).flatten(1).all(1) & torch.isfinite(R).flatten(1).all(1))
+    if bool(bad.any()):
+        name = names[int(bad.nonzero()[0])]
+        if coef is None:
+            raise NonFiniteError(
+                f"module {name}: the {method} prediction is not finite (Inf/NaN); the predictor diverged: lower "
+                "--lr, or use --method linear"
+            )
+        raise NonFiniteError(
+            f"module {name}: the update times coefficient {coef:g} overflows float32; use a smaller --coef"
+        )
 
 
 def _finite_output(tensor: torch.Tensor, name: str, coef: float) -> torch.Tensor:

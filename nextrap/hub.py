@@ -107,7 +107,9 @@ def _is_nextrap_report(path: Path | None) -> bool:
         report = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(report, dict) and "nextrap_version" in report and isinstance(report.get("outputs"), list)
+    return (
+        isinstance(report, dict) and "nextrap_version" in report and isinstance(report.get("outputs"), list)
+    )
 
 
 def plan_push(

@@ -19,13 +19,17 @@ def check_plot_path(path: str | os.PathLike) -> Path:
     """Fail before any work unless ``path`` names a ``.png`` file whose parent is (or can be) a folder."""
     path = Path(path)
     if path.is_dir():
-        raise OutputExistsError(f"{path}: is a folder; --plot takes a file name such as {path / 'backtest.png'}")
+        raise OutputExistsError(
+            f"{path}: is a folder; --plot takes a file name such as {path / 'backtest.png'}"
+        )
     if path.suffix.lower() != ".png":
         raise ConfigError(f"{path}: plots are PNG files; give a name ending in .png")
     for parent in path.absolute().parents:
         if parent.exists():
             if not parent.is_dir():
-                raise OutputExistsError(f"{path}: {parent} is a file, not a folder; choose another place for the plot")
+                raise OutputExistsError(
+                    f"{path}: {parent} is a file, not a folder; choose another place for the plot"
+                )
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise PermissionError(errno.EACCES, "Permission denied (cannot write there)", str(parent))
             break

@@ -62,7 +62,11 @@ def _never_crashes(fn, folder: Path) -> None:
 _dtypes = st.sampled_from(["F32", "F16", "BF16", "F64", "I32", "I8", "U8", "BOOL", "F8_E4M3", "XX", ""])
 _shapes = st.lists(st.integers(min_value=-2, max_value=9), max_size=3)
 _header_entry = st.fixed_dictionaries(
-    {"dtype": _dtypes, "shape": _shapes, "data_offsets": st.lists(st.integers(-4, 600), min_size=0, max_size=3)}
+    {
+        "dtype": _dtypes,
+        "shape": _shapes,
+        "data_offsets": st.lists(st.integers(-4, 600), min_size=0, max_size=3),
+    }
 )
 _names = st.sampled_from(
     [f"{_KEY}.lora_A.weight", f"{_KEY}.lora_B.weight", "x", "", "base_model.model.m.lora_A.default.weight"]
@@ -134,7 +138,9 @@ _json_scalars = st.one_of(
 )
 _json_values = st.recursive(
     _json_scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=2), st.dictionaries(st.text(max_size=4), inner, max_size=2)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=2), st.dictionaries(st.text(max_size=4), inner, max_size=2)
+    ),
     max_leaves=3,
 )
 _pattern_dicts = st.dictionaries(
@@ -203,7 +209,9 @@ def _check_state(value, raw_text: str | None) -> None:
         for step in (1, 2):
             _valid_adapter(run / f"checkpoint-{step}")
         state = run / "checkpoint-2" / "trainer_state.json"
-        state.write_text(raw_text if raw_text is not None else json.dumps({"global_step": value}, allow_nan=True))
+        state.write_text(
+            raw_text if raw_text is not None else json.dumps({"global_step": value}, allow_nan=True)
+        )
 
         def find() -> None:
             d = discover(run)
@@ -250,7 +258,9 @@ _folder_names = st.sampled_from(
 _entries = st.lists(
     st.tuples(
         st.lists(_folder_names, min_size=1, max_size=4),
-        st.sampled_from(["adapter", "config-only", "weights-only", "empty", "file", "link-up", "link-sibling"]),
+        st.sampled_from(
+            ["adapter", "config-only", "weights-only", "empty", "file", "link-up", "link-sibling"]
+        ),
     ),
     min_size=1,
     max_size=6,

@@ -98,7 +98,9 @@ def test_lock_is_reentrant_in_one_process_and_exclusive_across_open_files(tmp_pa
     assert not (tmp_path / ".out.lock").exists()
 
 
-def test_stale_hidden_folders_of_dead_writers_are_removed_and_reported(tiny_run: Path, tmp_path: Path, caplog):
+def test_stale_hidden_folders_of_dead_writers_are_removed_and_reported(
+    tiny_run: Path, tmp_path: Path, caplog
+):
     from nextrap.atomic import _host
 
     out = tmp_path / "out"
@@ -160,7 +162,9 @@ def test_config_numbers_must_be_finite_and_in_range(tiny_run: Path, tmp_path: Pa
     (ckpt / "adapter_config.json").write_text(json.dumps(cfg).replace('"@@"', raw))
     needle = needle.replace("'r'", "r")
     out = tmp_path / "out"
-    line = _fails(["extrapolate", str(tiny_run), "-o", str(out), *LINEAR], "adapter_config.json", needle, out=out)
+    line = _fails(
+        ["extrapolate", str(tiny_run), "-o", str(out), *LINEAR], "adapter_config.json", needle, out=out
+    )
     assert "checkpoint-50" in line
 
 
@@ -266,7 +270,10 @@ def _mixed_run(tmp_path: Path) -> Path:
     """Steps 10..50 from one run and 60..100 from another (other seed and amplitude) in one folder."""
     run = write_synthetic_run(tmp_path / "run", STEPS[:5], TINY_SHAPES, TINY_SPEC)
     other = write_synthetic_run(
-        tmp_path / "other", STEPS, TINY_SHAPES, PlantSpec(curve="saturating", rank=4, alpha=8.0, tau=200.0, seed=7)
+        tmp_path / "other",
+        STEPS,
+        TINY_SHAPES,
+        PlantSpec(curve="saturating", rank=4, alpha=8.0, tau=200.0, seed=7),
     )
     for step in STEPS[5:]:
         shutil.copytree(other / f"checkpoint-{step}", run / f"checkpoint-{step}")
@@ -394,7 +401,10 @@ def test_usage_errors_exit_2():
 
 def test_plot_paths_are_checked_before_the_work(tiny_run: Path, tmp_path: Path):
     (tmp_path / "file").write_text("x")
-    _fails(["backtest", str(tiny_run), "--method", "linear", "--plot", str(tmp_path / "file" / "p.png")], "is a file")
+    _fails(
+        ["backtest", str(tiny_run), "--method", "linear", "--plot", str(tmp_path / "file" / "p.png")],
+        "is a file",
+    )
     _fails(["backtest", str(tiny_run), "--method", "linear", "--plot", str(tmp_path / "p.pdf")], ".png")
     (tmp_path / "dir").mkdir()
     _fails(["backtest", str(tiny_run), "--method", "linear", "--plot", str(tmp_path / "dir")], "is a folder")
@@ -437,3 +447,23 @@ def test_transformers_progress_bars_stay_out_of_the_cli(tiny_run: Path, tmp_path
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "m" / "model.safetensors").is_file()
     assert "Writing model shards" not in done.stderr and "Loading weights" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--coef", "1e308", *LINEAR], "use a smaller --coef"),
+        (["--lr", "1e30", "--epochs", "5"], "lower --lr"),
+    ],
+    ids=["huge-coef", "huge-lr"],
+)
+def test_overflowing_options_are_one_line(tiny_run: Path, tmp_path: Path, args, needle):
+    out = tmp_path / "out"
+    _fails(["extrapolate", str(tiny_run), "-o", str(out), *args], "module model.layers", needle, out=out)
+
+
+def test_seed_beyond_64_bits_is_a_usage_error(tiny_run: Path, tmp_path: Path):
+    result = CliRunner().invoke(
+        main, ["extrapolate", str(tiny_run), "-o", str(tmp_path / "o"), "--seed", str(2**65)]
+    )
+    assert result.exit_code == 2 and "--seed" in result.output
