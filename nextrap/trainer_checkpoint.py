@@ -30,7 +30,10 @@ def write_trainer_state(folder: Path, last: CheckpointRef, virtual_step: int, op
     source = last.path
     state_path = source / "trainer_state.json"
     if state_path.is_file():
-        state = json.loads(state_path.read_text())
+        try:
+            state = json.loads(state_path.read_text())
+        except (ValueError, RecursionError):
+            state = None  # replaced by a minimal state below, with a note
     else:
         state = {"log_history": [], "best_metric": None, "best_model_checkpoint": None}
         notes.append(f"{source} has no trainer_state.json: wrote a minimal one (step counter only)")
