@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from nextrap.errors import CheckpointError
+from nextrap.errors import CheckpointError, NonFiniteError
 from nextrap.layouts import ADAPTER_CONFIG, CheckpointRef
 
 __all__ = [
@@ -39,8 +39,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SAFETENSORS_NAME = "adapter_model.safetensors"
-# Anything this small cannot hold a LoRA adapter: DeepSpeed ZeRO-3 writes such stubs when the
-# weights were not gathered before saving.
+# Anything this small cannot hold a LoRA adapter (an 8-byte length, a JSON header, data): a truncated copy
+# or a failed save. (DeepSpeed ZeRO-3's placeholders are bigger: tensors of shape [0], checked below.)
 _PLACEHOLDER_BYTES = 128
 _PEFT_PREFIX = "base_model.model."
 _LINEAR_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
@@ -117,8 +117,73 @@ def _pattern_key(patterns: Mapping[str, Any], module: str) -> str | None:
     return None
 
 
+# Ranges a trained adapter's config lives in; outside them the float32 math underflows or overflows
+# (an alpha of 1e-300 gives a scaling of 0, and dividing by it NaN).
+MAX_RANK = 1 << 16
+ALPHA_RANGE = (1e-6, 1e6)
+
+
+def _config_rank(path: Path, where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CheckpointError(f"{path}: {where} = {value!r}; expected a positive integer rank")
+    if value != int(value) or not 1 <= value <= MAX_RANK:
+        raise CheckpointError(f"{path}: {where} = {value!r}; expected an integer rank in [1, {MAX_RANK}]")
+    return int(value)
+
+
+def _config_alpha(path: Path, where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CheckpointError(
+            f"{path}: {where} = {value!r}; expected a finite number (the LoRA alpha used in training)"
+        )
+    if value == 0:
+        raise CheckpointError(
+            f"{path}: {where} is 0, which would make every update vanish (verl's merger writes 0); "
+            "set it in adapter_config.json to the value used in training"
+        )
+    low, high = ALPHA_RANGE
+    if not low <= abs(value) <= high:
+        raise CheckpointError(
+            f"{path}: {where} = {value!r} is outside [{low:g}, {high:g}] (in absolute value), where the "
+            "scaling alpha / r stays representable; set the value used in training"
+        )
+    return float(value)
+
+
+def _config_patterns(path: Path, name: str, value: Any, check: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CheckpointError(
+            f"{path}: {name} must be a JSON object of pattern -> value, got {type(value).__name__}"
+        )
+    out = {}
+    for key, item in value.items():
+        try:
+            re.compile(rf"(.*\.)?({key})$")
+        except re.error as exc:
+            raise CheckpointError(
+                f"{path}: {name} key {key!r} is not a valid regular expression ({exc})"
+            ) from None
+        out[key] = check(path, f"{name}[{key!r}]", item)
+    return out
+
+
+def _config_flag(path: Path, raw: Mapping[str, Any], name: str) -> bool:
+    value = raw.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise CheckpointError(f"{path}: {name} = {value!r}; expected true or false")
+    return value
+
+
 def read_config(folder: Path) -> AdapterConfig:
-    """Parse and check ``folder/adapter_config.json``; raise :class:`CheckpointError` on anything off."""
+    """Parse and check ``folder/adapter_config.json``; raise :class:`CheckpointError` on anything off.
+
+    Every number is checked finite and in range (rank in [1, 2^16], ``|alpha|`` in [1e-6, 1e6]) and
+    every pattern compiled, with the file and field named.
+    """
     path = Path(folder) / ADAPTER_CONFIG
     try:
         raw = json.loads(path.read_text())
@@ -126,42 +191,34 @@ def read_config(folder: Path) -> AdapterConfig:
         raise CheckpointError(
             f"{path}: missing; an adapter folder needs {ADAPTER_CONFIG} next to its weights"
         ) from None
+    except OSError as exc:
+        raise CheckpointError(
+            f"{path}: cannot read it ({exc.strerror or exc}); check its permissions"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(
             f"{path}: not valid JSON ({exc}); restore the file from the trainer's output"
         ) from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: nested too deeply to be an adapter config") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     peft_type = str(raw.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
         raise CheckpointError(f"{path}: peft_type is {peft_type}; nextrap handles LoRA adapters only")
-    try:
-        r = int(raw["r"])
-        alpha = float(raw.get("lora_alpha", 8))
-    except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{path}: 'r' must be a positive integer and 'lora_alpha' a number") from None
-    if r <= 0:
-        raise CheckpointError(f"{path}: r = {r}; the rank must be positive")
-    if alpha == 0:
-        raise CheckpointError(
-            f"{path}: lora_alpha is 0, which would make every update vanish (verl's merger writes 0); "
-            "set lora_alpha in adapter_config.json to the value used in training"
-        )
-    rank_pattern = raw.get("rank_pattern") or {}
-    alpha_pattern = raw.get("alpha_pattern") or {}
-    if not isinstance(rank_pattern, dict) or not isinstance(alpha_pattern, dict):
-        raise CheckpointError(f"{path}: rank_pattern and alpha_pattern must be JSON objects")
-    if any(float(a) == 0 for a in alpha_pattern.values()):
-        raise CheckpointError(f"{path}: alpha_pattern sets an alpha of 0; fix the value used in training")
+    if "r" not in raw:
+        raise CheckpointError(f"{path}: no 'r'; an adapter config states its LoRA rank")
+    r = _config_rank(path, "r", raw["r"])
+    alpha = _config_alpha(path, "lora_alpha", raw.get("lora_alpha", 8))
     return AdapterConfig(
         path=path,
         raw=raw,
         r=r,
         lora_alpha=alpha,
-        use_rslora=bool(raw.get("use_rslora", False)),
-        use_dora=bool(raw.get("use_dora", False)),
-        rank_pattern=rank_pattern,
-        alpha_pattern=alpha_pattern,
+        use_rslora=_config_flag(path, raw, "use_rslora"),
+        use_dora=_config_flag(path, raw, "use_dora"),
+        rank_pattern=_config_patterns(path, "rank_pattern", raw.get("rank_pattern"), _config_rank),
+        alpha_pattern=_config_patterns(path, "alpha_pattern", raw.get("alpha_pattern"), _config_alpha),
     )
 
 
@@ -249,16 +306,22 @@ class AdapterReader:
 
 @contextmanager
 def open_adapter(ref: CheckpointRef) -> Iterator[AdapterReader]:
-    """Open a checkpoint's weights lazily; raise :class:`CheckpointError` for corrupt or stub files."""
+    """Open a checkpoint's weights lazily; raise :class:`CheckpointError` for corrupt, unreadable or stub files."""
     path = ref.weights
     try:
         size = path.stat().st_size
+        with open(path, "rb"):  # an unreadable file fails here, with its real reason
+            pass
     except FileNotFoundError:
         raise CheckpointError(f"{path}: weights file missing (step {ref.step})") from None
+    except OSError as exc:
+        raise CheckpointError(
+            f"{path}: cannot read the weights at step {ref.step} ({exc.strerror or exc}); check its permissions"
+        ) from None
     if size < _PLACEHOLDER_BYTES:
         raise CheckpointError(
-            f"{path}: only {size} bytes at step {ref.step}: a DeepSpeed ZeRO-3 placeholder, not an adapter; "
-            "save with stage3_gather_16bit_weights_on_model_save=true or gather the weights before saving"
+            f"{path}: only {size} bytes at step {ref.step}, too small to hold any adapter weights (a truncated "
+            "copy or a failed save); re-copy or re-save this checkpoint"
         )
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
@@ -269,24 +332,43 @@ def open_adapter(ref: CheckpointRef) -> Iterator[AdapterReader]:
                 for key in handle.keys():
                     sl = handle.get_slice(key)
                     shapes[key] = tuple(sl.get_shape())
-                    dtypes[key] = _TORCH_DTYPES.get(sl.get_dtype(), torch.float32)
+                    dtypes[key] = _TORCH_DTYPES.get(sl.get_dtype(), sl.get_dtype())
                 yield AdapterReader(ref, handle, shapes, dtypes)
         except SafetensorError as exc:
             raise CheckpointError(
-                f"{path}: corrupt safetensors file at step {ref.step} ({exc}); re-copy or re-save this checkpoint"
+                f"{path}: corrupt safetensors file at step {ref.step} ({_first_line(exc)}); re-copy or re-save "
+                "this checkpoint"
             ) from None
     else:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         except Exception as exc:  # torch raises many types for a broken pickle/zip
+            if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
+                raise CheckpointError(
+                    f"{path}: the .bin at step {ref.step} holds Python objects besides tensors; nextrap loads "
+                    "pickles with weights_only=True and never runs their code: re-save it as safetensors with a "
+                    "tool you trust"
+                ) from None
             raise CheckpointError(
-                f"{path}: cannot load legacy .bin adapter at step {ref.step} ({type(exc).__name__}: {exc})"
+                f"{path}: cannot load legacy .bin adapter at step {ref.step} ({type(exc).__name__}: "
+                f"{_first_line(exc)})"
             ) from None
         if not isinstance(state, dict):
             raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
+        bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        if bad:
+            raise CheckpointError(
+                f"{path}: entry {bad[0]!r} at step {ref.step} is a {type(state[bad[0]]).__name__}, not a tensor; "
+                "an adapter file maps names to tensors (nested dicts are not an adapter)"
+            )
         yield AdapterReader(
             ref, state, {k: tuple(v.shape) for k, v in state.items()}, {k: v.dtype for k, v in state.items()}
         )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def read_header(ref: CheckpointRef) -> AdapterHeader:
@@ -298,6 +380,13 @@ def read_header(ref: CheckpointRef) -> AdapterHeader:
         raise CheckpointError(
             f"{ref.weights}: holds no tensors at step {ref.step}: a ZeRO-3 placeholder or a failed save; "
             "gather the weights before saving"
+        )
+    not_float = [k for k, d in dtypes.items() if not (isinstance(d, torch.dtype) and d.is_floating_point)]
+    if not_float:
+        key = not_float[0]
+        raise CheckpointError(
+            f"{ref.weights}: tensor {key} is {str(dtypes[key]).replace('torch.', '')} at step {ref.step}; LoRA "
+            "weights are floating point (float32, float16, bfloat16, float64): is this file an adapter?"
         )
     empty = [k for k, s in shapes.items() if math.prod(s) == 0]
     if empty:
@@ -414,14 +503,23 @@ def write_adapter(
     atomic by writing into a temporary folder (see :mod:`nextrap.atomic`).
     """
     from peft import LoraConfig
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    save_file(
-        {k: v.contiguous() for k, v in tensors.items()},
-        str(folder / SAFETENSORS_NAME),
-        metadata={"format": "pt"},
-    )
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteError(f"{key}: Inf/NaN in the tensor to write; nothing was written")
+    target = folder / SAFETENSORS_NAME
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(target), metadata={"format": "pt"})
+    except SafetensorError as exc:
+        # safetensors reports I/O failures (a full disk, a size limit) as its own error type: give them
+        # back their errno and path, so they read like any other OS error.
+        found = re.search(r"(?:I/O error: )?(.*?) \(os error (\d+)\)", str(exc))
+        if found is None:
+            raise
+        raise OSError(int(found[2]), found[1], str(target)) from None
     fields = LoraConfig.__dataclass_fields__
     values = {k: v for k, v in {**config.raw, **(overrides or {})}.items() if k in fields and fields[k].init}
     dropped = sorted(set(config.raw) - set(values) - {"peft_type", "auto_mapping"})

@@ -6,6 +6,7 @@ Errors on bad input print one line (``error: ...``) and exit with code 1 (2 for 
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -25,21 +26,55 @@ logger = logging.getLogger("nextrap")
 
 
 def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One line and exit 1 for every error a user can cause (bad input, a full disk, a read-only folder)."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx = click.get_current_context()
+        debug = bool(ctx.obj and ctx.obj.get("debug"))
         try:
             return fn(*args, **kwargs)
-        except NextrapError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
+        except (NextrapError, OSError, ValueError, ArithmeticError) as exc:
+            if debug:
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {error_line(exc)}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted: nothing was written", err=True)
             ctx.exit(130)
 
     return wrapper
+
+
+# What to do about an OS error, by errno: the line names the path and the cause, this says the fix.
+_OS_HINTS = {
+    errno.EACCES: "check the permissions, or choose another folder",
+    errno.EPERM: "check the permissions, or choose another folder",
+    errno.EROFS: "the file system is read-only; choose a folder on a writable disk",
+    errno.ENOSPC: "the disk is full; free space or choose another disk",
+    errno.EDQUOT: "the disk quota is exhausted; free space or choose another disk",
+    errno.EFBIG: "a file grew past the size limit (ulimit -f) or the file system's maximum",
+    errno.ENAMETOOLONG: "a file name is longer than the file system allows (usually 255 bytes); use a shorter one",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "something is already there",
+    errno.ENOENT: "check the path",
+    errno.EISDIR: "it is a folder; give a file name",
+    errno.ELOOP: "too many levels of symbolic links",
+}
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line the CLI prints for ``exc``: nextrap's own message, or the OS's with the path and a hint."""
+    if isinstance(exc, NextrapError):
+        text = str(exc)
+    elif isinstance(exc, OSError):
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        cause = exc.strerror or str(exc) or type(exc).__name__
+        hint = _OS_HINTS.get(exc.errno or 0)
+        text = f"{where + ': ' if where else ''}{cause}{'; ' + hint if hint else ''}"
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return " ".join(text.split()) or type(exc).__name__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -56,6 +91,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj.update(debug=debug, progress=not quiet and sys.stderr.isatty())
+    if verbose < 2 and ctx.invoked_subcommand != "push":
+        _quiet_transformers_progress()
     if verbose < 2:
         # deprecation chatter between peft and transformers versions says nothing to a user of this CLI
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)(\.|$)")
@@ -66,6 +103,15 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     root = logging.getLogger("nextrap")
     root.handlers = [h for h in root.handlers if isinstance(h, logging.NullHandler)] + [handler]
     root.setLevel(level)
+
+
+def _quiet_transformers_progress() -> None:
+    """transformers' own bars ("Writing model shards", "Loading weights") would cut through ours."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is imported
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def _options(decorators: list[Callable[..., Any]]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -100,6 +146,12 @@ _input_options = [
 
 
 _with_inputs = _options(_input_options)
+
+_force_option = click.option(
+    "--force",
+    is_flag=True,
+    help="Go on past a discontinuity between checkpoints (two runs mixed in one folder?); it is noted.",
+)
 
 
 _fit_options = [
@@ -140,7 +192,10 @@ _fit_options = [
         "training loss, 100); 0 never stops early.",
     ),
     click.option(
-        "--seed", type=int, default=None, help="Seed of the predictor's initialization (default 0)."
+        "--seed",
+        type=click.IntRange(0, 2**63 - 1),
+        default=None,
+        help="Seed of the predictor's initialization (default 0).",
     ),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps."),
 ]
@@ -315,6 +370,7 @@ def scan(
     help="With --format trl: copy the last checkpoint's optimizer.pt/scheduler.pt (keep) or not (reset).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
+@_force_option
 @click.option("--no-hash", is_flag=True, help="Skip the sha256 of the input files in nextrap.json.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (nextrap.json) instead of a summary.")
 @click.option(
@@ -349,6 +405,7 @@ def extrapolate(
     out_format: str,
     optimizer: str,
     overwrite: bool,
+    force: bool,
     no_hash: bool,
     as_json: bool,
     push_to_hub: str | None,
@@ -362,9 +419,11 @@ def extrapolate(
     from nextrap.extrapolate import extrapolate as run_extrapolate
 
     if push_to_hub:
-        from nextrap.hub import resolve_token
+        from nextrap.hub import check_repo_id, check_revision, resolve_token
 
-        token = resolve_token(token)  # a missing token fails before the work, not after it
+        check_repo_id(push_to_hub)  # a bad id or branch fails before the work, not after it
+        check_revision(revision)
+        token = resolve_token(token)
 
     predictor = _next_config(preset, epochs, lr, loss, patience, seed)
     options = ExtrapolateOptions(
@@ -382,6 +441,7 @@ def extrapolate(
         hash_inputs=not no_hash,
         format=out_format,
         optimizer=optimizer,
+        force=force,
     )
     result = run_extrapolate(
         run_dir,
@@ -433,6 +493,7 @@ def extrapolate(
 @_with_relex_options
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write a PNG of the scores here.")
+@_force_option
 @click.pass_context
 @_handle_errors
 def backtest(
@@ -456,6 +517,7 @@ def backtest(
     relex_window: int | None,
     as_json: bool,
     plot: Path | None,
+    force: bool,
 ) -> None:
     """Hold out the last checkpoints, fit each method on the rest, score it, and recommend one."""
     from nextrap.atomic import check_outside_inputs
@@ -474,9 +536,14 @@ def backtest(
         horizon=horizon,
         predictor=_next_config(preset, epochs, lr, loss, patience, seed),
     )
-    traj = open_run(run_dir, list(checkpoints) or None, list(steps) or None, adapter_name)
+    if plot is not None:
+        from nextrap.plots import check_plot_path
+
+        check_plot_path(plot)
+    traj = open_run(run_dir, list(checkpoints) or None, list(steps) or None, adapter_name, verify=False)
     if plot is not None:
         check_outside_inputs(plot, traj.discovery.input_paths)
+    traj = open_run(traj, force=force, progress=progress_bar(ctx.obj["progress"]))
     result = run_backtest(traj, options, resolve_device(device), progress_bar(ctx.obj["progress"]))
     if plot is not None:
         from nextrap.plots import plot_backtest
@@ -497,6 +564,7 @@ def backtest(
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--json", "as_json", is_flag=True, help="Print per-kind medians as JSON.")
+@_force_option
 @click.pass_context
 @_handle_errors
 def inspect(
@@ -508,21 +576,25 @@ def inspect(
     plot: Path | None,
     device: str,
     as_json: bool,
+    force: bool,
 ) -> None:
     """How rank-1 the run's updates are, and how straight their rank-1 coefficient moves."""
     from nextrap.atomic import check_outside_inputs
     from nextrap.devices import resolve_device
     from nextrap.diagnostics import diagnose
+    from nextrap.errors import OutputExistsError
     from nextrap.progress import progress_bar
     from nextrap.runs import open_run
 
-    traj = open_run(run_dir, list(checkpoints) or None, list(steps) or None, adapter_name)
+    traj = open_run(run_dir, list(checkpoints) or None, list(steps) or None, adapter_name, verify=False)
     if plot is not None:
         from nextrap.plots import require_matplotlib
 
         check_outside_inputs(plot, traj.discovery.input_paths)
-
+        if plot.exists() and not plot.is_dir():
+            raise OutputExistsError(f"{plot}: is a file; --plot takes a folder for the PNG files")
         require_matplotlib()  # fail before the work when matplotlib is missing
+    traj = open_run(traj, force=force, progress=progress_bar(ctx.obj["progress"]))
     diag = diagnose(traj, resolve_device(device), progress=progress_bar(ctx.obj["progress"]))
     paths = []
     if plot is not None:
@@ -598,6 +670,11 @@ def _summary(result: Any) -> str:
 @click.argument("repo_id")
 @_with_hub_options
 @click.option("--dry-run", is_flag=True, help="List what would be uploaded; contact nothing.")
+@click.option(
+    "--any-adapter",
+    is_flag=True,
+    help="Publish an adapter folder nextrap did not write (no nextrap.json), e.g. a raw checkpoint.",
+)
 @_handle_errors
 def push(
     adapter_dir: Path,
@@ -607,6 +684,7 @@ def push(
     token: str | None,
     hub_endpoint: str | None,
     dry_run: bool,
+    any_adapter: bool,
 ) -> None:
     """Publish an extrapolated adapter (and a model card) to the Hugging Face Hub in one commit."""
     from nextrap.hub import push as push_adapter
@@ -619,6 +697,7 @@ def push(
         token=token,
         dry_run=dry_run,
         endpoint=hub_endpoint,
+        any_adapter=any_adapter,
     )
     _echo_push(result)
 

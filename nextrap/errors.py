@@ -17,7 +17,9 @@ __all__ = [
     "LayoutError",
     "MismatchError",
     "NextrapError",
+    "NonFiniteError",
     "OutputExistsError",
+    "OutputLockedError",
     "UnsafeOutputError",
 ]
 
@@ -48,6 +50,14 @@ class ConfigError(NextrapError, ValueError):
 
 class OutputExistsError(NextrapError, FileExistsError):
     """The output path exists and ``overwrite`` was not requested."""
+
+
+class OutputLockedError(NextrapError, RuntimeError):
+    """Another process is writing the same output right now (it holds the output's lock)."""
+
+
+class NonFiniteError(NextrapError, ArithmeticError):
+    """A computed tensor overflowed to Inf or became NaN (a coefficient or scaling too large or too small)."""
 
 
 class UnsafeOutputError(NextrapError, ValueError):

@@ -25,9 +25,9 @@ import torch
 
 from nextrap import lowrank
 from nextrap.adapters import write_adapter
-from nextrap.atomic import atomic_directory, check_output
+from nextrap.atomic import atomic_directory, check_output, output_lock
 from nextrap.devices import resolve_device
-from nextrap.errors import ConfigError, LayoutError
+from nextrap.errors import ConfigError, LayoutError, NonFiniteError
 from nextrap.layouts import Discovery
 from nextrap.predictors import METHODS, NExtConfig, Prediction, RelexConfig, make_predictor
 from nextrap.progress import Progress, progress_bar
@@ -79,6 +79,7 @@ class ExtrapolateOptions:
     format: str = "peft"
     optimizer: str = "reset"
     relex: RelexConfig = field(default_factory=RelexConfig)
+    force: bool = False
 
     def __post_init__(self) -> None:
         to_steps = tuple(int(t) for t in self.to_steps)
@@ -112,6 +113,11 @@ class ExtrapolateOptions:
             )
         if self.optimizer not in OPTIMIZER_POLICIES:
             raise ConfigError(f"optimizer {self.optimizer!r}: expected one of {list(OPTIMIZER_POLICIES)}")
+        if self.optimizer == "keep" and self.format != "trl":
+            raise ConfigError(
+                "--optimizer keep copies the optimizer state into a TRL checkpoint: add --format trl, "
+                "or drop --optimizer (a PEFT adapter folder holds no optimizer state)"
+            )
         if self.chunk_bytes < 1:
             raise ConfigError(f"chunk_bytes = {self.chunk_bytes}: expected a positive number of bytes")
 
@@ -170,11 +176,25 @@ def extrapolate(
     options = options or ExtrapolateOptions()
     wrap = progress if callable(progress) else progress_bar(bool(progress))
     started = time.perf_counter()
-    traj = open_run(run, checkpoints, steps, adapter_name)
+    traj = open_run(run, checkpoints, steps, adapter_name, verify=False)
     device = resolve_device(options.device)
     if options.format == "trl":
         _check_outside_run(Path(output), traj)  # first: its message names the rotation hazard
     output = check_output(output, options.overwrite, traj.discovery.input_paths)
+    # Held from here to the rename, so a second writer of the same output fails now, not after the work.
+    with output_lock(output):
+        traj = open_run(traj, force=options.force, chunk_bytes=options.chunk_bytes, progress=wrap)
+        return _extrapolate_locked(traj, output, options, device, wrap, started)
+
+
+def _extrapolate_locked(
+    traj: Trajectory,
+    output: Path,
+    options: ExtrapolateOptions,
+    device: torch.device,
+    wrap: Progress,
+    started: float,
+) -> ExtrapolationResult:
     horizon, horizon_note = resolve_horizon(len(traj.headers), options.horizon)
     notes = list(traj.discovery.notes) + list(traj.notes) + ([horizon_note] if horizon_note else [])
     spacing = traj.spacing()
@@ -186,6 +206,15 @@ def extrapolate(
         )
     if options.merge:
         _check_base_model(options.base_model)
+    for coef in options.coefs:
+        if coef <= 0:
+            text = (
+                f"coefficient {coef:g} writes "
+                + ("the last checkpoint unchanged" if coef == 0 else "a step backwards along the run")
+                + " (extrapolation uses c > 0)"
+            )
+            logger.warning(text)
+            notes.append(text)
 
     horizon_steps = traj.steps[-1] - traj.steps[-1 - horizon]
     targets = options.resolve_coefs(traj.steps[-1], horizon_steps)  # bad --to-step fails before the work
@@ -372,6 +401,11 @@ def _extended_tensors(
             B, A = B[:, 0], A[:, 0]
             scaling = torch.tensor([traj.modules[n].scaling for n in chunk], device=device).view(-1, 1, 1)
             Lp, Rp = pred.factors(traj, chunk, device, 1.0, coef)  # the move, offset + c * direction
+            try:
+                _check_prediction(Lp, Rp, chunk, pred.method, coef)
+            except NonFiniteError:  # say which: the predictor itself diverged, or the coefficient overflowed
+                _check_prediction(*pred.factors(traj, chunk, device, 1.0, 1.0), chunk, pred.method)
+                raise
             if options.rank_policy == "keep":
                 Ln, Rn = pred.factors(traj, chunk, device, 1.0, coef, plus_last=True)
                 new = lowrank.refactor_to_rank(Ln, Rn, rank, scaling, B, A)
@@ -386,8 +420,8 @@ def _extended_tensors(
             upd_norm = lowrank.frobenius_norm(Lp, Rp)
             for j, name in enumerate(chunk):
                 mod = traj.modules[name]
-                tensors[mod.b_key] = B_new[j].to("cpu", mod.dtype)
-                tensors[mod.a_key] = A_new[j].to("cpu", mod.dtype)
+                tensors[mod.b_key] = _finite_output(B_new[j].to("cpu", mod.dtype), name, coef)
+                tensors[mod.a_key] = _finite_output(A_new[j].to("cpu", mod.dtype), name, coef)
                 figures[name] = {
                     "predicted_sigma": float(
                         pred.diagnostics.get("predicted_sigma", {}).get(name, float("nan"))
@@ -402,8 +436,36 @@ def _extended_tensors(
         move = pred.raw_move(key, coef, device)
         if move is not None:
             x = x + move.reshape(x.shape)
-        tensors[key] = x.to("cpu", raw.dtype)
+        tensors[key] = _finite_output(x.to("cpu", raw.dtype), key, coef)
     return tensors, figures, _grow_overrides(traj) if options.rank_policy == "grow" else {}
+
+
+def _check_prediction(
+    L: torch.Tensor, R: torch.Tensor, names: list[str], method: str, coef: float | None = None
+) -> None:
+    """The predicted update of a chunk ``L (M, out, k)``, ``R (M, k, in)`` is finite, before any SVD of it."""
+    bad = ~(torch.isfinite(L).flatten(1).all(1) & torch.isfinite(R).flatten(1).all(1))
+    if bool(bad.any()):
+        name = names[int(bad.nonzero()[0])]
+        if coef is None:
+            raise NonFiniteError(
+                f"module {name}: the {method} prediction is not finite (Inf/NaN); the predictor diverged: lower "
+                "--lr, or use --method linear"
+            )
+        raise NonFiniteError(
+            f"module {name}: the update times coefficient {coef:g} overflows float32; use a smaller --coef"
+        )
+
+
+def _finite_output(tensor: torch.Tensor, name: str, coef: float) -> torch.Tensor:
+    """``tensor`` as it will be written, or :class:`NonFiniteError` when it overflowed its dtype."""
+    if not bool(torch.isfinite(tensor).all()):
+        dtype = str(tensor.dtype).replace("torch.", "")
+        raise NonFiniteError(
+            f"module {name}: the extrapolated weights at coefficient {coef:g} overflow {dtype} (Inf/NaN); "
+            "use a smaller --coef"
+        )
+    return tensor
 
 
 def _grow_overrides(traj: Trajectory) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from nextrap.card import model_card
 from nextrap.errors import ConfigError, HubError, InputNotFoundError
 
-__all__ = ["PushPlan", "PushResult", "plan_push", "push"]
+__all__ = ["PushPlan", "PushResult", "check_repo_id", "check_revision", "plan_push", "push"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,17 +69,73 @@ def _find_report(folder: Path) -> Path | None:
     return None
 
 
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` if the Hub accepts it (huggingface_hub's own validator), else :class:`ConfigError`."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise ConfigError(
+            f"repository id {repo_id!r} is not one the Hub accepts ({str(exc).split(':')[0]}); "
+            "use 'name' or 'owner/name'"
+        ) from None
+    return repo_id
+
+
+# git check-ref-format, which the Hub applies to branch names: no "..", "@{", control characters,
+# spaces or any of ~^:?*[\; no part starting with "." or ending with ".lock"; not "@"; no "//".
+_BAD_REF = re.compile(r"\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|//|^/|/$|\.$|\.lock(/|$)|(^|/)\.")
+
+
+def check_revision(revision: str | None) -> str | None:
+    """``revision`` if it is a valid branch name (git's rules; ``refs/pr/N`` too), else :class:`ConfigError`."""
+    if revision is None:
+        return None
+    if not revision or revision == "@" or len(revision.encode()) > 255 or _BAD_REF.search(revision):
+        raise ConfigError(
+            f"revision {revision!r} is not a valid branch name (git's rules: no '..', spaces, ~^:?*[\\, "
+            "no part starting with '.' or ending with '.lock'); choose another --revision"
+        )
+    return revision
+
+
+def _is_nextrap_report(path: Path | None) -> bool:
+    if path is None:
+        return False
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(report, dict) and "nextrap_version" in report and isinstance(report.get("outputs"), list)
+    )
+
+
 def plan_push(
-    adapter_dir: str | os.PathLike, repo_id: str, revision: str | None = None, private: bool = False
+    adapter_dir: str | os.PathLike,
+    repo_id: str,
+    revision: str | None = None,
+    private: bool = False,
+    any_adapter: bool = False,
 ) -> PushPlan:
-    """The files and card for ``adapter_dir``: one adapter, or a folder of ``coef-<c>/`` adapters."""
+    """The files and card for ``adapter_dir``: one adapter, or a folder of ``coef-<c>/`` adapters.
+
+    The folder must be one nextrap wrote (its ``nextrap.json`` beside or above it), so that a raw
+    checkpoint or a whole run is not published as an extrapolation; ``any_adapter`` lifts that.
+    """
     folder = Path(adapter_dir)
+    check_repo_id(repo_id)
+    check_revision(revision)
     if not folder.is_dir():
         raise InputNotFoundError(
             f"{folder}: no such folder; give an adapter folder nextrap extrapolate wrote"
         )
-    if repo_id.count("/") > 1 or not repo_id.strip("/") or " " in repo_id:
-        raise ConfigError(f"repository id {repo_id!r}: expected 'name' or 'owner/name'")
+    if not any_adapter and not _is_nextrap_report(_find_report(folder)):
+        raise InputNotFoundError(
+            f"{folder}: not written by nextrap extrapolate (no {REPORT_NAME} in it or its parent); give the "
+            "output folder of nextrap extrapolate, or pass --any-adapter to publish another adapter folder"
+        )
     subfolders = sorted(
         p.name for p in folder.iterdir() if p.is_dir() and (p / "adapter_config.json").is_file()
     )
@@ -124,13 +181,14 @@ def push(
     dry_run: bool = False,
     endpoint: str | None = None,
     api: Any = None,
+    any_adapter: bool = False,
 ) -> PushResult:
     """Upload an adapter folder and its model card to ``repo_id`` in one commit.
 
     ``api``: an ``HfApi``-like client (tests inject one bound to a local server); by default
     ``HfApi(endpoint=endpoint)``. With ``dry_run`` nothing is contacted and no token is needed.
     """
-    plan = plan_push(adapter_dir, repo_id, revision, private)
+    plan = plan_push(adapter_dir, repo_id, revision, private, any_adapter)
     if dry_run:
         return PushResult(plan=plan, dry_run=True)
     secret = resolve_token(token)

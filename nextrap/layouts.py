@@ -143,11 +143,32 @@ def _classify(root: Path, adapter: Path) -> _Match | None:
     return None
 
 
-def _walk(root: Path) -> tuple[list[Path], list[Path]]:
-    """Folders under ``root`` (bounded depth, no hidden ones, no symlinked dirs): adapters, step-like folders."""
+def _walk(root: Path, notes: list[str]) -> tuple[list[Path], list[Path]]:
+    """Folders under ``root`` (bounded depth, no hidden ones): adapters, step-like folders.
+
+    Symlinked folders are followed (users link checkpoints to pick a subset), each real folder once,
+    so a link loop ends. Folders that cannot be listed are reported in ``notes``.
+    """
     adapters, step_like = [], []
-    for dirpath, dirnames, _ in os.walk(root, followlinks=False):
+    seen: set[tuple[int, int]] = set()
+
+    def unreadable(exc: OSError) -> None:
+        where = Path(exc.filename).relative_to(root) if exc.filename else "a folder"
+        notes.append(f"skipped {where}: cannot read it ({exc.strerror or exc})")
+
+    for dirpath, dirnames, _ in os.walk(root, followlinks=True, onerror=unreadable):
         here = Path(dirpath)
+        try:
+            st = here.stat()
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # reached again through a link: a loop or a duplicate
+            dirnames[:] = []
+            if here.is_symlink():
+                notes.append(f"skipped {here.relative_to(root)}: a link to a folder already read")
+            continue
+        seen.add((st.st_dev, st.st_ino))
         depth = len(here.relative_to(root).parts)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not d.startswith("tmp_"))
         if depth >= _MAX_DEPTH:
@@ -159,12 +180,30 @@ def _walk(root: Path) -> tuple[list[Path], list[Path]]:
     return adapters, step_like
 
 
+# A recorded step must be a whole number a run can reach; anything else is a damaged record.
+MAX_STEP = 10**12
+
+
 def _json_step(path: Path, key: str) -> int | None:
+    """The integer ``key`` of the JSON file ``path``; None when the file or key is absent or unparsable.
+
+    A value that is there but is no valid step (1e999, -3, 2.5, "x") raises :class:`CheckpointError`
+    naming the file and field: guessing past a damaged record would mislabel the checkpoint.
+    """
     try:
-        value = json.loads(path.read_text()).get(key)
-        return int(value) if value is not None else None
-    except (OSError, ValueError, TypeError, AttributeError):
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
         return None
+    if not isinstance(data, dict) or data.get(key) is None:
+        return None
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise CheckpointError(f"{path}: {key} = {value!r}; expected a whole number of steps")
+    if value in (float("inf"), float("-inf")) or value != int(value) or not 0 <= value <= MAX_STEP:
+        raise CheckpointError(
+            f"{path}: {key} = {value!r}; expected a whole number of steps in [0, {MAX_STEP}]; fix or remove the file"
+        )
+    return int(value)
 
 
 def _recorded_step(match: _Match, notes: list[str]) -> tuple[int, str]:
@@ -205,8 +244,8 @@ def discover(root: str | os.PathLike, *, adapter_name: str | None = None) -> Dis
             f"{root} is a single adapter (checkpoint), not a run; pass the folder that holds its checkpoints, "
             f"e.g. {root.parent}"
         )
-    adapters, step_like = _walk(root)
     notes: list[str] = []
+    adapters, step_like = _walk(root, notes)
     matches: dict[Path, _Match] = {}
     for folder in adapters:
         if adapter_name is not None:
@@ -236,10 +275,20 @@ def discover(root: str | os.PathLike, *, adapter_name: str | None = None) -> Dis
             f"checkpoints of several runs under {root}: {listed}; point nextrap at one of these folders"
         )
     used = {m.step_dir for m in matches.values()} | set(matches)
+
+    def unused(folder: Path) -> bool:
+        return not any(u == folder or folder in u.parents or u in folder.parents for u in used)
+
     for folder in step_like:
-        if not any(u == folder or folder in u.parents or u in folder.parents for u in used):
+        if unused(folder):
             notes.append(
                 f"skipped {folder.relative_to(root)}: no adapter_config.json + adapter weights in it"
+            )
+    for folder in adapters:
+        if unused(folder) and folder not in step_like:
+            notes.append(
+                f"skipped {folder.relative_to(root)}: an adapter, but no layout tells its step (the name has no "
+                "number); pass it with --checkpoint PATH --step N to include it"
             )
     refs: dict[int, CheckpointRef] = {}
     for folder, match in sorted(matches.items(), key=lambda kv: kv[1].step):

@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
 
+from nextrap.atomic import atomic_file
 from nextrap.backtest import BacktestResult
 from nextrap.diagnostics import Diagnostics
-from nextrap.errors import ConfigError
+from nextrap.errors import ConfigError, OutputExistsError
 
-__all__ = ["plot_backtest", "plot_diagnostics", "require_matplotlib"]
+__all__ = ["check_plot_path", "plot_backtest", "plot_diagnostics", "require_matplotlib"]
+
+
+def check_plot_path(path: str | os.PathLike) -> Path:
+    """Fail before any work unless ``path`` names a ``.png`` file whose parent is (or can be) a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputExistsError(
+            f"{path}: is a folder; --plot takes a file name such as {path / 'backtest.png'}"
+        )
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"{path}: plots are PNG files; give a name ending in .png")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(
+                    f"{path}: {parent} is a file, not a folder; choose another place for the plot"
+                )
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "Permission denied (cannot write there)", str(parent))
+            break
+    return path
 
 
 def require_matplotlib() -> Any:
@@ -40,9 +63,13 @@ def plot_backtest(result: BacktestResult, path: str | os.PathLike) -> Path:
     ax_cos.set(xlabel="held-out step", ylabel="cosine with the true update", title="direction")
     ax_err.legend()
     fig.tight_layout()
+    check_plot_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -66,8 +93,7 @@ def plot_diagnostics(diag: Diagnostics, folder: str | os.PathLike) -> list[Path]
     ax.legend(fontsize=8)
     fig.tight_layout()
     share_path = folder / "rank1_share.png"
-    fig.savefig(share_path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, share_path)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for _kind, names in sorted(diag.kinds().items()):
@@ -79,6 +105,13 @@ def plot_diagnostics(diag: Diagnostics, folder: str | os.PathLike) -> list[Path]
     ax.legend(fontsize=6)
     fig.tight_layout()
     coef_path = folder / "coefficients.png"
-    fig.savefig(coef_path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, coef_path)
     return [share_path, coef_path]
+
+
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)

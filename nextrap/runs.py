@@ -12,7 +12,8 @@ from typing import Any
 
 from nextrap.errors import ConfigError, LayoutError
 from nextrap.layouts import Discovery, discover, from_explicit
-from nextrap.trajectory import Trajectory, load_trajectory
+from nextrap.progress import Progress, no_progress
+from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Trajectory, check_run, load_trajectory
 
 __all__ = ["DEFAULT_HORIZON", "MIN_PAIRS", "open_run", "resolve_horizon", "scan"]
 
@@ -25,8 +26,22 @@ def open_run(
     checkpoints: Sequence[str | os.PathLike] | None = None,
     steps: Sequence[int] | None = None,
     adapter_name: str | None = None,
+    *,
+    verify: bool = True,
+    force: bool = False,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    progress: Progress = no_progress,
 ) -> Trajectory:
-    """Find and check a run's checkpoints: a folder to search, or explicit ``checkpoints`` (+ ``steps``)."""
+    """Find and check a run's checkpoints: a folder to search, or explicit ``checkpoints`` (+ ``steps``).
+
+    ``verify`` reads every tensor once (:func:`check_run`: NaN/Inf anywhere, discontinuous updates,
+    which ``force`` lets through as notes); without it only headers are read (``scan``).
+    """
+    traj = _open(run, checkpoints, steps, adapter_name)
+    return check_run(traj, force, chunk_bytes, progress) if verify else traj
+
+
+def _open(run, checkpoints, steps, adapter_name) -> Trajectory:
     if isinstance(run, Trajectory):
         return run
     if isinstance(run, Discovery):
@@ -49,7 +64,7 @@ def scan(
     adapter_name: str | None = None,
 ) -> dict[str, Any]:
     """What a run folder holds (layout, steps, modules, rank, dtype), read from headers only."""
-    return open_run(run, checkpoints, steps, adapter_name).summary()
+    return open_run(run, checkpoints, steps, adapter_name, verify=False).summary()
 
 
 def resolve_horizon(checkpoints: int, requested: int | None) -> tuple[int, str | None]:

@@ -30,12 +30,19 @@ def write_trainer_state(folder: Path, last: CheckpointRef, virtual_step: int, op
     source = last.path
     state_path = source / "trainer_state.json"
     if state_path.is_file():
-        state = json.loads(state_path.read_text())
+        try:
+            state = json.loads(state_path.read_text())
+        except (ValueError, RecursionError):
+            state = None  # replaced by a minimal state below, with a note
     else:
         state = {"log_history": [], "best_metric": None, "best_model_checkpoint": None}
         notes.append(f"{source} has no trainer_state.json: wrote a minimal one (step counter only)")
+    if not isinstance(state, dict):
+        state = {"log_history": []}
+        notes.append(f"{state_path}: not a JSON object; wrote a minimal trainer_state.json (step counter only)")
     state["global_step"] = virtual_step
-    if state.get("max_steps") and state["max_steps"] < virtual_step:
+    max_steps = state.get("max_steps")
+    if isinstance(max_steps, int | float) and not isinstance(max_steps, bool) and max_steps < virtual_step:
         state["max_steps"] = virtual_step
     (folder / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
     if optimizer == "keep":

@@ -23,10 +23,13 @@ from nextrap.progress import Progress, no_progress
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
+    "JUMP_FACTOR",
     "Features",
     "MatrixFeatures",
+    "RunCheck",
     "Trajectory",
     "VectorFeatures",
+    "check_run",
     "compute_features",
     "load_trajectory",
 ]
@@ -43,6 +46,7 @@ class Trajectory:
     discovery: Discovery
     headers: tuple[AdapterHeader, ...]
     notes: tuple[str, ...] = ()
+    check: RunCheck | None = None  # set by check_run: every tensor read, finite, updates continuous
 
     @property
     def refs(self) -> tuple[CheckpointRef, ...]:
@@ -385,3 +389,108 @@ def _dense_features(X: torch.Tensor, horizon: int) -> MatrixFeatures:
         local=squeeze(seq(local)),
         target=squeeze(seq(X[horizon:] - X[:-horizon])),
     )
+
+
+# ------------------------------------------------------------------------------------- run check
+
+# A step's update may move this many times the run's median distance per step before it counts as a
+# jump (more where the run's own rates spread more: see check_run).
+JUMP_FACTOR = 4.0
+
+
+@dataclass(frozen=True)
+class RunCheck:
+    """What :func:`check_run` found, reading every tensor of every checkpoint once.
+
+    ``distances[k]``: ``||dW_{k+1} - dW_k||_F`` over all trainable tensors (float, K - 1 entries);
+    ``norms[k]``: ``||dW_k||_F`` (LoRA modules only; raw tensors have no known start);
+    ``jumps``: steps whose update from the previous checkpoint is discontinuous.
+    """
+
+    steps: tuple[int, ...]
+    distances: tuple[float, ...]
+    norms: tuple[float, ...]
+    jumps: tuple[int, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def moved(self) -> bool:
+        return any(n > 0 for n in self.norms) or any(d > 0 for d in self.distances)
+
+
+def check_run(
+    traj: Trajectory,
+    force: bool = False,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    progress: Progress = no_progress,
+) -> Trajectory:
+    """Read every tensor of every checkpoint once; return ``traj`` with :attr:`Trajectory.check` set.
+
+    Every method relies on this one pass, whatever it reads later: a NaN/Inf anywhere raises
+    :class:`CheckpointError` (the reader checks each tensor), and a discontinuity raises
+    :class:`MismatchError` naming the step, unless ``force`` (then it becomes a note). Distances are
+    computed in factored form (Gram products, ``O((out + in) r^2)`` per module and checkpoint); memory
+    is bounded by ``chunk_bytes`` like everywhere else.
+    """
+    if traj.check is not None:
+        return traj
+    K = len(traj.headers)
+    sq_dist = torch.zeros(K - 1, dtype=torch.float64)
+    sq_norm = torch.zeros(K, dtype=torch.float64)
+    jobs: list[tuple[str, list[str]]] = [("lora", c) for c in traj.module_chunks(K, chunk_bytes)]
+    jobs.extend(("raw", [key]) for key in traj.raw)
+    cpu = torch.device("cpu")
+    for kind, names in progress(jobs, "checking checkpoints"):
+        if kind == "lora":
+            B, A = traj.load_factors(names, cpu)
+            sq_norm += lowrank.frobenius_norm(B, A).double().square().sum(0)
+            moved = lowrank.difference(B[:, 1:], A[:, 1:], 1.0, B[:, :-1], A[:, :-1], 1.0)
+            sq_dist += lowrank.frobenius_norm(*moved).double().square().sum(0)
+        else:
+            X = traj.load_raw(names[0], cpu).double().flatten(1)
+            sq_dist += (X[1:] - X[:-1]).square().sum(1)
+    distances = tuple(float(d) for d in sq_dist.sqrt())
+    norms = tuple(float(n) for n in sq_norm.sqrt())
+    if not all(map(_finite, distances + norms)):
+        raise MismatchError(
+            f"{traj.discovery.root or 'the given checkpoints'}: the distance between checkpoints overflows "
+            "float64; the weights are far out of any trained range"
+        )
+    jumps, notes = _find_jumps(traj.steps, distances)
+    if jumps and not force:
+        raise MismatchError(notes[0] + "; remove the other run's checkpoints, or pass --force to go on")
+    if not any(n > 0 for n in norms) and not any(d > 0 for d in distances):
+        notes.append("the run never moved: every checkpoint holds a zero update, so every method predicts zero")
+    check = RunCheck(traj.steps, distances, norms, tuple(jumps), tuple(notes))
+    return replace(traj, check=check, notes=traj.notes + check.notes)
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
+
+
+def _find_jumps(steps: Sequence[int], distances: Sequence[float]) -> tuple[list[int], list[str]]:
+    """Steps whose distance per step is far beyond the run's own: ``JUMP_FACTOR`` x the median at least.
+
+    The threshold grows with the spread of the log rates (1.48 x MAD, 5 of them), so noisy runs need a
+    bigger jump; at least 3 intervals are needed to say anything.
+    """
+    import math
+
+    rates = [d / max(1, b - a) for d, a, b in zip(distances, steps, steps[1:], strict=False)]
+    positive = sorted(r for r in rates if r > 0)
+    if len(rates) < 3 or len(positive) < 3:
+        return [], []
+    logs = [math.log(r) for r in positive]
+    median = statistics.median(logs)
+    spread = 1.4826 * statistics.median(abs(x - median) for x in logs)
+    limit = median + max(math.log(JUMP_FACTOR), 5 * spread)
+    jumps, notes = [], []
+    for k, rate in enumerate(rates):
+        if rate > 0 and math.log(rate) > limit:
+            jumps.append(steps[k + 1])
+            notes.append(
+                f"step {steps[k + 1]}: the update from step {steps[k]} moves {rate / math.exp(median):.1f}x the "
+                f"run's median distance per step (checkpoints of two runs mixed in one folder?)"
+            )
+    return jumps, notes

@@ -120,9 +120,10 @@ def test_zero_size_tensor_is_zero3_placeholder(tmp_path: Path, tiny_run: Path):
     _assert_fails(["extrapolate", str(tiny_run), "-o", str(tmp_path / "out")], "ZeRO-3", tmp_path / "out")
 
 
-def test_tiny_file_is_zero3_placeholder(tmp_path: Path, tiny_run: Path):
+def test_tiny_file_is_called_too_small_not_a_zero3_placeholder(tmp_path: Path, tiny_run: Path):
+    # ZeRO-3's placeholders hold tensors of shape [0] (the test above); a file this small is a failed save
     save_file({}, str(tiny_run / "checkpoint-40" / "adapter_model.safetensors"))
-    _assert_fails(["scan", str(tiny_run)], "ZeRO-3")
+    _assert_fails(["scan", str(tiny_run)], "too small to hold any adapter weights")
 
 
 def test_nan_names_tensor_and_step(tmp_path: Path, tiny_run: Path):

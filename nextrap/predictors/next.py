@@ -300,6 +300,6 @@ def _fit(
         final_loss=final,
         zero_loss=zero_loss,
         relative_loss=final / zero_loss if zero_loss > 0 else 0.0,
-        converged=final <= 0.1 * zero_loss if zero_loss > 0 else True,
+        converged=final <= 0.1 * zero_loss if zero_loss > 0 else False,  # nothing to learn: not "converged"
     )
     return net, report
