@@ -43,6 +43,7 @@ def _config(args: argparse.Namespace) -> ProtocolConfig:
         prompts_per_step=args.prompts,
         group_size=args.group_size,
         eval_size=args.eval_size,
+        temperature=args.temperature or (0.7 if args.policy == "smollm2" else 1.0),
         warm=warm,
     )
     return ProtocolConfig(
@@ -186,6 +187,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--eval-size", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=None, help="sampling [default: tiny 1.0, smollm2 0.7]")
     p.add_argument("--horizon", type=int, default=5, help="in checkpoint intervals")
     p.add_argument("--coef", type=float, nargs="+", default=[1.0, 1.5, 2.0])
     p.add_argument("--methods", nargs="+", default=["next", "linear", "relex"])

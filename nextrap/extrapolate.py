@@ -213,7 +213,6 @@ def _extrapolate_locked(
                 + ("the last checkpoint unchanged" if coef == 0 else "a step backwards along the run")
                 + " (extrapolation uses c > 0)"
             )
-            logger.warning(text)
             notes.append(text)
 
     horizon_steps = traj.steps[-1] - traj.steps[-1 - horizon]
@@ -367,7 +366,11 @@ def _span_ratio(traj: Trajectory, jump_steps: float) -> float | None:
 
 
 def _far_notes(traj: Trajectory, targets: list[tuple[float, int | None]], horizon_steps: int) -> list[str]:
-    """Warn (log and report) about jumps longer than the span the checkpoints were observed over."""
+    """Notes on jumps longer than the span the checkpoints were observed over.
+
+    They go into the report, which the CLI prints after a successful run, not into the log at once: a
+    command that then fails must print its one error line and nothing else.
+    """
     notes = []
     for coef, _ in targets:
         ratio = _span_ratio(traj, coef * horizon_steps)
@@ -376,7 +379,6 @@ def _far_notes(traj: Trajectory, targets: list[tuple[float, int | None]], horizo
                 f"coefficient {coef:g} jumps {coef * horizon_steps:g} steps, {ratio:.1f}x the observed span "
                 f"(steps {traj.steps[0]}..{traj.steps[-1]}): far extrapolation, check the result before training on"
             )
-            logger.warning(text)
             notes.append(text)
     return notes
 

@@ -41,7 +41,7 @@ __all__ = ["PRESETS", "PRESET_NAMES", "NExtConfig", "NExtNet", "NExtPredictor"]
 
 logger = logging.getLogger(__name__)
 
-PRESET_NAMES = ("auto", "plateau", "reference")
+PRESET_NAMES = ("auto", "fast", "reference")
 
 
 @dataclass(frozen=True)
@@ -54,18 +54,18 @@ class NExtConfig:
     """
 
     preset: str = "auto"
-    lr: float = 3e-3
-    lr_dim_scale: float = 1.5
-    epochs: int = 500
+    lr: float = 1e-3
+    lr_dim_scale: float = 0.0
+    epochs: int = 1000
     loss: str = "l1"
     hidden: int = 256
     weight_decay: float = 0.01
     min_lr_ratio: float = 0.1
     normalize: bool = True
-    stop: str = "holdout"
-    patience: int = 50
+    stop: str = "train"
+    patience: int = 100
     min_improvement: float = 1e-3
-    refit: bool = True
+    refit: bool = False
     threads: int = 0
     precision: str = "float32"
     seed: int = 0
@@ -123,10 +123,13 @@ class NExtConfig:
 
 
 PRESETS: dict[str, NExtConfig] = {
+    # The default: unit-RMS groups, lr 1e-3, stop on a training-loss plateau (at most 1000 epochs).
     "auto": NExtConfig(),
-    # The default before the fit was made fast: training-loss plateau, up to 1000 epochs.
-    "plateau": NExtConfig(
-        preset="plateau", lr=1e-3, lr_dim_scale=0.0, stop="train", epochs=1000, patience=100, refit=False
+    # Stops when a held-out pair stops improving, then refits on every pair; lr capped at 1.5 / d.
+    # 2x faster on the tiny reference run at equal error, but much worse on a planted curved run
+    # (relative error 0.55 against 0.13): opt-in until that is understood.
+    "fast": NExtConfig(
+        preset="fast", lr=3e-3, lr_dim_scale=1.5, stop="holdout", epochs=500, patience=50, refit=True
     ),
     "reference": NExtConfig(
         preset="reference",

@@ -23,7 +23,15 @@ from nextrap.reference.endtoend import (
     run_end_to_end,
     steps_to_reach,
 )
-from nextrap.reference.grpo import POLICIES, GRPOConfig, TrainResult, load_policy, load_run_config, train
+from nextrap.reference.grpo import (
+    POLICIES,
+    GRPOConfig,
+    TrainResult,
+    evaluate_adapter,
+    load_policy,
+    load_run_config,
+    train,
+)
 from nextrap.reference.model import ModelSpec
 from nextrap.reference.smollm2 import BASE_ID as SMOLLM2_BASE_ID
 from nextrap.reference.smollm2 import SmolLM2Config
@@ -66,16 +74,3 @@ def adapter_policy(adapter) -> str:
     if config.is_file() and json.loads(config.read_text()).get("base_model_name_or_path") == SMOLLM2_BASE_ID:
         return "smollm2"
     return "tiny"
-
-
-def evaluate_adapter(adapter, warm: WarmStartConfig | SmolLM2Config | None = None, size: int = 512) -> float:
-    """Greedy exact-match accuracy of ``adapter`` (a PEFT folder; None = the base) on the held-out problems."""
-    import nextrap.reference.smollm2 as smollm2
-    from nextrap.reference.policy import accuracy
-
-    warm = warm or WarmStartConfig()
-    model, tokenizer = load_policy(warm, adapter, trainable=False)
-    if isinstance(warm, SmolLM2Config):
-        return smollm2.accuracy(model, tokenizer, warm, warm.get_task().test_set(size))
-    task = get_task(warm.task)
-    return accuracy(model, tokenizer, task, task.test_set(size))

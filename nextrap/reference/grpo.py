@@ -38,7 +38,16 @@ from nextrap.reference.smollm2 import SmolLM2Config
 from nextrap.reference.tasks import get_task
 from nextrap.reference.warmstart import WarmStartConfig, load_base
 
-__all__ = ["POLICIES", "RUN_INFO", "GRPOConfig", "TrainResult", "load_policy", "load_run_config", "train"]
+__all__ = [
+    "POLICIES",
+    "RUN_INFO",
+    "GRPOConfig",
+    "TrainResult",
+    "evaluate_adapter",
+    "load_policy",
+    "load_run_config",
+    "train",
+]
 
 # policy name -> the type of GRPOConfig.warm that selects it
 POLICIES = {"tiny": WarmStartConfig, "smollm2": SmolLM2Config}
@@ -139,6 +148,16 @@ def load_policy(
             "pass the --policy, --task and --base-seed the adapter was trained with"
         )
     return PeftModel.from_pretrained(base, adapter, is_trainable=trainable), tokenizer
+
+
+def evaluate_adapter(adapter, warm: WarmStartConfig | SmolLM2Config | None = None, size: int = 512) -> float:
+    """Greedy exact-match accuracy of ``adapter`` (a PEFT folder; None = the base) on the held-out problems."""
+    warm = warm or WarmStartConfig()
+    model, tokenizer = load_policy(warm, adapter, trainable=False)
+    if isinstance(warm, SmolLM2Config):
+        return smollm2.accuracy(model, tokenizer, warm, warm.get_task().test_set(size))
+    task = get_task(warm.task)
+    return accuracy(model, tokenizer, task, task.test_set(size))
 
 
 def _task(config: GRPOConfig):

@@ -34,7 +34,7 @@ from nextrap.callbacks import JumpSchedule
 from nextrap.errors import ConfigError
 from nextrap.extrapolate import ExtrapolateOptions, extrapolate
 from nextrap.reference.cycles import train_cycles
-from nextrap.reference.grpo import GRPOConfig, TrainResult, train
+from nextrap.reference.grpo import GRPOConfig, TrainResult, evaluate_adapter, train
 
 __all__ = ["ArmResult", "ProtocolConfig", "run_seed"]
 
@@ -204,8 +204,6 @@ class _Seed:
         )
 
     def relex(self, folder: Path, to_step: int, then_train: bool) -> ArmResult:
-        from nextrap.reference import evaluate_adapter
-
         c = self.config
         observed = _observed(self.plain, c.relex_observe)
         result = extrapolate(
