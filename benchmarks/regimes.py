@@ -108,7 +108,7 @@ def main() -> None:
         (args.results / name / "curve.json").write_text(json.dumps(record, indent=2) + "\n")
         premise.run_one(name, run.output, args.results, [observe], HORIZON, args.size, premise.METHODS)
         table = curve_table(args.results, names) + "\n" + premise.table(
-            args.results, names, [observe_step(SETTINGS[n]) for n in names], HORIZON, args.size, premise.METHODS
+            args.results, names, sorted({observe_step(SETTINGS[n]) for n in names}), HORIZON, args.size, premise.METHODS
         )
         (args.results / "table.md").write_text(table)
         print(table, flush=True)
