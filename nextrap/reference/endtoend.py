@@ -19,7 +19,7 @@ from pathlib import Path
 
 from nextrap.atomic import check_output
 from nextrap.errors import ConfigError
-from nextrap.extrapolate import ExtrapolateOptions, extrapolate
+from nextrap.extrapolate import ExtrapolateOptions, ExtrapolationResult, extrapolate
 from nextrap.reference.grpo import GRPOConfig, TrainResult, train
 from nextrap.reference.stats import steps_to_reach
 
@@ -29,6 +29,7 @@ __all__ = [
     "EndToEndResult",
     "final_accuracy",
     "jump_arm",
+    "jump_from",
     "plain_run",
     "reset_arm",
     "resume_arm",
@@ -154,6 +155,16 @@ def resume_arm(
     return Arm(name, curve, after[start_step], start_step, time.perf_counter() - started)
 
 
+def jump_from(
+    plain: TrainResult, until: int, output: Path, options: ExtrapolateOptions, progress: bool = False
+) -> ExtrapolationResult:
+    """nextrap's jump from the plain run's checkpoints up to step ``until``: the run as it was then."""
+    observed = {s: p for s, p in plain.checkpoints.items() if s <= until}
+    return extrapolate(
+        None, output, options, checkpoints=list(observed.values()), steps=list(observed), progress=progress
+    )
+
+
 def jump_arm(
     plain: TrainResult,
     output: Path,
@@ -166,14 +177,12 @@ def jump_arm(
     coef = config.coef if coef is None else coef
     method = config.method if method is None else method
     started = time.perf_counter()
-    observed = {s: p for s, p in plain.checkpoints.items() if s <= config.observe}
-    jump = extrapolate(
-        None,
+    jump = jump_from(
+        plain,
+        config.observe,
         output / "jump",
         ExtrapolateOptions(coefs=(coef,), method=method, horizon=config.horizon, overwrite=True),
-        checkpoints=list(observed.values()),
-        steps=list(observed),
-        progress=progress,
+        progress,
     )
     virtual = config.observe + round(coef * config.horizon_steps)
     arm = resume_arm(

@@ -32,8 +32,9 @@ from typing import Any
 
 from nextrap.callbacks import JumpSchedule
 from nextrap.errors import ConfigError
-from nextrap.extrapolate import ExtrapolateOptions, extrapolate
+from nextrap.extrapolate import ExtrapolateOptions
 from nextrap.reference.cycles import train_cycles
+from nextrap.reference.endtoend import jump_from
 from nextrap.reference.grpo import GRPOConfig, TrainResult, evaluate_adapter, train
 
 __all__ = ["ArmResult", "ProtocolConfig", "run_seed"]
@@ -145,10 +146,6 @@ def _folder_name(arm: str) -> str:
     return arm.replace(" ", "_").replace("=", "").replace("@", "at").replace("+", "")
 
 
-def _observed(plain: TrainResult, until: int) -> dict[int, Path]:
-    return {s: p for s, p in plain.checkpoints.items() if s <= until}
-
-
 def _resumed_curve(plain: TrainResult, split: int, resumed: TrainResult, start: float) -> dict[int, float]:
     """The plain run up to ``split``, then the resumed run, by steps trained (``split + s - start``)."""
     before = {s: a for s, a in plain.eval_accuracy().items() if s < split}
@@ -176,13 +173,11 @@ class _Seed:
 
     def jump(self, folder: Path, method: str, coef: float, variant: str | None = None) -> ArmResult:
         c = self.config
-        observed = _observed(self.plain, c.observe)
-        result = extrapolate(
-            None,
+        result = jump_from(
+            self.plain,
+            c.observe,
             folder / "jump",
             ExtrapolateOptions(coefs=(coef,), method=method, horizon=c.horizon, overwrite=True),
-            checkpoints=list(observed.values()),
-            steps=list(observed),
         )
         entry = result.report["outputs"][0]
         virtual = round(entry["virtual_step"])
@@ -205,13 +200,11 @@ class _Seed:
 
     def relex(self, folder: Path, to_step: int, then_train: bool) -> ArmResult:
         c = self.config
-        observed = _observed(self.plain, c.relex_observe)
-        result = extrapolate(
-            None,
+        result = jump_from(
+            self.plain,
+            c.relex_observe,
             folder / "jump",
             ExtrapolateOptions(coefs=None, to_steps=(to_step,), method="relex", overwrite=True),
-            checkpoints=list(observed.values()),
-            steps=list(observed),
         )
         curve = {s: a for s, a in self.plain.eval_accuracy().items() if s <= c.relex_observe}
         if not then_train:
