@@ -3,7 +3,7 @@
 :class:`Trajectory` holds only headers; tensors are read lazily, a chunk of equally shaped modules
 at a time across all checkpoints, so the memory needed is bounded by ``chunk_bytes`` whatever the
 model size. :func:`compute_features` turns the trajectory into rank-1 triplets of the global, local
-and target deltas (METHOD.md), computed in factored form on the chosen device.
+and target deltas (docs/method.md), computed in factored form on the chosen device.
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ def compute_features(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Progress = no_progress,
 ) -> Features:
-    """Global, local and target rank-1 features of every module (METHOD.md, "Rank-1 features").
+    """Global, local and target rank-1 features of every module (docs/method.md, "Rank-1 features").
 
     Args:
         traj: the run.

@@ -1,4 +1,4 @@
-"""Imports point one way (STYLE.md): each module may import only modules listed before it here."""
+"""Imports point one way: each module may import only modules listed before it here."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Discovery of checkpoints in each trainer's folder layout (ECOSYSTEM.md), and its error messages."""
+"""Discovery of checkpoints in each trainer's folder layout, and its error messages."""
 
 from __future__ import annotations
 

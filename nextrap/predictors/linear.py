@@ -1,4 +1,4 @@
-"""Linear weight extrapolation: the update of the last horizon, repeated (METHOD.md, "Baselines").
+"""Linear weight extrapolation: the update of the last horizon, repeated (docs/method.md, "Baselines").
 
 ``dW_new = dW(t_K) + c * (dW(t_K) - dW(t_K - H))`` per module, exact and in factored form: the
 predicted update is ``[B_K, -B_{K-h}] @ [A_K; A_{K-h}]`` (rank <= 2r). Raw tensors move the same way.

@@ -9,7 +9,7 @@ Three presets:
 
 * ``reference`` reproduces the paper's scripts: raw features, AdamW lr 2e-5, cosine to 0.1 lr over
   exactly 1000 full-batch epochs, L1 loss summed over entries. Tuned for 7B-sized vectors; on small
-  models it stays far from converged (see METHOD.md).
+  models it stays far from converged (see docs/method.md).
 * ``auto`` (default) rescales each group's inputs and targets to unit RMS entries, takes the learning
   rate 3e-3 capped at ``1.5 / d`` (the largest stable Adam step falls with the vector length), and
   stops when the loss of a held-out training pair stops improving, then retrains on every pair for

@@ -1,4 +1,4 @@
-"""RELEX: rank-k over time, a straight line per temporal coefficient (METHOD.md, "Baselines").
+"""RELEX: rank-k over time, a straight line per temporal coefficient (docs/method.md, "Baselines").
 
 Per parameter, the observed updates ``dW_t`` (t over the run's checkpoints) are the rows of a
 ``T x d`` matrix ``M``. Its top-k SVD comes from the ``T x T`` Gram matrix ``G = M M^T``: with
