@@ -29,7 +29,7 @@ from nextrap.errors import ConfigError, LayoutError
 from nextrap.predictors import METHODS, NExtConfig, Prediction, RelexConfig, make_predictor
 from nextrap.progress import Progress, no_progress
 from nextrap.runs import DEFAULT_HORIZON, MIN_PAIRS, resolve_horizon
-from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Trajectory, compute_features
+from nextrap.trajectory import DEFAULT_CHUNK_BYTES, SharedFeatures, Trajectory
 
 __all__ = ["BacktestOptions", "BacktestResult", "backtest", "score_prediction"]
 
@@ -259,15 +259,11 @@ def backtest(
         notes.append(
             f"the last held-out checkpoint lies {far:.1f}x the observed span beyond the fit (far extrapolation)"
         )
-    features = None
-    if any(make_predictor(m, options.predictor).needs_features for m in options.methods):
-        features = compute_features(fit, horizon, device, options.chunk_bytes, progress)
+    features = SharedFeatures(fit, horizon, device, options.chunk_bytes, progress)  # computed once, if asked
     scores, fits = [], {}
     for method in progress(list(options.methods), "backtest methods"):
         predictor = make_predictor(method, options.predictor, options.chunk_bytes, options.relex)
-        pred = predictor.predict(
-            fit, horizon, features if predictor.needs_features else None, device, progress
-        )
+        pred = predictor.predict(fit, horizon, features, device, progress)
         if "groups" in pred.diagnostics:
             fits[method] = pred.diagnostics["groups"]
         for row in score_prediction(

@@ -22,6 +22,7 @@ from nextrap.callbacks import JumpSchedule
 from nextrap.errors import ConfigError
 from nextrap.extrapolate import ExtrapolateOptions, extrapolate
 from nextrap.reference.grpo import GRPOConfig, train
+from nextrap.writers import OutputOptions
 
 __all__ = ["CYCLES_REPORT", "CycleResult", "train_cycles"]
 
@@ -100,18 +101,17 @@ def train_cycles(
                 break
             paths = ([adapter] if adapter else []) + list(run.checkpoints.values())
             steps = ([record["start_step"]] if adapter else []) + list(run.checkpoints)
-            jump_options = replace(
-                options, coefs=None, to_steps=(step + schedule.jump_steps,), overwrite=True, hash_inputs=False
-            )
+            jump_options = replace(options, coefs=None, to_steps=(step + schedule.jump_steps,))
             if jump_options.method == "linear" and jump_options.horizon is None:
                 jump_options = replace(jump_options, horizon=len(paths) - 1)
-            jump = extrapolate(None, tmp / f"jump-{index}", jump_options, checkpoints=paths, steps=steps)
-            entry = jump.report["outputs"][0]
+            jump = extrapolate(
+                None, tmp / f"jump-{index}", jump_options, OutputOptions(hash_inputs=False), checkpoints=paths, steps=steps
+            )
             record["jump"] = {
                 "from_step": step,
                 "to_step": step + schedule.jump_steps,
-                "coef": entry["coef"],
-                "method": jump.report["method"],
+                "coef": jump.report.outputs[0].coef,
+                "method": jump.report.method,
                 "path": f"jump-{index}",
             }
             adapter, step = jump.output, step + schedule.jump_steps
