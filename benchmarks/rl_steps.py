@@ -27,7 +27,7 @@ from pathlib import Path
 
 from nextrap.reference import GRPOConfig, WarmStartConfig
 from nextrap.reference.endtoend import final_accuracy
-from nextrap.reference.protocols import ArmResult, ProtocolConfig, run_seed
+from nextrap.reference.protocols import ArmResult, ProtocolConfig, arm_folder, run_seed
 from nextrap.reference.smollm2 import SmolLM2Config
 from nextrap.reference.stats import accuracy_at, accuracy_standard_error, paired_difference, steps_to_reach
 
@@ -61,11 +61,13 @@ def summarize(results: dict[int, dict[str, ArmResult]], config: ProtocolConfig) 
     plain = {s: results[s]["plain"].curve for s in seeds}
     budget, length = config.budget, config.length
     out: dict = {"seeds": seeds, "budget": budget, "length": length, "arms": {}}
-    for name in results[seeds[0]]:
+    names = list(dict.fromkeys(n for s in seeds for n in results[s]))
+    for name in names:
         arms = {s: results[s][name] for s in seeds if name in results[s]}
-        if len(arms) < len(seeds) or name == "plain":
-            continue
-        row: dict = {}
+        if len(arms) < 2 or name == "plain":
+            continue  # an arm finished in fewer than 2 seeds has no interval yet
+        row: dict = {"n": len(arms)}
+        outer_seeds, seeds = seeds, sorted(arms)  # paired over the seeds this arm has
         trained = arms[seeds[0]].trained_steps
         if name.startswith("relex@") and not name.endswith("+train"):
             at = int(name.removeprefix("relex@"))
@@ -99,6 +101,7 @@ def summarize(results: dict[int, dict[str, ArmResult]], config: ProtocolConfig) 
                 row["after_jump"] = sum(jump) / len(jump)
         row["seconds"] = sum(arms[s].seconds for s in seeds) / len(seeds)
         out["arms"][name] = row
+        seeds = outer_seeds
     return out
 
 
@@ -119,17 +122,17 @@ def table(summary: dict, config: ProtocolConfig) -> str:
         mean_acc = sum(row["accuracy"]) / len(row["accuracy"])
         if "vs_plain_at_target" in row:
             lines.append(
-                f"{name:<22} {mean_acc:>14.3f} {'vs plain at that step: ' + row['vs_plain_at_target'].text():>34} "
+                f"{name + ' (n=' + str(row['n']) + ')':<22} {mean_acc:>14.3f} {'vs plain at that step: ' + row['vs_plain_at_target'].text():>34} "
                 f"{'vs plain at observe: ' + row['vs_plain_at_observe'].text():>34}"
             )
             continue
         saved = []
         for t in TARGETS:
             d, reached = row[f"saved@{t:g}"]
-            saved.append(f"{(d.text('+.0%') if d else 'never'):>28} ({reached}/{len(summary['seeds'])})")
+            saved.append(f"{(d.text('+.0%') if d else 'never'):>28} ({reached}/{row['n']})")
         after = row.get("after_jump")
         lines.append(
-            f"{name:<22} {mean_acc:>14.3f} {row['vs_plain_same_steps'].text():>34} {row['vs_plain_end'].text():>34} "
+            f"{name + ' (n=' + str(row['n']) + ')':<22} {mean_acc:>14.3f} {row['vs_plain_same_steps'].text():>34} {row['vs_plain_end'].text():>34} "
             f"{(format(after, '.3f') if after is not None else '-'):>10} " + " ".join(saved)
         )
     return "\n".join(lines)
@@ -176,6 +179,14 @@ def plot(results: dict[int, dict[str, ArmResult]], config: ProtocolConfig, path:
     return True
 
 
+def recorded_arms(config: ProtocolConfig, out: Path) -> list[str] | None:
+    """The arms of one seed already recorded (None when its plain run is not finished: nothing to compare)."""
+    final = out / "plain" / f"checkpoint-{config.length}"
+    if not final.is_dir():
+        return None
+    return [n for n in config.arm_names() if (out / "arms" / f"{arm_folder(n)}.json").is_file()]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -193,6 +204,11 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["next", "linear", "relex"])
     p.add_argument("--cycle-methods", nargs="+", default=["linear", "next", "relex"])
     p.add_argument("--arms", nargs="*", default=None, help="only these arms [all]")
+    p.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="train nothing: tabulate the arms already recorded (each over the seeds that have it)",
+    )
     p.add_argument("--out", type=Path, default=Path("bench-data/rl_steps"))
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()
@@ -201,8 +217,13 @@ def main() -> None:
     results = {}
     for seed in args.seeds:
         print(f"== seed {seed}", flush=True)
+        arms = args.arms
+        if args.summarize_only:
+            arms = recorded_arms(config, args.out / f"seed-{seed}")
+            if arms is None:
+                continue
         results[seed] = run_seed(
-            config, seed, args.out / f"seed-{seed}", args.arms,
+            config, seed, args.out / f"seed-{seed}", arms,
             on_arm=lambda a: print(f"   {a.name}: {a.seconds:.0f} s", flush=True),
         )
     summary = summarize(results, config)

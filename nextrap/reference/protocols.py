@@ -37,7 +37,7 @@ from nextrap.reference.cycles import train_cycles
 from nextrap.reference.endtoend import jump_from
 from nextrap.reference.grpo import GRPOConfig, TrainResult, evaluate_adapter, train
 
-__all__ = ["ArmResult", "ProtocolConfig", "run_seed"]
+__all__ = ["ArmResult", "ProtocolConfig", "arm_folder", "run_seed"]
 
 
 def _on_grid(steps: float, save: int, minimum: int) -> int:
@@ -142,7 +142,8 @@ class ArmResult:
         return cls(**{**d, "curve": {int(k): v for k, v in d["curve"].items()}})
 
 
-def _folder_name(arm: str) -> str:
+def arm_folder(arm: str) -> str:
+    """The folder (and record name) of an arm under ``arms/``."""
     return arm.replace(" ", "_").replace("=", "").replace("@", "at").replace("+", "")
 
 
@@ -259,7 +260,7 @@ def run_seed(
         "plain": ArmResult("plain", state.plain.eval_accuracy(), config.length),
     }
     for name in arms or config.arm_names():
-        folder = out / "arms" / _folder_name(name)
+        folder = out / "arms" / arm_folder(name)
         record = folder.parent / f"{folder.name}.json"
         if record.is_file():
             results[name] = ArmResult.from_dict(json.loads(record.read_text()))
