@@ -77,6 +77,7 @@ def test_chunking_does_not_change_features(tiny_run: Path):
         torch.testing.assert_close(a.matrices[name].target.u, b.matrices[name].target.u)
 
 
+@pytest.mark.slow
 def test_planted_trajectory_is_predicted_better_than_staying(tmp_path: Path):
     """Known rank-1 direction, saturating coefficient: the jump lands closer to the real future."""
     spec = PlantSpec(curve="saturating", rank=4, alpha=8.0, tau=150.0, seed=3)
@@ -218,6 +219,7 @@ def test_features_on_gpu_match_cpu(tiny_run: Path):
         assert torch.all((gpu.matrices[name].global_.u.cpu() * f.global_.u).sum(-1) > 1 - 1e-4)
 
 
+@pytest.mark.slow
 def test_merge_writes_full_weights_equal_to_base_plus_adapter(tmp_path: Path, tiny_run: Path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
