@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 # No test may reach the network: libraries that would look something up on the Hub (peft checks a base
@@ -39,10 +40,19 @@ def reference_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(scope="session")
+def _tiny_run_template(tmp_path_factory) -> Path:
+    return write_synthetic_run(tmp_path_factory.mktemp("tiny-run") / "run", STEPS, TINY_SHAPES, TINY_SPEC)
+
+
 @pytest.fixture
-def tiny_run(tmp_path: Path) -> Path:
-    """A TRL-layout run: 10 checkpoints (steps 10..100) of a 2-layer model, r = 4, float32."""
-    return write_synthetic_run(tmp_path / "run", STEPS, TINY_SHAPES, TINY_SPEC)
+def tiny_run(tmp_path: Path, _tiny_run_template: Path) -> Path:
+    """A TRL-layout run: 10 checkpoints (steps 10..100) of a 2-layer model, r = 4, float32.
+
+    Each test gets its own copy (tests edit and break it); copying the session's one is 4x cheaper
+    than writing it again, and the files are the same (the plant is seeded).
+    """
+    return Path(shutil.copytree(_tiny_run_template, tmp_path / "run"))
 
 
 def tiny_llama(seed: int = 0):
