@@ -31,13 +31,17 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def reference_cache(tmp_path_factory):
-    """One cache (warm starts of the tiny reference policy) for every test of the session that asks for it."""
-    folder = tmp_path_factory.mktemp("nextrap-cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NEXTRAP_CACHE", str(folder))
-    yield folder
-    mp.undo()
+def _reference_cache_folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("nextrap-cache")
+
+
+@pytest.fixture
+def reference_cache(_reference_cache_folder: Path, monkeypatch) -> Path:
+    """One cache (warm starts of the tiny reference policy) for every test of the session that asks for it,
+    so the warm start is built once per session. NEXTRAP_CACHE points at it during those tests only: set for
+    the whole session, it would hide the user's cache (the SmolLM2 weights) from every later test."""
+    monkeypatch.setenv("NEXTRAP_CACHE", str(_reference_cache_folder))
+    return _reference_cache_folder
 
 
 @pytest.fixture(scope="session")
