@@ -149,7 +149,8 @@ def phase_dense(run: Path, device: torch.device, repeats: int) -> dict:
 
 def phase_predictor(run: Path, device: torch.device, horizon: int, epochs: int) -> dict:
     import nextrap
-    from nextrap.predictors.next import NExtConfig, _collect_groups, _fit
+    from nextrap.predictors.config import NExtConfig
+    from nextrap.predictors.next import _collect_groups, _fit
 
     traj = nextrap.open_run(run)
     feats = nextrap.compute_features(traj, horizon, device)

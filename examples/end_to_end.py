@@ -29,9 +29,9 @@ def main(out: Path) -> None:
 
     # 2. nextrap reads the checkpoints like any TRL run and jumps one horizon (5 intervals = 25 steps) ahead
     jump = nextrap.extrapolate(
-        out / "run", out / "jump", nextrap.ExtrapolateOptions(coefs=(1.0,), overwrite=True)
+        out / "run", out / "jump", nextrap.ExtrapolateOptions(coefs=(1.0,)), nextrap.OutputOptions(overwrite=True)
     )
-    virtual = round(jump.report["outputs"][0]["virtual_step"])
+    virtual = jump.report.outputs[0].step
     print(f"jumped from step 50 to virtual step {virtual}")
 
     # 3. resume from the extrapolated adapter with a fresh optimizer; the step counter continues at 75

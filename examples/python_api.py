@@ -26,8 +26,8 @@ def main() -> None:
 
     options = nextrap.ExtrapolateOptions(coefs=(1.0, 2.0), rank_policy="keep", device="auto")
     result = nextrap.extrapolate(run_dir, work / "jump", options)
-    for out in result.report["outputs"]:
-        print(f"coef {out['coef']}: virtual step {out['virtual_step']:g} -> {result.adapters[out['coef']]}")
+    for out in result.report.outputs:
+        print(f"coef {out.coef}: virtual step {out.virtual_step:g} -> {result.report.path_of(out)}")
     print("report:", result.report_path)
     # Resume with your trainer from result.adapters[2.0], e.g.
     #   model = PeftModel.from_pretrained(base, result.adapters[2.0], is_trainable=True)

@@ -12,7 +12,6 @@ ahead along the predicted trajectory, for you to resume training from::
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 import types
@@ -30,6 +29,7 @@ from nextrap.errors import (
     OutputExistsError,
     UnsafeOutputError,
 )
+from nextrap.lazy import lazy_getattr
 from nextrap.version import __version__
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -44,8 +44,11 @@ _LAZY = {
     "JumpSchedule": "nextrap.callbacks",
     "TrajectoryRecorder": "nextrap.callbacks",
     "extrapolate_into": "nextrap.callbacks",
-    "ExtrapolateOptions": "nextrap.extrapolate",
+    "ExtrapolateOptions": "nextrap.options",
     "ExtrapolationResult": "nextrap.extrapolate",
+    "OutputEntry": "nextrap.report",
+    "OutputOptions": "nextrap.writers",
+    "Report": "nextrap.report",
     "extrapolate": "nextrap.extrapolate",
     "push": "nextrap.hub",
     "CheckpointRef": "nextrap.layouts",
@@ -64,12 +67,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # later look-ups skip this function
-        return value
-    raise AttributeError(f"module 'nextrap' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 class _Package(types.ModuleType):
@@ -95,12 +93,15 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from nextrap.backtest import BacktestOptions, BacktestResult, backtest
     from nextrap.callbacks import Jump, JumpCycles, JumpSchedule, TrajectoryRecorder, extrapolate_into
-    from nextrap.extrapolate import ExtrapolateOptions, ExtrapolationResult, extrapolate
+    from nextrap.extrapolate import ExtrapolationResult, extrapolate
     from nextrap.hub import push
     from nextrap.layouts import CheckpointRef, Discovery, discover, from_explicit
+    from nextrap.options import ExtrapolateOptions
     from nextrap.predictors import LinearPredictor, NExtConfig, NExtPredictor, RelexConfig, RelexPredictor
+    from nextrap.report import OutputEntry, Report
     from nextrap.runs import open_run, scan
     from nextrap.trajectory import Trajectory, compute_features
+    from nextrap.writers import OutputOptions
 
 __all__ = [
     "BacktestOptions",
@@ -123,9 +124,12 @@ __all__ = [
     "NExtConfig",
     "NExtPredictor",
     "NextrapError",
+    "OutputEntry",
     "OutputExistsError",
+    "OutputOptions",
     "RelexConfig",
     "RelexPredictor",
+    "Report",
     "Trajectory",
     "TrajectoryRecorder",
     "UnsafeOutputError",

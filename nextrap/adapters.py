@@ -21,7 +21,20 @@ from typing import Any
 import torch
 
 from nextrap.errors import CheckpointError, NonFiniteError
-from nextrap.layouts import ADAPTER_CONFIG, CheckpointRef
+from nextrap.layouts import CheckpointRef
+from nextrap.peft_format import (
+    CONFIG_NAME,
+    EMBEDDING_SUFFIXES,
+    LINEAR_SUFFIXES,
+    NAMED_ADAPTER,
+    NAMED_EMBEDDING,
+    PEFT_PREFIX,
+    SAFETENSORS_NAME,
+    alpha_for_scaling,
+    pattern_key,
+    pattern_matches,
+    scaling,
+)
 
 __all__ = [
     "SAFETENSORS_NAME",
@@ -38,18 +51,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SAFETENSORS_NAME = "adapter_model.safetensors"
 # Anything this small cannot hold a LoRA adapter (an 8-byte length, a JSON header, data): a truncated copy
 # or a failed save. (DeepSpeed ZeRO-3's placeholders are bigger: tensors of shape [0], checked below.)
 _PLACEHOLDER_BYTES = 128
-_PEFT_PREFIX = "base_model.model."
-_LINEAR_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
-_EMBEDDING_SUFFIXES = (".lora_embedding_A", ".lora_embedding_B")
-# Keys saved from a raw model state dict keep the adapter name: "...lora_A.default.weight".
-_NAMED_ADAPTER = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A|lora_B)\.(?P<adapter>[^.]+)\.weight$")
-_NAMED_EMBEDDING = re.compile(
-    r"^(?P<module>.+)\.(?P<part>lora_embedding_A|lora_embedding_B)\.(?P<adapter>[^.]+)$"
-)
 
 _TORCH_DTYPES = {
     "F64": torch.float64,
@@ -88,33 +92,36 @@ class AdapterConfig:
         return self.raw.get("base_model_name_or_path")
 
     def rank_for(self, module: str) -> int:
-        key = _pattern_key(self.rank_pattern, module)
+        key = pattern_key(self.rank_pattern, module)
         return int(self.rank_pattern[key]) if key is not None else self.r
 
     def alpha_for(self, module: str) -> float:
-        key = _pattern_key(self.alpha_pattern, module)
+        key = pattern_key(self.alpha_pattern, module)
         return float(self.alpha_pattern[key]) if key is not None else self.lora_alpha
 
     def scaling_for(self, module: str, rank: int | None = None) -> float:
         rank = self.rank_for(module) if rank is None else rank
-        alpha = self.alpha_for(module)
-        return alpha / math.sqrt(rank) if self.use_rslora else alpha / rank
+        return scaling(self.alpha_for(module), rank, self.use_rslora)
+
+    def grown(self, modules: Mapping[str, tuple[int, float]]) -> dict[str, Any]:
+        """Config overrides that raise every rank by one at unchanged scaling (``--rank-policy grow``).
+
+        ``modules`` maps each module name to its ``(rank, scaling)``. With per-module patterns every
+        module is spelled out, so that no pattern can match the wrong one.
+        """
+        base = scaling(self.lora_alpha, self.r, self.use_rslora)
+        overrides: dict[str, Any] = {"r": self.r + 1, "lora_alpha": alpha_for_scaling(base, self.r + 1, self.use_rslora)}
+        if self.rank_pattern or self.alpha_pattern:
+            overrides["rank_pattern"] = {re.escape(m): r + 1 for m, (r, _) in modules.items()}
+            overrides["alpha_pattern"] = {
+                re.escape(m): alpha_for_scaling(s, r + 1, self.use_rslora) for m, (r, s) in modules.items()
+            }
+        return overrides
 
     def unmatched_patterns(self, modules: list[str]) -> list[str]:
         """Pattern keys that match none of ``modules``: PEFT ignores them silently, we say so."""
         keys = list(self.rank_pattern) + [k for k in self.alpha_pattern if k not in self.rank_pattern]
-        return [k for k in keys if not any(_matches(k, m) for m in modules)]
-
-
-def _matches(pattern: str, module: str) -> bool:
-    return re.match(rf"(.*\.)?({pattern})$", module) is not None
-
-
-def _pattern_key(patterns: Mapping[str, Any], module: str) -> str | None:
-    for key in patterns:
-        if _matches(key, module):
-            return key
-    return None
+        return [k for k in keys if not any(pattern_matches(k, m) for m in modules)]
 
 
 # Ranges a trained adapter's config lives in; outside them the float32 math underflows or overflows
@@ -184,12 +191,12 @@ def read_config(folder: Path) -> AdapterConfig:
     Every number is checked finite and in range (rank in [1, 2^16], ``|alpha|`` in [1e-6, 1e6]) and
     every pattern compiled, with the file and field named.
     """
-    path = Path(folder) / ADAPTER_CONFIG
+    path = Path(folder) / CONFIG_NAME
     try:
         raw = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(
-            f"{path}: missing; an adapter folder needs {ADAPTER_CONFIG} next to its weights"
+            f"{path}: missing; an adapter folder needs {CONFIG_NAME} next to its weights"
         ) from None
     except OSError as exc:
         raise CheckpointError(
@@ -406,7 +413,7 @@ def read_header(ref: CheckpointRef) -> AdapterHeader:
 
 
 def _module_name(key_prefix: str) -> str:
-    return key_prefix[len(_PEFT_PREFIX) :] if key_prefix.startswith(_PEFT_PREFIX) else key_prefix
+    return key_prefix[len(PEFT_PREFIX) :] if key_prefix.startswith(PEFT_PREFIX) else key_prefix
 
 
 def _group_keys(
@@ -499,16 +506,16 @@ def _lora_module(
 
 def _split_lora_key(key: str) -> tuple[str | None, str, str]:
     """``(module key prefix, "A"|"B", kind)`` for a LoRA factor key, ``(None, "", "")`` otherwise."""
-    for suffix in _LINEAR_SUFFIXES:
+    for suffix in LINEAR_SUFFIXES:
         if key.endswith(suffix):
             return key[: -len(suffix)], suffix[-8], "linear"
-    for suffix in _EMBEDDING_SUFFIXES:
+    for suffix in EMBEDDING_SUFFIXES:
         if key.endswith(suffix):
             return key[: -len(suffix)], suffix[-1], "embedding"
-    m = _NAMED_ADAPTER.match(key)
+    m = NAMED_ADAPTER.match(key)
     if m:
         return m["module"], m["part"][-1], "linear"
-    m = _NAMED_EMBEDDING.match(key)
+    m = NAMED_EMBEDDING.match(key)
     if m:
         return m["module"], m["part"][-1], "embedding"
     return None, "", ""

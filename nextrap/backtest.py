@@ -30,7 +30,7 @@ from nextrap.errors import ConfigError, LayoutError
 from nextrap.predictors import METHODS, NExtConfig, Prediction, RelexConfig, make_predictor
 from nextrap.progress import Progress, no_progress
 from nextrap.runs import DEFAULT_HORIZON, MIN_PAIRS, resolve_horizon
-from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Trajectory, compute_features
+from nextrap.trajectory import DEFAULT_CHUNK_BYTES, SharedFeatures, Trajectory
 
 __all__ = ["BacktestOptions", "BacktestResult", "backtest", "score_prediction"]
 
@@ -325,15 +325,11 @@ def _score_methods(
     """Fit each method on ``fit`` and score it on ``targets``: the score rows (with their method) and
     the NExt fits' diagnostics per method."""
     prefix = len(fit.steps)
-    features = None
-    if any(make_predictor(m, options.predictor).needs_features for m in options.methods):
-        features = compute_features(fit, horizon, device, options.chunk_bytes, progress)
+    features = SharedFeatures(fit, horizon, device, options.chunk_bytes, progress)  # computed once, if asked
     scores, fits = [], {}
     for method in progress(list(options.methods), "backtest methods"):
         predictor = make_predictor(method, options.predictor, options.chunk_bytes, options.relex)
-        pred = predictor.predict(
-            fit, horizon, features if predictor.needs_features else None, device, progress
-        )
+        pred = predictor.predict(fit, horizon, features, device, progress)
         if "groups" in pred.diagnostics:
             fits[method] = pred.diagnostics["groups"]
         for row in score_prediction(

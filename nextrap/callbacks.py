@@ -27,7 +27,9 @@ from safetensors.torch import load_file, save_file
 
 from nextrap.errors import ConfigError, MismatchError
 from nextrap.extrapolate import ExtrapolateOptions, ExtrapolationResult, extrapolate
+from nextrap.peft_format import CONFIG_NAME, SAFETENSORS_NAME
 from nextrap.predictors import NExtConfig
+from nextrap.writers import OutputOptions
 
 __all__ = ["Jump", "JumpCycles", "JumpSchedule", "TrajectoryRecorder", "extrapolate_into"]
 
@@ -148,9 +150,9 @@ def _write_adapter_folder(folder: Path, tensors: dict[str, torch.Tensor], config
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
+    save_file(tensors, tmp / SAFETENSORS_NAME, metadata={"format": "pt"})
     clean = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
-    (tmp / "adapter_config.json").write_text(json.dumps(clean, indent=2, default=str) + "\n")
+    (tmp / CONFIG_NAME).write_text(json.dumps(clean, indent=2, default=str) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
@@ -180,65 +182,66 @@ def extrapolate_into(
     """Jump ``model`` along its recorded trajectory, in place.
 
     Computes the extrapolated adapter from ``recorder``'s snapshots (``options``: method, horizon,
-    predictor...; ``coef``, or ``to_step`` when given, overrides its coefficients), then copies every tensor into the matching
-    existing ``Parameter`` with ``param.data.copy_`` so optimizers keep valid references. With an
-    ``optimizer`` and ``reset_optimizer``, the moments of the replaced parameters are dropped. The
-    adapter is also written to ``output`` if given (else to a temporary folder, then removed).
+    predictor...; ``coef``, or ``to_step`` when given, overrides its coefficients), then loads it into the
+    model's existing parameters with PEFT's own ``set_peft_model_state_dict`` (an in-place copy, so
+    optimizers keep valid references). With an ``optimizer`` and ``reset_optimizer``, the moments of the
+    replaced parameters are dropped. The adapter is also written to ``output`` if given (else to a
+    temporary folder, then removed). ``rank_policy="grow"`` is refused: the model's parameters keep
+    their shapes.
     """
+    if options is not None and options.rank_policy != "keep":
+        raise ConfigError(
+            f"extrapolate_into loads the jump into the model's existing parameters, whose rank is fixed: "
+            f"rank_policy {options.rank_policy!r} cannot apply in memory; use rank_policy='keep' (the default)"
+        )
     if len(recorder.steps) < 2:
         raise ConfigError(
             f"the recorder holds {len(recorder.steps)} snapshot(s); a jump needs at least 2 (better horizon + 3): "
             "record more steps first"
         )
     target = {"coefs": None, "to_steps": (int(to_step),)} if to_step is not None else {"coefs": (float(coef),), "to_steps": ()}
-    options = replace(options or ExtrapolateOptions(predictor=NExtConfig()), hash_inputs=False, **target)
+    options = replace(options or ExtrapolateOptions(predictor=NExtConfig()), **target)
     with tempfile.TemporaryDirectory(prefix="nextrap-jump-") as scratch_name:
         scratch = Path(scratch_name)
         paths = recorder.checkpoints(scratch / "snapshots")
         out = Path(output) if output is not None else scratch / "jump"
-        result = extrapolate(None, out, options, checkpoints=paths, steps=recorder.steps)
-        new = load_file(out / "adapter_model.safetensors")
-    replaced, params = _copy_into(model, new, recorder.adapter_name)
+        result = extrapolate(None, out, options, OutputOptions(hash_inputs=False), checkpoints=paths, steps=recorder.steps)
+        entry = result.report.outputs[0]
+        new = load_file(result.report.path_of(entry) / SAFETENSORS_NAME)
+    params = _load_in_place(model, new, recorder.adapter_name)
     reset = 0
     if optimizer is not None and reset_optimizer:
         for p in params:
             if optimizer.state.pop(p, None) is not None:
                 reset += 1
-    entry = result.report["outputs"][0]
-    logger.info(
-        "jumped from step %d to virtual step %g (%d tensors)",
-        recorder.steps[-1],
-        entry["virtual_step"],
-        replaced,
-    )
-    return Jump(recorder.steps[-1], entry["virtual_step"], replaced, reset, result)
+    logger.info("jumped from step %d to virtual step %g (%d tensors)", recorder.steps[-1], entry.virtual_step, len(params))
+    return Jump(recorder.steps[-1], entry.virtual_step, len(params), reset, result)
 
 
-def _copy_into(
-    model: torch.nn.Module, tensors: dict[str, torch.Tensor], adapter_name: str
-) -> tuple[int, list]:
-    """Copy adapter tensors (PEFT's saved keys) into the model's parameters of ``adapter_name``."""
-    by_key = {}
-    for name, param in model.named_parameters():
-        key = name.replace(f".{adapter_name}.", ".").replace(f".{adapter_name}", "")
-        by_key[key] = param
-    missing = [k for k in tensors if k not in by_key]
+def _load_in_place(model: torch.nn.Module, tensors: dict[str, torch.Tensor], adapter_name: str) -> list:
+    """Load adapter tensors (PEFT's saved keys) into ``model``'s adapter ``adapter_name``, in place.
+
+    Checked first against the model's own adapter state dict, so a foreign adapter fails with one line
+    instead of PEFT loading what matches and ignoring the rest. Returns the parameters replaced.
+    """
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+    current = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    missing = [k for k in tensors if k not in current]
     if missing:
         raise MismatchError(
             f"the extrapolated adapter has {len(missing)} tensor(s) the model does not (e.g. {missing[0]}); "
             "was the recorder attached to this model and adapter?"
         )
-    params = []
+    for key, value in tensors.items():
+        if current[key].shape != value.shape:
+            raise MismatchError(f"{key}: the model has shape {tuple(current[key].shape)}, the jump {tuple(value.shape)}")
+    # The state dict's tensors share storage with the parameters: that is how the replaced ones are found.
+    storages = {current[k].data_ptr() for k in tensors}
+    params = [p for p in model.parameters() if p.data_ptr() in storages]
     with torch.no_grad():
-        for key, value in tensors.items():
-            param = by_key[key]
-            if param.shape != value.shape:
-                raise MismatchError(
-                    f"{key}: the model has shape {tuple(param.shape)}, the jump {tuple(value.shape)}"
-                )
-            param.data.copy_(value.to(param.device, param.dtype))
-            params.append(param)
-    return len(params), params
+        set_peft_model_state_dict(model, tensors, adapter_name=adapter_name)
+    return params
 
 
 @dataclass(frozen=True)

@@ -7,17 +7,16 @@ coefficient, horizon, virtual step, backtest scores where known) and how to resu
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
+
+from nextrap.peft_format import looks_like_hub_id
+from nextrap.report import REPORT_NAME, Report
 
 __all__ = ["model_card"]
 
-# A Hub model id: "name" or "owner/name"; a local path or a made-up name is not metadata material.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?$")
-
-
 def _is_hub_id(name: str | None) -> bool:
-    return bool(name) and _HUB_ID.match(name) is not None and "/" in name and not name.startswith((".", "/"))
+    """Only ``owner/name`` ids go into the card's metadata; a local path or a bare name is not metadata material."""
+    return looks_like_hub_id(name) and "/" in name
 
 
 def _yaml_list(items: list[str]) -> str:
@@ -27,7 +26,7 @@ def _yaml_list(items: list[str]) -> str:
 def model_card(
     repo_id: str,
     adapter_config: dict[str, Any],
-    report: dict[str, Any] | None,
+    report: Report | None,
     subfolders: list[str] | None = None,
 ) -> str:
     """README.md text. ``subfolders``: adapters published side by side (one per coefficient), if any."""
@@ -48,7 +47,7 @@ def model_card(
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _provenance(adapter_config: dict[str, Any], report: dict[str, Any] | None, base: str | None) -> list[str]:
+def _provenance(adapter_config: dict[str, Any], report: Report | None, base: str | None) -> list[str]:
     rank = adapter_config.get("r")
     alpha = adapter_config.get("lora_alpha")
     lines = [
@@ -59,21 +58,20 @@ def _provenance(adapter_config: dict[str, Any], report: dict[str, Any] | None, b
     ]
     if report is None:
         return [*lines, "- no nextrap report was found next to the adapter", ""]
-    steps = [c["step"] for c in report.get("inputs", {}).get("checkpoints", [])]
-    horizon = report.get("horizon", {})
+    steps, horizon = report.checkpoint_steps, report.horizon
     lines += [
-        f"- source run: {report.get('inputs', {}).get('layout', '?')} layout, {len(steps)} checkpoints, steps "
+        f"- source run: {report.inputs.get('layout', '?')} layout, {len(steps)} checkpoints, steps "
         f"{steps[0] if steps else '?'}..{steps[-1] if steps else '?'}",
-        f"- method: `{report.get('method')}`; horizon {horizon.get('intervals')} checkpoint intervals "
+        f"- method: `{report.method}`; horizon {horizon.get('intervals')} checkpoint intervals "
         f"({horizon.get('steps')} steps)",
     ]
-    for out in report.get("outputs", []):
-        where = "" if out.get("path") in (None, ".") else f" (`{out['path']}/`)"
+    for out in report.outputs:
+        where = "" if out.path == "." else f" (`{out.path}/`)"
         lines.append(
-            f"- coefficient {out['coef']:g}{where}: virtual step {out['virtual_step']:g}, rank-{out.get('rank')} "
-            f"truncation error {out.get('max_relative_truncation_error', 0):.2e} (relative, worst module)"
+            f"- coefficient {out.coef:g}{where}: virtual step {out.virtual_step:g}, rank-{out.rank} "
+            f"truncation error {out.max_relative_truncation_error:.2e} (relative, worst module)"
         )
-    backtest = report.get("backtest")
+    backtest = report.backtest
     if backtest:
         rec = backtest.get("recommendation", {})
         lines.append(f"- backtest on the run's own checkpoints: {rec.get('text', '')}")
@@ -82,8 +80,8 @@ def _provenance(adapter_config: dict[str, Any], report: dict[str, Any] | None, b
                 f"  - {s['method']}, held-out step {s['step']} (c = {s['coef']:.2f}): relative error "
                 f"{s['relative_error']:.3f} (staying = 1), cosine {s['cosine']:.3f}"
             )
-    lines += [f"- note: {n}" for n in report.get("notes", [])]
-    lines += [f"- nextrap {report.get('nextrap_version', '?')}; the full report is `nextrap.json`", ""]
+    lines += [f"- note: {n}" for n in report.notes]
+    lines += [f"- nextrap {report.nextrap_version}; the full report is `{REPORT_NAME}`", ""]
     return lines
 
 

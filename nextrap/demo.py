@@ -17,7 +17,9 @@ from nextrap import lowrank
 from nextrap.adapters import open_adapter, read_header
 from nextrap.extrapolate import ExtrapolateOptions, ExtrapolationResult, extrapolate
 from nextrap.layouts import CheckpointRef
+from nextrap.peft_format import SAFETENSORS_NAME
 from nextrap.synthetic import PlantSpec, llama_like_shapes, planted_factors, write_synthetic_run
+from nextrap.writers import OutputOptions
 
 __all__ = ["DemoRow", "run_demo", "score_adapter"]
 
@@ -39,7 +41,7 @@ def score_adapter(
     ref = CheckpointRef(
         step=0,
         path=adapter_dir,
-        weights=adapter_dir / "adapter_model.safetensors",
+        weights=adapter_dir / SAFETENSORS_NAME,
         layout="explicit",
         step_source="given",
     )
@@ -74,12 +76,16 @@ def run_demo(
     if overwrite or not run_dir.exists():
         write_synthetic_run(run_dir, steps, shapes, spec)
     result = extrapolate(
-        run_dir, output / "jump", ExtrapolateOptions(coefs=coefs, overwrite=overwrite), progress=progress
+        run_dir,
+        output / "jump",
+        ExtrapolateOptions(coefs=coefs),
+        OutputOptions(overwrite=overwrite),
+        progress=progress,
     )
     rows = []
     last = output / "run" / f"checkpoint-{steps[-1]}"
-    for entry in result.report["outputs"]:
-        coef, target = entry["coef"], entry["virtual_step"]
+    for entry in result.report.outputs:
+        coef, target = entry.coef, entry.virtual_step
         rows.append(
             DemoRow(
                 coef=coef,

@@ -1,167 +1,88 @@
 """The pipeline: checkpoints -> features -> prediction -> extrapolated adapters + ``nextrap.json``.
 
-``extrapolate()`` is what ``nextrap extrapolate`` runs. Everything that can fail on bad input
-(discovery, headers, options, the output path) is checked before the expensive work, and all files
-are written into a temporary folder that is renamed into place at the end, so a failure leaves
-nothing behind.
+``extrapolate()`` is what ``nextrap extrapolate`` runs: open and check the run, plan the horizon and
+targets, choose the method (``auto`` backtests the run), predict, then hand each adapter to the one
+writer the :class:`~nextrap.writers.OutputOptions` chose, and save the :class:`~nextrap.report.Report`.
+Everything that can fail on bad input (discovery, headers, options, the output path) is checked before
+the expensive work, and all files are written into a temporary folder that is renamed into place at
+the end, so a failure leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
-import re
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from nextrap import lowrank
-from nextrap.adapters import write_adapter
 from nextrap.atomic import atomic_directory, check_output, output_lock
 from nextrap.devices import resolve_device
 from nextrap.errors import ConfigError, LayoutError, NonFiniteError
 from nextrap.layouts import Discovery
-from nextrap.predictors import METHODS, NExtConfig, Prediction, RelexConfig, make_predictor
+from nextrap.options import ExtrapolateOptions
+from nextrap.predictors import Prediction, make_predictor
 from nextrap.progress import Progress, progress_bar
+from nextrap.report import REPORT_NAME, OutputEntry, Report
 from nextrap.runs import open_run, resolve_horizon
-from nextrap.trainer_checkpoint import OPTIMIZER_POLICIES, write_trainer_state
-from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Trajectory, compute_features
+from nextrap.trajectory import SharedFeatures, Trajectory
 from nextrap.version import __version__
+from nextrap.writers import NewAdapter, OutputOptions, OutputWriter, writer_for
 
 __all__ = [
     "REPORT_NAME",
     "ExtrapolateOptions",
     "ExtrapolationResult",
+    "OutputOptions",
     "extrapolate",
 ]
 
 logger = logging.getLogger(__name__)
 
-REPORT_NAME = "nextrap.json"
-RANK_POLICIES = ("keep", "grow")
-
-
-@dataclass(frozen=True)
-class ExtrapolateOptions:
-    """Everything that shapes an extrapolation; the CLI's options map one to one onto these fields.
-
-    ``coefs``: extending coefficients c (one adapter each); ``to_steps``: target steps instead (one
-    adapter each, c = (step - t_K) / horizon steps); give one or the other (neither: c = 1).
-    ``method``: ``next``, ``linear``, ``relex``, ``relex-anchored``, or ``auto`` (backtest the run,
-    take the recommended method); ``relex``: RELEX's rank and window. ``horizon``: in checkpoint intervals;
-    ``None`` means 5, shortened when the run is too short for 3 training pairs. ``rank_policy``:
-    ``keep`` (rank r, best approximation) or ``grow`` (exact, rank r + 1). ``merge`` with
-    ``base_model`` writes merged full weights instead of adapters. ``format="trl"`` writes a
-    ``checkpoint-<virtual step>/`` folder TRL resumes from; ``optimizer`` (``keep``/``reset``) decides
-    whether the last checkpoint's optimizer and scheduler go along.
-    """
-
-    coefs: tuple[float, ...] | None = None
-    to_steps: tuple[int, ...] = ()
-    method: str = "next"
-    horizon: int | None = None
-    rank_policy: str = "keep"
-    device: str = "auto"
-    predictor: NExtConfig = field(default_factory=NExtConfig)
-    base_model: str | None = None
-    merge: bool = False
-    overwrite: bool = False
-    hash_inputs: bool = True
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    format: str = "peft"
-    optimizer: str = "reset"
-    relex: RelexConfig = field(default_factory=RelexConfig)
-    force: bool = False
-
-    def __post_init__(self) -> None:
-        to_steps = tuple(int(t) for t in self.to_steps)
-        object.__setattr__(self, "to_steps", to_steps)
-        if to_steps and self.coefs:
-            raise ConfigError("give either coefficients (--coef) or target steps (--to-step), not both")
-        if len(set(to_steps)) != len(to_steps):
-            raise ConfigError(f"to_steps = {list(to_steps)}: a step is given twice")
-        coefs = tuple(float(c) for c in self.coefs) if self.coefs is not None else ((1.0,) if not to_steps else ())
-        object.__setattr__(self, "coefs", coefs)
-        if not coefs and not to_steps:
-            raise ConfigError("coefs is empty: give at least one extending coefficient (--coef)")
-        if any(not math.isfinite(c) for c in coefs):
-            raise ConfigError(f"coefs = {list(coefs)}: every coefficient must be a finite number")
-        if len(set(coefs)) != len(coefs):
-            raise ConfigError(f"coefs = {list(coefs)}: a coefficient is given twice")
-        if self.method not in (*METHODS, "auto"):
-            raise ConfigError(f"method {self.method!r}: expected one of {[*METHODS, 'auto']}")
-        if self.horizon is not None and self.horizon < 1:
-            raise ConfigError(f"horizon = {self.horizon}: expected at least 1 checkpoint interval")
-        if self.rank_policy not in RANK_POLICIES:
-            raise ConfigError(f"rank_policy {self.rank_policy!r}: expected one of {list(RANK_POLICIES)}")
-        if self.merge and not self.base_model:
-            raise ConfigError("merge needs base_model: pass --base-model PATH with --merge")
-        if self.format not in ("peft", "trl"):
-            raise ConfigError(f"format {self.format!r}: expected 'peft' or 'trl'")
-        if self.format == "trl" and (self.merge or self.rank_policy == "grow"):
-            raise ConfigError(
-                "--format trl resumes the run's own adapter: it cannot be combined with --merge or --rank-policy grow "
-                "(TRL reloads weights into the same rank and keys)"
-            )
-        if self.optimizer not in OPTIMIZER_POLICIES:
-            raise ConfigError(f"optimizer {self.optimizer!r}: expected one of {list(OPTIMIZER_POLICIES)}")
-        if self.optimizer == "keep" and self.format != "trl":
-            raise ConfigError(
-                "--optimizer keep copies the optimizer state into a TRL checkpoint: add --format trl, "
-                "or drop --optimizer (a PEFT adapter folder holds no optimizer state)"
-            )
-        if self.chunk_bytes < 1:
-            raise ConfigError(f"chunk_bytes = {self.chunk_bytes}: expected a positive number of bytes")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["coefs"] = list(self.coefs)
-        d["to_steps"] = list(self.to_steps)
-        return d
-
-    def resolve_coefs(self, last_step: int, horizon_steps: int) -> list[tuple[float, int | None]]:
-        """``(coef, requested step or None)`` per output; target steps must lie beyond ``last_step``."""
-        if not self.to_steps:
-            return [(c, None) for c in self.coefs]
-        early = [t for t in self.to_steps if t <= last_step]
-        if early:
-            raise ConfigError(
-                f"--to-step {early[0]}: not beyond the last checkpoint (step {last_step}); give a later step, or "
-                "--coef for a fraction of a horizon"
-            )
-        return [((t - last_step) / horizon_steps, t) for t in self.to_steps]
-
-
 @dataclass(frozen=True)
 class ExtrapolationResult:
-    """What :func:`extrapolate` produced: the output folder, one path per coefficient, the report.
+    """What :func:`extrapolate` produced: the output folder and its report (``report.outputs``, one per adapter).
 
     ``prediction`` is the predicted update per horizon (factored, float32), for callers who want to
     score or reuse it.
     """
 
     output: Path
-    adapters: dict[float, Path]
-    report: dict[str, Any]
+    report: Report
     prediction: Prediction | None = field(default=None, repr=False)
+
+    @property
+    def adapters(self) -> dict[float, Path]:
+        """Coefficient -> the folder of its adapter (the TRL checkpoint folder with ``format="trl"``)."""
+        return {entry.coef: self.report.path_of(entry) for entry in self.report.outputs}
 
     @property
     def report_path(self) -> Path:
         return self.output / REPORT_NAME
 
 
+@dataclass
+class _Plan:
+    """What the run and the options decide before any prediction: horizon, targets, notes for the report."""
+
+    horizon: int
+    horizon_steps: int
+    targets: list[tuple[float, int | None]]
+    notes: list[str]
+
+
 def extrapolate(
     run: str | os.PathLike | Discovery | Trajectory | None,
     output: str | os.PathLike,
     options: ExtrapolateOptions | None = None,
+    write: OutputOptions | None = None,
     *,
     checkpoints: Sequence[str | os.PathLike] | None = None,
     steps: Sequence[int] | None = None,
@@ -171,30 +92,51 @@ def extrapolate(
     """Predict where the run goes next and write one adapter per coefficient.
 
     With one coefficient the adapter is written to ``output`` itself; with several, to
-    ``output/coef-<c>/``. ``output/nextrap.json`` is the report either way.
+    ``output/coef-<c>/`` (``step-<N>/`` for target steps). ``output/nextrap.json`` is the report.
+    Everything that can fail on bad input is checked before the expensive work; the output appears
+    complete or not at all.
     """
-    options = options or ExtrapolateOptions()
+    options, write = options or ExtrapolateOptions(), write or OutputOptions()
+    _check_combination(options, write)
+    writer = writer_for(write)
     wrap = progress if callable(progress) else progress_bar(bool(progress))
     started = time.perf_counter()
     traj = open_run(run, checkpoints, steps, adapter_name, verify=False)
     device = resolve_device(options.device)
-    if options.format == "trl":
+    if write.format == "trl":
         _check_outside_run(Path(output), traj)  # first: its message names the rotation hazard
-    output = check_output(output, options.overwrite, traj.discovery.input_paths)
+    output = check_output(output, write.overwrite, traj.discovery.input_paths)
     # Held from here to the rename, so a second writer of the same output fails now, not after the work.
     with output_lock(output):
         traj = open_run(traj, force=options.force, chunk_bytes=options.chunk_bytes, progress=wrap)
-        return _extrapolate_locked(traj, output, options, device, wrap, started)
+        plan = _plan(traj, options)
+        method, evidence = _choose_method(traj, options, device, wrap, plan.notes)
+        features = SharedFeatures(traj, plan.horizon, device, options.chunk_bytes, wrap)
+        predictor = make_predictor(method, options.predictor, options.chunk_bytes, options.relex)
+        prediction = predictor.predict(traj, plan.horizon, features, device, wrap)
+        features.release()  # large on big models; not needed past this point
+        plan.notes.extend(_frozen_notes(traj, prediction))
+        with atomic_directory(output, write.overwrite, traj.discovery.input_paths) as tmp:
+            entries = [
+                _write_output(tmp, traj, prediction, plan, target, options, writer, device)
+                for target in wrap(plan.targets, "writing adapters")
+            ]
+            report = _report(traj, options, write, method, evidence, prediction, plan, entries, device, started)
+            report.save(tmp)
+    report.folder = output
+    return ExtrapolationResult(output=output, report=report, prediction=prediction)
 
 
-def _extrapolate_locked(
-    traj: Trajectory,
-    output: Path,
-    options: ExtrapolateOptions,
-    device: torch.device,
-    wrap: Progress,
-    started: float,
-) -> ExtrapolationResult:
+def _check_combination(options: ExtrapolateOptions, write: OutputOptions) -> None:
+    if write.format == "trl" and options.rank_policy == "grow":
+        raise ConfigError(
+            "--format trl resumes the run's own adapter: it cannot be combined with --rank-policy grow "
+            "(TRL reloads weights into the same rank and keys)"
+        )
+    write.check_base_model()
+
+
+def _plan(traj: Trajectory, options: ExtrapolateOptions) -> _Plan:
     horizon, horizon_note = resolve_horizon(len(traj.headers), options.horizon)
     notes = list(traj.discovery.notes) + list(traj.notes) + ([horizon_note] if horizon_note else [])
     spacing = traj.spacing()
@@ -204,101 +146,64 @@ def _extrapolate_locked(
             "formed by checkpoint index, so horizons span different numbers of steps; the virtual step uses the "
             "steps actually spanned by the last horizon"
         )
-    if options.merge:
-        _check_base_model(options.base_model)
     for coef in options.coefs:
         if coef <= 0:
-            text = (
-                f"coefficient {coef:g} writes "
-                + ("the last checkpoint unchanged" if coef == 0 else "a step backwards along the run")
-                + " (extrapolation uses c > 0)"
-            )
-            notes.append(text)
-
+            where = "the last checkpoint unchanged" if coef == 0 else "a step backwards along the run"
+            notes.append(f"coefficient {coef:g} writes {where} (extrapolation uses c > 0)")
     horizon_steps = traj.steps[-1] - traj.steps[-1 - horizon]
     targets = options.resolve_coefs(traj.steps[-1], horizon_steps)  # bad --to-step fails before the work
     notes.extend(_far_notes(traj, targets, horizon_steps))
+    return _Plan(horizon, horizon_steps, targets, notes)
 
-    method, evidence = options.method, None
-    if method == "auto":
-        method, evidence = _auto_method(traj, options, device, wrap, notes)
-    predictor = make_predictor(method, options.predictor, options.chunk_bytes, options.relex)
-    features = (
-        compute_features(traj, horizon, device, options.chunk_bytes, wrap)
-        if predictor.needs_features
-        else None
+
+def _choose_method(
+    traj: Trajectory, options: ExtrapolateOptions, device: torch.device, wrap: Progress, notes: list[str]
+) -> tuple[str, dict[str, Any] | None]:
+    if options.method != "auto":
+        return options.method, None
+    return _auto_method(traj, options, device, wrap, notes)
+
+
+def _frozen_notes(traj: Trajectory, prediction: Prediction) -> list[str]:
+    moved = prediction.vectors.keys() | prediction.matrices.keys() | prediction.offsets.keys()
+    frozen = [k for k in traj.raw if k not in moved]
+    if not frozen:
+        return []
+    return [f"{len(frozen)} saved tensor(s) never change along the run (e.g. {frozen[0]}): copied unchanged"]
+
+
+def _write_output(
+    tmp: Path,
+    traj: Trajectory,
+    prediction: Prediction,
+    plan: _Plan,
+    target: tuple[float, int | None],
+    options: ExtrapolateOptions,
+    writer: OutputWriter,
+    device: torch.device,
+) -> OutputEntry:
+    """Compute and write the adapter for one coefficient (in ``tmp``, or its subfolder with several)."""
+    coef, to_step = target
+    sub = tmp if len(plan.targets) == 1 else tmp / (f"step-{to_step}" if to_step is not None else f"coef-{coef}")
+    sub.mkdir(exist_ok=True)
+    tensors, modules = _extended_tensors(traj, prediction, coef, options, device)
+    overrides = {}
+    if options.rank_policy == "grow":
+        overrides = traj.config.grown({m.name: (m.rank, m.scaling) for m in traj.modules.values()})
+    virtual_step = traj.steps[-1] + coef * plan.horizon_steps
+    written, notes = writer.write(sub, NewAdapter(tensors, traj.config, overrides, virtual_step, traj.refs[-1]))
+    plan.notes.extend(notes)
+    return OutputEntry(
+        coef=coef,
+        path=str(written.relative_to(tmp)),
+        virtual_step=virtual_step,
+        format=writer.kind,
+        requested_step=to_step,
+        jump_over_observed_span=_span_ratio(traj, coef * plan.horizon_steps),
+        rank=_rank_summary(traj, options.rank_policy),
+        max_relative_truncation_error=max((m["relative_truncation_error"] for m in modules.values()), default=0.0),
+        modules=modules,
     )
-    prediction = predictor.predict(traj, horizon, features, device, wrap)
-    frozen = [
-        k
-        for k in traj.raw
-        if k not in prediction.vectors and k not in prediction.matrices and k not in prediction.offsets
-    ]
-    if frozen:
-        notes.append(
-            f"{len(frozen)} saved tensor(s) never change along the run (e.g. {frozen[0]}): copied unchanged"
-        )
-    del features  # large on big models; not needed past this point
-
-    outputs, adapters = [], {}
-    with atomic_directory(output, options.overwrite, traj.discovery.input_paths) as tmp:
-        for coef, to_step in wrap(targets, "writing adapters"):
-            name = f"step-{to_step}" if to_step is not None else f"coef-{coef}"
-            sub = tmp if len(targets) == 1 else tmp / name
-            sub.mkdir(exist_ok=True)
-            tensors, modules, overrides = _extended_tensors(traj, prediction, coef, options, device)
-            entry = {
-                "coef": coef,
-                "path": "." if sub == tmp else sub.name,
-                "virtual_step": traj.steps[-1] + coef * horizon_steps,
-                "requested_step": to_step,
-                "jump_over_observed_span": _span_ratio(traj, coef * horizon_steps),
-                "rank": _rank_summary(traj, options.rank_policy),
-                "max_relative_truncation_error": max(
-                    (m["relative_truncation_error"] for m in modules.values()), default=0.0
-                ),
-                "modules": modules,
-            }
-            if options.merge:
-                from nextrap.merge import write_merged
-
-                adapter_tmp = tmp / f".adapter-{coef}"
-                adapter_tmp.mkdir()
-                write_adapter(adapter_tmp, tensors, traj.config, overrides)
-                write_merged(adapter_tmp, options.base_model, sub)
-                shutil.rmtree(adapter_tmp)
-                entry["format"] = "merged"
-            elif options.format == "trl":
-                step_dir = sub / f"checkpoint-{round(entry['virtual_step'])}"
-                step_dir.mkdir()
-                write_adapter(step_dir, tensors, traj.config, overrides)
-                notes.extend(
-                    write_trainer_state(
-                        step_dir, traj.refs[-1], round(entry["virtual_step"]), options.optimizer
-                    )
-                )
-                entry["format"] = "trl"
-                entry["path"] = str(step_dir.relative_to(tmp))
-            else:
-                write_adapter(sub, tensors, traj.config, overrides)
-                entry["format"] = "peft"
-            outputs.append(entry)
-            adapters[coef] = output / entry["path"] if entry["path"] != "." else output
-        report = _report(
-            traj,
-            options,
-            method,
-            evidence,
-            prediction,
-            horizon,
-            horizon_steps,
-            outputs,
-            notes,
-            device,
-            time.perf_counter() - started,
-        )
-        (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-    return ExtrapolationResult(output=output, adapters=adapters, report=report, prediction=prediction)
 
 
 def _auto_method(
@@ -343,17 +248,6 @@ def _check_outside_run(output: Path, traj: Trajectory) -> None:
             )
 
 
-def _check_base_model(path: str | None) -> None:
-    """Fail before any work when ``--base-model`` is neither a folder nor something shaped like a hub id."""
-    if path and not Path(path).is_dir() and not _HUB_ID.match(path):
-        raise ConfigError(
-            f"base model {path}: no such folder; pass the folder (or hub id) of the model the adapters were trained on"
-        )
-
-
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-
-
 def _rank_summary(traj: Trajectory, policy: str) -> int | list[int]:
     ranks = sorted({m.rank + (policy == "grow") for m in traj.modules.values()})
     return ranks[0] if len(ranks) == 1 else ranks
@@ -389,49 +283,27 @@ def _extended_tensors(
     coef: float,
     options: ExtrapolateOptions,
     device: torch.device,
-) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, float]], dict[str, Any]]:
-    """The new adapter's tensors (run's keys and dtypes), per-module figures, config overrides."""
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, float]]]:
+    """The new adapter's tensors (the run's keys and dtypes) and per-module figures."""
     tensors: dict[str, torch.Tensor] = {}
     figures: dict[str, dict[str, float]] = {}
-    for (out_f, in_f, rank), names in traj.shape_groups().items():
-        # the factors of the new update have r + k columns; the SVD holds a few copies of them
-        per_module = (out_f + in_f) * (rank + pred.inner_size(names[0], rank)) * 4 * 4
-        size = max(1, options.chunk_bytes // per_module)
-        for i in range(0, len(names), size):
-            chunk = names[i : i + size]
-            B, A = traj.load_factors(chunk, device, indices=[len(traj.headers) - 1], scaled=False)
-            B, A = B[:, 0], A[:, 0]
-            scaling = torch.tensor([traj.modules[n].scaling for n in chunk], device=device).view(-1, 1, 1)
-            Lp, Rp = pred.factors(traj, chunk, device, 1.0, coef)  # the move, offset + c * direction
-            try:
-                _check_prediction(Lp, Rp, chunk, pred.method, coef)
-            except NonFiniteError:  # say which: the predictor itself diverged, or the coefficient overflowed
-                _check_prediction(*pred.factors(traj, chunk, device, 1.0, 1.0), chunk, pred.method)
-                raise
-            if options.rank_policy == "keep":
-                Ln, Rn = pred.factors(traj, chunk, device, 1.0, coef, plus_last=True)
-                new = lowrank.refactor_to_rank(Ln, Rn, rank, scaling, B, A)
-                B_new, A_new, err, norm = new.B, new.A, new.error, new.norm
-            else:
-                top = lowrank.factored_svd(Lp, Rp)  # grow keeps the update's rank-1 part exactly
-                root = (top.S[:, :1].sqrt().unsqueeze(-2)) / scaling.sqrt()
-                B_new = torch.cat([B, top.U[..., :1] * root], -1)
-                A_new = torch.cat([A, root.transpose(-1, -2) * top.Vh[..., :1, :]], -2)
-                err = top.S[:, 1:].square().sum(-1).sqrt()
-                norm = lowrank.frobenius_norm(scaling * B_new, A_new)
-            upd_norm = lowrank.frobenius_norm(Lp, Rp)
-            for j, name in enumerate(chunk):
-                mod = traj.modules[name]
-                tensors[mod.b_key] = _finite_output(B_new[j].to("cpu", mod.dtype), name, coef)
-                tensors[mod.a_key] = _finite_output(A_new[j].to("cpu", mod.dtype), name, coef)
-                figures[name] = {
-                    "predicted_sigma": float(
-                        pred.diagnostics.get("predicted_sigma", {}).get(name, float("nan"))
-                    ),
-                    "update_norm": float(upd_norm[j]),
-                    "truncation_error": float(err[j]),
-                    "relative_truncation_error": float(err[j] / norm[j]) if float(norm[j]) > 0 else 0.0,
-                }
+    sigmas = pred.diagnostics.get("predicted_sigma", {})
+    # The new update's factors have r + k columns (k: the move's inner size) and the SVD holds a few
+    # copies of them: size the chunks as that many rank-r checkpoints.
+    widest = max((pred.inner_size(m.name, m.rank) / m.rank for m in traj.modules.values()), default=0.0)
+    for chunk in traj.module_chunks(math.ceil(4 * (1 + widest)), options.chunk_bytes):
+        new = _new_factors(traj, pred, chunk, coef, options.rank_policy, device)
+        for j, name in enumerate(chunk):
+            mod = traj.modules[name]
+            tensors[mod.b_key] = _finite_output(new.B[j].to("cpu", mod.dtype), name, coef)
+            tensors[mod.a_key] = _finite_output(new.A[j].to("cpu", mod.dtype), name, coef)
+            err, norm = float(new.error[j]), float(new.norm[j])
+            figures[name] = {
+                "predicted_sigma": float(sigmas.get(name, float("nan"))),
+                "update_norm": float(new.update_norm[j]),
+                "truncation_error": err,
+                "relative_truncation_error": err / norm if norm > 0 else 0.0,
+            }
     last = len(traj.headers) - 1
     for key, raw in traj.raw.items():
         x = traj.load_raw(key, device, indices=[last])[0]
@@ -439,7 +311,44 @@ def _extended_tensors(
         if move is not None:
             x = x + move.reshape(x.shape)
         tensors[key] = _finite_output(x.to("cpu", raw.dtype), key, coef)
-    return tensors, figures, _grow_overrides(traj) if options.rank_policy == "grow" else {}
+    return tensors, figures
+
+
+class _NewFactors(NamedTuple):
+    """Per chunk of M modules: ``B (M, out, r')``, ``A (M, r', in)``; ``error``, ``norm``, ``update_norm`` ``(M,)``."""
+
+    B: torch.Tensor
+    A: torch.Tensor
+    error: torch.Tensor  # Frobenius norm of what the rank-r refactoring cut off
+    norm: torch.Tensor  # of the new update
+    update_norm: torch.Tensor  # of the move itself
+
+
+def _new_factors(
+    traj: Trajectory, pred: Prediction, chunk: list[str], coef: float, rank_policy: str, device: torch.device
+) -> _NewFactors:
+    """The new ``B, A`` of one chunk of equal-shape modules, what was cut off, and the move's norm."""
+    B, A = traj.load_factors(chunk, device, indices=[len(traj.headers) - 1], scaled=False)
+    B, A = B[:, 0], A[:, 0]
+    scaling = torch.tensor([traj.modules[n].scaling for n in chunk], device=device).view(-1, 1, 1)
+    Lp, Rp = pred.factors(traj, chunk, device, 1.0, coef)  # the move, offset + c * direction
+    try:
+        _check_prediction(Lp, Rp, chunk, pred.method, coef)
+    except NonFiniteError:  # say which: the predictor itself diverged, or the coefficient overflowed
+        _check_prediction(*pred.factors(traj, chunk, device, 1.0, 1.0), chunk, pred.method)
+        raise
+    update_norm = lowrank.frobenius_norm(Lp, Rp)
+    if rank_policy == "keep":
+        Ln, Rn = pred.factors(traj, chunk, device, 1.0, coef, plus_last=True)
+        new = lowrank.refactor_to_rank(Ln, Rn, traj.modules[chunk[0]].rank, scaling, B, A)
+        return _NewFactors(new.B, new.A, new.error, new.norm, update_norm)
+    top = lowrank.factored_svd(Lp, Rp)  # grow keeps the update's rank-1 part exactly
+    root = (top.S[:, :1].sqrt().unsqueeze(-2)) / scaling.sqrt()
+    B_new = torch.cat([B, top.U[..., :1] * root], -1)
+    A_new = torch.cat([A, root.transpose(-1, -2) * top.Vh[..., :1, :]], -2)
+    error = top.S[:, 1:].square().sum(-1).sqrt()
+    norm = lowrank.frobenius_norm(scaling * B_new, A_new)
+    return _NewFactors(B_new, A_new, error, norm, update_norm)
 
 
 def _check_prediction(
@@ -470,23 +379,6 @@ def _finite_output(tensor: torch.Tensor, name: str, coef: float) -> torch.Tensor
     return tensor
 
 
-def _grow_overrides(traj: Trajectory) -> dict[str, Any]:
-    """Config for rank r + 1 at unchanged scaling (PEFT: alpha = s r, or s sqrt(r) with rsLoRA)."""
-    cfg = traj.config
-    root = math.sqrt if cfg.use_rslora else float
-
-    def alpha(scaling: float, rank: int) -> float:
-        return scaling * root(rank)
-
-    overrides: dict[str, Any] = {"r": cfg.r + 1, "lora_alpha": alpha(cfg.lora_alpha / root(cfg.r), cfg.r + 1)}
-    if cfg.rank_pattern or cfg.alpha_pattern:
-        # Per-module ranks: spell every module out so that no pattern can match the wrong one.
-        mods = traj.modules.values()
-        overrides["rank_pattern"] = {re.escape(m.name): m.rank + 1 for m in mods}
-        overrides["alpha_pattern"] = {re.escape(m.name): alpha(m.scaling, m.rank + 1) for m in mods}
-    return overrides
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -495,62 +387,44 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, torch.dtype):
-        return str(obj).replace("torch.", "")
-    if isinstance(obj, torch.device):
-        return str(obj)
-    raise TypeError(f"not JSON-serializable: {type(obj).__name__}")
-
-
 def _report(
     traj: Trajectory,
     options: ExtrapolateOptions,
+    write: OutputOptions,
     method: str,
     evidence: dict[str, Any] | None,
     prediction: Prediction,
-    horizon: int,
-    horizon_steps: int,
-    outputs: list[dict[str, Any]],
-    notes: list[str],
+    plan: _Plan,
+    outputs: list[OutputEntry],
     device: torch.device,
-    seconds: float,
-) -> dict[str, Any]:
+    started: float,
+) -> Report:
     inputs = []
     for ref in traj.refs:
-        item = {
-            "step": ref.step,
-            "path": str(ref.path),
-            "weights": str(ref.weights),
-            "step_source": ref.step_source,
-        }
-        if options.hash_inputs:
+        item = {"step": ref.step, "path": str(ref.path), "weights": str(ref.weights), "step_source": ref.step_source}
+        if write.hash_inputs:
             item["sha256"] = _sha256(ref.weights)
         inputs.append(item)
     # per-module figures are in the outputs; keep the report's predictor section readable
     diagnostics = {k: v for k, v in prediction.diagnostics.items() if k not in ("predicted_sigma", "line_r2")}
-    report = {
-        "nextrap_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "inputs": {"root": traj.discovery.root, "layout": traj.discovery.layout, "checkpoints": inputs},
-        "options": options.to_dict(),
-        "device": str(device),
-        "method": method,
-        "horizon": {
-            "intervals": horizon,
-            "steps": horizon_steps,
+    return Report(
+        nextrap_version=__version__,
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        inputs={"root": str(traj.discovery.root), "layout": traj.discovery.layout, "checkpoints": inputs},
+        options={**options.to_dict(), **asdict(write)},
+        device=str(device),
+        method=method,
+        horizon={
+            "intervals": plan.horizon,
+            "steps": plan.horizon_steps,
             "requested": options.horizon,
-            "training_pairs": len(traj.headers) - horizon,
+            "training_pairs": len(traj.headers) - plan.horizon,
         },
-        "last_step": traj.steps[-1],
-        "spacing": traj.spacing(),
-        "predictor": diagnostics,
-        "outputs": outputs,
-        "notes": notes,
-        "seconds": round(seconds, 3),
-    }
-    if evidence is not None:
-        report["backtest"] = evidence
-    return report
+        last_step=traj.steps[-1],
+        spacing=traj.spacing(),
+        predictor=diagnostics,
+        outputs=outputs,
+        notes=plan.notes,
+        seconds=round(time.perf_counter() - started, 3),
+        backtest=evidence,
+    )

@@ -18,13 +18,13 @@ from typing import Any
 
 from nextrap.card import model_card
 from nextrap.errors import ConfigError, HubError, InputNotFoundError
+from nextrap.peft_format import ADAPTER_FILES, CONFIG_NAME
+from nextrap.report import REPORT_NAME, Report
 
 __all__ = ["PushPlan", "PushResult", "check_repo_id", "check_revision", "plan_push", "push"]
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json")
-REPORT_NAME = "nextrap.json"
 
 
 @dataclass(frozen=True)
@@ -54,19 +54,12 @@ class PushResult:
 
 def _adapter_files(folder: Path) -> dict[str, Path]:
     files = {name: folder / name for name in ADAPTER_FILES if (folder / name).is_file()}
-    if "adapter_config.json" not in files or len(files) < 2:
+    if CONFIG_NAME not in files or len(files) < 2:
         raise InputNotFoundError(
             f"{folder}: no PEFT adapter here (need adapter_config.json and adapter_model.safetensors); "
             "give the folder nextrap extrapolate wrote"
         )
     return files
-
-
-def _find_report(folder: Path) -> Path | None:
-    for candidate in (folder / REPORT_NAME, folder.parent / REPORT_NAME):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -100,18 +93,6 @@ def check_revision(revision: str | None) -> str | None:
     return revision
 
 
-def _is_nextrap_report(path: Path | None) -> bool:
-    if path is None:
-        return False
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return (
-        isinstance(report, dict) and "nextrap_version" in report and isinstance(report.get("outputs"), list)
-    )
-
-
 def plan_push(
     adapter_dir: str | os.PathLike,
     repo_id: str,
@@ -131,16 +112,17 @@ def plan_push(
         raise InputNotFoundError(
             f"{folder}: no such folder; give an adapter folder nextrap extrapolate wrote"
         )
-    if not any_adapter and not _is_nextrap_report(_find_report(folder)):
+    report = Report.find(folder)
+    if not any_adapter and report is None:
         raise InputNotFoundError(
             f"{folder}: not written by nextrap extrapolate (no {REPORT_NAME} in it or its parent); give the "
             "output folder of nextrap extrapolate, or pass --any-adapter to publish another adapter folder"
         )
-    subfolders = sorted(
-        p.name for p in folder.iterdir() if p.is_dir() and (p / "adapter_config.json").is_file()
-    )
+    subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / CONFIG_NAME).is_file())
+    if report is not None and report.folder == folder:  # nextrap's output folder: its report lists the adapters
+        subfolders = [entry.path for entry in report.outputs if entry.path != "."]
     files: dict[str, Path] = {}
-    if (folder / "adapter_config.json").is_file():
+    if (folder / CONFIG_NAME).is_file():
         files.update(_adapter_files(folder))
         subfolders = []
     elif subfolders:
@@ -148,13 +130,9 @@ def plan_push(
             files.update({f"{sub}/{k}": v for k, v in _adapter_files(folder / sub).items()})
     else:
         _adapter_files(folder)  # raises the "no adapter here" error
-    report_path = _find_report(folder)
-    report = json.loads(report_path.read_text()) if report_path else None
-    if report_path:
-        files[REPORT_NAME] = report_path
-    config_path = (
-        folder / "adapter_config.json" if not subfolders else folder / subfolders[0] / "adapter_config.json"
-    )
+    if report is not None:
+        files[REPORT_NAME] = report.folder / REPORT_NAME
+    config_path = folder / CONFIG_NAME if not subfolders else folder / subfolders[0] / CONFIG_NAME
     card = model_card(repo_id, json.loads(config_path.read_text()), report, subfolders or None)
     return PushPlan(repo_id=repo_id, revision=revision, private=private, files=files, card=card)
 

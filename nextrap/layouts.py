@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nextrap.errors import CheckpointError, InputNotFoundError, LayoutError
+from nextrap.peft_format import CONFIG_NAME, WEIGHT_FILES
 
 __all__ = [
-    "ADAPTER_CONFIG",
     "LAYOUTS",
-    "WEIGHT_FILES",
     "CheckpointRef",
     "Discovery",
     "discover",
@@ -28,8 +27,6 @@ __all__ = [
     "from_explicit",
 ]
 
-ADAPTER_CONFIG = "adapter_config.json"
-WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")  # preference order
 
 # (name, how it looks) in the order they are tried, for error messages.
 LAYOUTS: tuple[str, ...] = ("trl", "verl", "openrlhf", "nemo-rl", "roll", "plain")
@@ -105,7 +102,7 @@ class Discovery:
 
 def find_adapter_weights(folder: Path) -> Path | None:
     """The weights file of an adapter folder, or None when ``folder`` holds no adapter."""
-    if not (folder / ADAPTER_CONFIG).is_file():
+    if not (folder / CONFIG_NAME).is_file():
         return None
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
@@ -369,7 +366,7 @@ def from_explicit(paths: Sequence[str | os.PathLike], steps: Sequence[int] | Non
         weights = find_adapter_weights(folder)
         if weights is None:
             raise CheckpointError(
-                f"{folder}: not an adapter folder; expected {ADAPTER_CONFIG} and one of {', '.join(WEIGHT_FILES)}"
+                f"{folder}: not an adapter folder; expected {CONFIG_NAME} and one of {', '.join(WEIGHT_FILES)}"
             )
         if path.is_file() and path.name in WEIGHT_FILES:
             weights = path

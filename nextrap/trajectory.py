@@ -19,6 +19,7 @@ from nextrap import lowrank
 from nextrap.adapters import AdapterConfig, AdapterHeader, LoraModule, RawTensor, open_adapter, read_header
 from nextrap.errors import LayoutError, MismatchError
 from nextrap.layouts import CheckpointRef, Discovery
+from nextrap.memory import DEFAULT_CHUNK_BYTES
 from nextrap.progress import Progress, no_progress
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Features",
     "MatrixFeatures",
     "RunCheck",
+    "SharedFeatures",
     "Trajectory",
     "VectorFeatures",
     "check_run",
@@ -36,7 +38,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,40 @@ class Features:
     @property
     def pairs(self) -> int:
         return len(self.steps) - self.horizon
+
+
+class SharedFeatures:
+    """The run's rank-1 features at one horizon, computed on first use and shared by every method after.
+
+    The pipeline hands one to each predictor; only methods that need features (NExt) call :meth:`get`,
+    so a run predicted with ``linear`` or ``relex`` never pays for them, and a backtest of several
+    methods computes them once.
+    """
+
+    def __init__(
+        self,
+        traj: Trajectory,
+        horizon: int,
+        device: torch.device,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        progress: Progress = no_progress,
+    ) -> None:
+        self.traj, self.horizon, self.device = traj, horizon, device
+        self.chunk_bytes, self.progress = chunk_bytes, progress
+        self._features: Features | None = None
+
+    @property
+    def computed(self) -> bool:
+        return self._features is not None
+
+    def get(self) -> Features:
+        if self._features is None:
+            self._features = compute_features(self.traj, self.horizon, self.device, self.chunk_bytes, self.progress)
+        return self._features
+
+    def release(self) -> None:
+        """Drop the features (large on big models) once no method needs them."""
+        self._features = None
 
 
 def _chunks(names: list[str], per_module_bytes: int, chunk_bytes: int) -> Iterator[list[str]]:

@@ -146,9 +146,9 @@ def test_auto_method_uses_the_backtest_recommendation(tmp_path: Path):
     options = nextrap.ExtrapolateOptions(method="auto", predictor=FAST)
     res = nextrap.extrapolate(run, tmp_path / "out", options)
     expected = backtest(nextrap.open_run(run), BacktestOptions(predictor=FAST)).recommendation
-    assert res.report["method"] == expected["method"] == "linear"
-    assert res.report["backtest"]["recommendation"]["ranking"] == expected["ranking"]
-    assert any(n.startswith("method auto:") for n in res.report["notes"])
+    assert res.report.method == expected["method"] == "linear"
+    assert res.report.backtest["recommendation"]["ranking"] == expected["ranking"]
+    assert any(n.startswith("method auto:") for n in res.report.notes)
 
 
 @pytest.mark.parametrize("method", ["linear", "relex", "relex-anchored"])
@@ -158,15 +158,15 @@ def test_every_method_writes_a_resumable_adapter(tmp_path: Path, method: str):
     # the plant is rank-1 with a straight coefficient: both land on the planted future dW(t_K + H)
     future = write_synthetic_run(
         tmp_path / "future",
-        [STEPS[-1] + res.report["horizon"]["steps"]],
+        [STEPS[-1] + res.report.horizon["steps"]],
         SHAPES,
         PlantSpec(rank=4, alpha=8.0, tau=100.0, turn=0.0, seed=0, curve="linear", noise=0.0),
     )
     got = _dense_adapter(res.output)
-    want = _dense_adapter(future / f"checkpoint-{STEPS[-1] + res.report['horizon']['steps']}")
+    want = _dense_adapter(future / f"checkpoint-{STEPS[-1] + res.report.horizon['steps']}")
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-3, atol=1e-4)
-    assert res.report["method"] == method
+    assert res.report.method == method
 
 
 def test_diagnostics_against_dense_svd(tmp_path: Path):

@@ -40,9 +40,8 @@ def killer(real):
 if hook.startswith("replace"):
     os.replace = killer(os.replace)
 elif hook.startswith("write_adapter"):
-    import nextrap.extrapolate
-    ex = sys.modules["nextrap.extrapolate"]  # the package re-exports a function of the same name
-    ex.write_adapter = killer(ex.write_adapter)
+    import nextrap.adapters  # the writers look write_adapter up there at each call
+    nextrap.adapters.write_adapter = killer(nextrap.adapters.write_adapter)
 from nextrap.cli import main
 main(sys.argv[3:], prog_name="nextrap")
 """

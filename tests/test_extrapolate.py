@@ -87,7 +87,7 @@ def test_planted_trajectory_is_predicted_better_than_staying(tmp_path: Path):
     shapes = llama_like_shapes(layers=1, hidden=32, intermediate=64, kv_dim=16)
     run = write_synthetic_run(tmp_path / "run", range(10, 161, 10), shapes, spec)
     res = nextrap.extrapolate(run, tmp_path / "out", ExtrapolateOptions(coefs=(1.0,), predictor=FAST))
-    target = res.report["outputs"][0]["virtual_step"]
+    target = res.report.outputs[0].virtual_step
     assert target == 160 + 50
     truth = planted_factors(spec, shapes, target)
     last = _dense_dw(run / "checkpoint-160")
@@ -141,7 +141,7 @@ def test_grow_policy_is_exact_and_loads_with_rank_r_plus_1(tmp_path: Path, tiny_
     for name, dw in last.items():
         L, R = res.prediction.matrices[name]
         torch.testing.assert_close(new[name], dw + 1.5 * (L.double() @ R.double()), rtol=1e-5, atol=1e-6)
-    assert res.report["outputs"][0]["max_relative_truncation_error"] < 1e-6
+    assert res.report.outputs[0].max_relative_truncation_error < 1e-6
     PeftModel.from_pretrained(tiny_llama(), str(res.output), is_trainable=True)
 
 
@@ -192,9 +192,9 @@ def test_reference_preset_is_the_papers_settings():
 
 
 def test_predictor_is_deterministic_on_cpu(tmp_path: Path, tiny_run: Path):
-    opts = ExtrapolateOptions(coefs=(1.0,), predictor=NExtConfig(epochs=50, seed=7), hash_inputs=False)
-    a = nextrap.extrapolate(tiny_run, tmp_path / "a", opts)
-    b = nextrap.extrapolate(tiny_run, tmp_path / "b", opts)
+    opts = ExtrapolateOptions(coefs=(1.0,), predictor=NExtConfig(epochs=50, seed=7))
+    a = nextrap.extrapolate(tiny_run, tmp_path / "a", opts, nextrap.OutputOptions(hash_inputs=False))
+    b = nextrap.extrapolate(tiny_run, tmp_path / "b", opts, nextrap.OutputOptions(hash_inputs=False))
     assert (a.output / "adapter_model.safetensors").read_bytes() == (
         b.output / "adapter_model.safetensors"
     ).read_bytes()
@@ -230,15 +230,13 @@ def test_merge_writes_full_weights_equal_to_base_plus_adapter(tmp_path: Path, ti
 
     base_dir = tmp_path / "base"
     tiny_llama().save_pretrained(str(base_dir))
-    opts = ExtrapolateOptions(coefs=(1.0,), predictor=FAST, hash_inputs=False)
-    adapter = nextrap.extrapolate(tiny_run, tmp_path / "adapter", opts)
+    opts = ExtrapolateOptions(coefs=(1.0,), predictor=FAST)
+    adapter = nextrap.extrapolate(tiny_run, tmp_path / "adapter", opts, nextrap.OutputOptions(hash_inputs=False))
     merged = nextrap.extrapolate(
-        tiny_run,
-        tmp_path / "merged",
-        ExtrapolateOptions(coefs=(1.0,), predictor=FAST, base_model=str(base_dir), merge=True),
+        tiny_run, tmp_path / "merged", opts, nextrap.OutputOptions(base_model=str(base_dir), merge=True)
     )
-    assert merged.report["outputs"][0]["format"] == "merged"
-    assert not list((tmp_path / "merged").glob(".adapter-*"))
+    assert merged.report.outputs[0].format == "merged"
+    assert not list((tmp_path / "merged").glob(".adapter*"))  # the staging adapter is gone
     full = AutoModelForCausalLM.from_pretrained(str(merged.output)).eval()
     peft_model = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(str(base_dir)), str(adapter.output)
@@ -250,7 +248,7 @@ def test_merge_writes_full_weights_equal_to_base_plus_adapter(tmp_path: Path, ti
 
 def test_merge_without_base_model_is_a_config_error():
     with pytest.raises(nextrap.ConfigError, match="--base-model"):
-        ExtrapolateOptions(merge=True)
+        nextrap.OutputOptions(merge=True)
 
 
 def test_uneven_spacing_is_noted_and_virtual_step_uses_real_steps(tmp_path: Path):
@@ -259,6 +257,6 @@ def test_uneven_spacing_is_noted_and_virtual_step_uses_real_steps(tmp_path: Path
     res = nextrap.extrapolate(
         run, tmp_path / "out", ExtrapolateOptions(coefs=(0.5,), horizon=2, predictor=SHORT_FIT)
     )
-    assert any("unevenly spaced" in n for n in res.report["notes"])
-    assert res.report["horizon"]["steps"] == 110 - 70  # the last 2 intervals span 40 steps
-    assert res.report["outputs"][0]["virtual_step"] == 110 + 0.5 * 40
+    assert any("unevenly spaced" in n for n in res.report.notes)
+    assert res.report.horizon["steps"] == 110 - 70  # the last 2 intervals span 40 steps
+    assert res.report.outputs[0].virtual_step == 110 + 0.5 * 40

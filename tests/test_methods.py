@@ -150,11 +150,11 @@ def test_relex_matches_dense_svd_of_the_stacked_updates(tmp_path, rank, alpha, r
         pred_raw = R[0] + dense_relex(R[1:] - R[0], times[1:], t_star, relex_rank, window, anchored)
         got_raw = load_file(res.output / f"step-{t_star}" / "adapter_model.safetensors")[key].double()
         torch.testing.assert_close(got_raw, pred_raw, rtol=1e-4, atol=1e-5)
-    entry = res.report["outputs"][1]
-    assert entry["requested_step"] == 200 and entry["virtual_step"] == pytest.approx(200)
-    assert entry["coef"] == pytest.approx((200 - 80) / res.report["horizon"]["steps"])
+    entry = res.report.outputs[1]
+    assert entry.requested_step == 200 and entry.virtual_step == pytest.approx(200)
+    assert entry.coef == pytest.approx((200 - 80) / res.report.horizon["steps"])
     # explained variance of the kept components, per module, as the dense SVD says
-    ev = res.report["predictor"]["explained_variance"]
+    ev = res.report.predictor["explained_variance"]
     for name, X in dense.items():
         S = torch.linalg.svdvals(X.reshape(len(STEPS), -1))
         assert ev[name] == pytest.approx(float((S[:relex_rank] ** 2).sum() / (S**2).sum()), rel=1e-6)
@@ -238,11 +238,11 @@ def test_a_curved_run_still_favours_next(tmp_path):
 def test_to_step_and_far_warning(tmp_path, caplog):
     run = random_run(tmp_path / "run", STEPS, 2, 4.0, seed=3)
     res = nextrap.extrapolate(run, tmp_path / "out", nextrap.ExtrapolateOptions(method="linear", to_steps=(500,)))
-    entry = res.report["outputs"][0]
+    entry = res.report.outputs[0]
     span = STEPS[-1] - STEPS[0]
-    assert entry["jump_over_observed_span"] == pytest.approx((500 - 80) / span)
-    assert entry["coef"] == pytest.approx((500 - 80) / res.report["horizon"]["steps"])
-    assert any(f"{(500 - 80) / span:.1f}x the observed span" in n for n in res.report["notes"])
+    assert entry.jump_over_observed_span == pytest.approx((500 - 80) / span)
+    assert entry.coef == pytest.approx((500 - 80) / res.report.horizon["steps"])
+    assert any(f"{(500 - 80) / span:.1f}x the observed span" in n for n in res.report.notes)
 
 
 @pytest.mark.parametrize(

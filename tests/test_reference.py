@@ -217,17 +217,26 @@ def test_cli_train_and_evaluate_reference(tmp_path: Path):
 
 @pytest.mark.slow
 def test_cli_demo_runs_the_whole_loop(tmp_path: Path):
-    """The README's main job, on a short setting."""
+    """The README's main job, on a short setting: plain run, restart control, one jump arm, paired comparison."""
     out = tmp_path / "demo"
-    res = CliRunner().invoke(
-        main, ["demo", "-o", str(out), "--observe", "30", "--resume", "5", "--method", "linear"]
-    )
+    args = ["demo", "-o", str(out), "--steps", "80", "--save-steps", "5", "--eval-size", "32", "--method", "linear",
+            "--coef", "1"]
+    res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
-    assert "linear jump to step 55" in res.output and "target accuracy" in res.output
-    summary = json.loads((out / "end_to_end.json").read_text())
-    assert summary["method"] == "linear" and max(int(s) for s in summary["jump"]) == 35
-    res = CliRunner().invoke(main, ["demo", "-o", str(out)])
-    assert res.exit_code == 1 and "--overwrite" in res.output
+    # observe 3/8 of 80 = 30 steps, jump one horizon (5 intervals = 25 steps), train 80/4 = 20 more
+    assert "jump to virtual step 55" in res.output and "after 50 trained steps" in res.output
+    assert "backtest on the observed checkpoints" in res.output and "one seed" in res.output
+    jump = json.loads((out / "arms" / "linear_c1.json").read_text())
+    assert jump["trained_steps"] == 50 and max(int(s) for s in jump["curve"]) == 50
+    assert jump["virtual_step"] == 55
+    restart = json.loads((out / "arms" / "restart.json").read_text())
+    assert restart["virtual_step"] == 30 and max(int(s) for s in restart["curve"]) == 50
+    record = json.loads((out / "demo.json").read_text())
+    assert record["seed"] == 0 and "verdict" in record
+    again = CliRunner().invoke(main, args)  # same settings: resumes, every arm read back
+    assert again.exit_code == 0 and again.output == res.output
+    other = CliRunner().invoke(main, [*args[:-1], "2"])
+    assert other.exit_code == 1 and "--overwrite" in other.output
 
 
 def _dense_lora(folder: Path) -> dict[str, torch.Tensor]:

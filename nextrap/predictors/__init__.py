@@ -4,20 +4,45 @@
 * ``linear``: repeat the last horizon's update, RL-Extra (``predictors.linear``);
 * ``relex``: RELEX, rank-1 over time with a straight line per temporal coefficient, denoised as
   published; ``relex-anchored``: the same line, anchored at the last checkpoint (``predictors.relex``).
+
+:mod:`~nextrap.predictors.registry` lists them by name; :mod:`~nextrap.predictors.config` holds their
+options. Both import without torch; the predictors themselves are imported when first used.
 """
 
 from __future__ import annotations
 
-from nextrap.predictors.base import Prediction, Predictor
-from nextrap.predictors.linear import LinearPredictor
-from nextrap.predictors.next import PRESETS, NExtConfig, NExtNet, NExtPredictor
-from nextrap.predictors.relex import RelexConfig, RelexPredictor, line_fit
-from nextrap.trajectory import DEFAULT_CHUNK_BYTES
+from typing import TYPE_CHECKING
+
+from nextrap.lazy import lazy_getattr
+from nextrap.predictors.config import PRESETS, NExtConfig, RelexConfig
+from nextrap.predictors.registry import METHODS, REGISTRY, MethodSettings, make_predictor, method_help
+
+_LAZY = {
+    "Prediction": "nextrap.predictors.base",
+    "Predictor": "nextrap.predictors.base",
+    "LinearPredictor": "nextrap.predictors.linear",
+    "NExtNet": "nextrap.predictors.next",
+    "NExtPredictor": "nextrap.predictors.next",
+    "RelexPredictor": "nextrap.predictors.relex",
+    "line_fit": "nextrap.predictors.relex",
+}
+
+
+__getattr__ = lazy_getattr(__name__, _LAZY)
+
+
+if TYPE_CHECKING:
+    from nextrap.predictors.base import Prediction, Predictor
+    from nextrap.predictors.linear import LinearPredictor
+    from nextrap.predictors.next import NExtNet, NExtPredictor
+    from nextrap.predictors.relex import RelexPredictor, line_fit
 
 __all__ = [
     "METHODS",
     "PRESETS",
+    "REGISTRY",
     "LinearPredictor",
+    "MethodSettings",
     "NExtConfig",
     "NExtNet",
     "NExtPredictor",
@@ -27,24 +52,5 @@ __all__ = [
     "RelexPredictor",
     "line_fit",
     "make_predictor",
+    "method_help",
 ]
-
-METHODS = ("next", "linear", "relex", "relex-anchored")
-
-
-def make_predictor(
-    method: str,
-    next_config: NExtConfig | None = None,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    relex: RelexConfig | None = None,
-) -> Predictor:
-    """The predictor for ``method`` (one of :data:`METHODS`)."""
-    relex = relex or RelexConfig()
-    if method == "next":
-        return NExtPredictor(next_config)
-    if method == "linear":
-        return LinearPredictor(chunk_bytes=chunk_bytes)
-    if method in ("relex", "relex-anchored"):
-        mode = "denoised" if method == "relex" else "anchored"
-        return RelexPredictor(rank=relex.rank, window=relex.window, mode=mode, chunk_bytes=chunk_bytes)
-    raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import torch
 
 from nextrap.progress import Progress
-from nextrap.trajectory import Features, Trajectory
+from nextrap.trajectory import Features, SharedFeatures, Trajectory
 
 __all__ = ["Prediction", "Predictor"]
 
@@ -110,18 +110,18 @@ class Prediction:
 class Predictor(Protocol):
     """A method: predicts the update of the ``horizon`` checkpoint intervals after the last checkpoint.
 
-    ``needs_features``: whether ``predict`` wants the rank-1 features (:func:`compute_features`), which
-    the pipeline then computes once and passes in; otherwise ``features`` is None.
+    ``features`` are the run's rank-1 features, computed on first use by whichever method asks for them
+    and shared by the others (:class:`~nextrap.trajectory.SharedFeatures`); methods that do not need
+    them never trigger the computation. A method given None computes what it needs itself.
     """
 
     name: str
-    needs_features: bool
 
     def predict(
         self,
         trajectory: Trajectory,
         horizon: int,
-        features: Features | None,
+        features: SharedFeatures | Features | None,
         device: torch.device,
         progress: Progress,
     ) -> Prediction: ...

@@ -7,12 +7,16 @@ predicted update is ``[B_K, -B_{K-h}] @ [A_K; A_{K-h}]`` (rank <= 2r). Raw tenso
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from nextrap.predictors.base import Prediction
 from nextrap.progress import Progress, no_progress
-from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Features, Trajectory
+from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Features, SharedFeatures, Trajectory
+
+if TYPE_CHECKING:
+    from nextrap.predictors.registry import MethodSettings
 
 __all__ = ["LinearPredictor"]
 
@@ -23,13 +27,12 @@ class LinearPredictor:
 
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     name: str = "linear"
-    needs_features: bool = False
 
     def predict(
         self,
         trajectory: Trajectory,
         horizon: int,
-        features: Features | None = None,
+        features: SharedFeatures | Features | None = None,
         device: torch.device | None = None,
         progress: Progress = no_progress,
     ) -> Prediction:
@@ -50,3 +53,8 @@ class LinearPredictor:
                 vectors[key] = X[1] - X[0]  # the tensor's own shape: it is added as is
         steps = [trajectory.steps[i] for i in idx]
         return Prediction(self.name, horizon, matrices, vectors, {"from_step": steps[0], "to_step": steps[1]})
+
+
+def build(name: str, settings: MethodSettings) -> LinearPredictor:
+    """The registry's builder (:mod:`nextrap.predictors.registry`)."""
+    return LinearPredictor(chunk_bytes=settings.chunk_bytes or DEFAULT_CHUNK_BYTES)

@@ -5,17 +5,8 @@ sigmas as ``d = 1``, 1-D tensors of length d) one :class:`NExtNet` maps the glob
 vectors at checkpoint k to the target feature at k (the rank-1 part of the next ``horizon``
 intervals). Trained on every pair with ``k + horizon <= K``, it is then fed the last checkpoint.
 
-Three presets:
-
-* ``reference`` reproduces the paper's scripts: raw features, AdamW lr 2e-5, cosine to 0.1 lr over
-  exactly 1000 full-batch epochs, L1 loss summed over entries. Tuned for 7B-sized vectors; on small
-  models it stays far from converged (see docs/method.md).
-* ``auto`` (default) rescales each group's inputs and targets to unit RMS entries, takes the learning
-  rate 3e-3 capped at ``1.5 / d`` (the largest stable Adam step falls with the vector length), and
-  stops when the loss of a held-out training pair stops improving, then retrains on every pair for
-  the epoch count that pair chose (:mod:`nextrap.predictors.next_fit`). Same network, same loss.
-* ``plateau`` is the earlier default: lr 1e-3 for every length, up to 1000 epochs, stopped when the
-  training loss plateaus (which, with a few pairs to memorize, is late).
+Its settings are :class:`~nextrap.predictors.config.NExtConfig` and its presets (``auto``, the
+default; ``fast``; ``reference``, the paper's scripts), described there.
 
 The report says, per group, the epochs run, the seconds, why the fit stopped, and the final loss
 relative to predicting zeros: how far the fit got.
@@ -24,124 +15,25 @@ relative to predicting zeros: how far the fit got.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from nextrap.errors import ConfigError
 from nextrap.predictors.base import Prediction
-from nextrap.predictors.next_fit import PRECISIONS, STOP_RULES, FitSettings, fit_network, group_loss, threads
+from nextrap.predictors.config import NExtConfig
+from nextrap.predictors.next_fit import fit_network, group_loss, threads
 from nextrap.progress import Progress, no_progress
-from nextrap.trajectory import Features, Trajectory
+from nextrap.trajectory import Features, SharedFeatures, Trajectory
 
-__all__ = ["PRESETS", "PRESET_NAMES", "NExtConfig", "NExtNet", "NExtPredictor"]
+if TYPE_CHECKING:
+    from nextrap.predictors.registry import MethodSettings
+
+__all__ = ["NExtNet", "NExtPredictor"]
 
 logger = logging.getLogger(__name__)
 
-PRESET_NAMES = ("auto", "fast", "reference")
-
-
-@dataclass(frozen=True)
-class NExtConfig:
-    """Hyper-parameters of the NExt predictor; validated at construction.
-
-    ``epochs`` is the most a group trains (the exact count with ``stop = "fixed"``); ``stop`` picks the
-    rule that ends it earlier (:mod:`nextrap.predictors.next_fit`); ``patience = 0`` disables early
-    stopping whatever the rule. ``threads`` (0: torch's setting) and ``precision`` only change speed.
-    """
-
-    preset: str = "auto"
-    lr: float = 1e-3
-    lr_dim_scale: float = 0.0
-    epochs: int = 1000
-    loss: str = "l1"
-    hidden: int = 256
-    weight_decay: float = 0.01
-    min_lr_ratio: float = 0.1
-    normalize: bool = True
-    stop: str = "train"
-    patience: int = 100
-    min_improvement: float = 1e-3
-    refit: bool = False
-    threads: int = 0
-    precision: str = "float32"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.preset in PRESET_NAMES, "preset", f"one of {list(PRESET_NAMES)}"),
-            (self.lr > 0 and math.isfinite(self.lr), "lr", "a positive number"),
-            (self.lr_dim_scale >= 0, "lr_dim_scale", ">= 0 (0: the same lr for every vector length)"),
-            (self.epochs >= 1, "epochs", "at least 1"),
-            (self.loss in ("l1", "l2"), "loss", "'l1' or 'l2'"),
-            (self.hidden >= 1, "hidden", "at least 1"),
-            (self.weight_decay >= 0, "weight_decay", ">= 0"),
-            (0 < self.min_lr_ratio <= 1, "min_lr_ratio", "in (0, 1]"),
-            (self.stop in STOP_RULES, "stop", f"one of {list(STOP_RULES)}"),
-            (self.patience >= 0, "patience", ">= 0 (0 disables early stopping)"),
-            (self.min_improvement >= 0, "min_improvement", ">= 0"),
-            (self.threads >= 0, "threads", ">= 0 (0: torch's setting)"),
-            (self.precision in PRECISIONS, "precision", f"one of {list(PRECISIONS)}"),
-        ]
-        for ok, name, expected in checks:
-            if not ok:
-                raise ConfigError(f"NExt option {name} = {getattr(self, name)!r}: expected {expected}")
-
-    @classmethod
-    def from_preset(cls, preset: str = "auto", **overrides: Any) -> NExtConfig:
-        """The preset's values with ``overrides`` (``None`` values are ignored) on top."""
-        if preset not in PRESETS:
-            raise ConfigError(f"NExt preset {preset!r}: expected one of {sorted(PRESETS)}")
-        return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
-
-    def group_lr(self, dim: int) -> float:
-        """The learning rate for vectors of length ``dim``: ``lr``, capped at ``lr_dim_scale / dim``.
-
-        With Adam every weight moves by about the learning rate per step, and a layer's output by about
-        ``dim`` times that, so the largest stable rate falls as ``1 / dim``. Measured on unit-RMS
-        features (SmolLM2 shapes): stable at (d, lr) = (576, 3e-3) and (1536, 1e-3), stuck at
-        (192, 1e-2) and (1536, 3e-3), i.e. stable while ``d * lr`` stays below about 1.7.
-        """
-        return min(self.lr, self.lr_dim_scale / dim) if self.lr_dim_scale > 0 else self.lr
-
-    def fit_settings(self, dim: int = 1) -> FitSettings:
-        return FitSettings(
-            lr=self.group_lr(dim),
-            epochs=self.epochs,
-            min_lr_ratio=self.min_lr_ratio,
-            weight_decay=self.weight_decay,
-            loss=self.loss,
-            stop=self.stop,
-            patience=self.patience,
-            min_improvement=self.min_improvement,
-            refit=self.refit,
-            precision=self.precision,
-        )
-
-
-PRESETS: dict[str, NExtConfig] = {
-    # The default: unit-RMS groups, lr 1e-3, stop on a training-loss plateau (at most 1000 epochs).
-    "auto": NExtConfig(),
-    # Stops when a held-out pair stops improving, then refits on every pair; lr capped at 1.5 / d.
-    # 2x faster on the tiny reference run at equal error, but much worse on a planted curved run
-    # (relative error 0.55 against 0.13): opt-in until that is understood.
-    "fast": NExtConfig(
-        preset="fast", lr=3e-3, lr_dim_scale=1.5, stop="holdout", epochs=500, patience=50, refit=True
-    ),
-    "reference": NExtConfig(
-        preset="reference",
-        lr=2e-5,
-        lr_dim_scale=0.0,
-        epochs=1000,
-        normalize=False,
-        stop="fixed",
-        patience=0,
-        refit=False,
-    ),
-}
 
 
 class NExtNet(nn.Module):
@@ -203,6 +95,23 @@ def _collect_groups(features: Features) -> dict[int, _Group]:
     return dict(sorted(groups.items()))
 
 
+def _features_at(
+    features: SharedFeatures | Features | None,
+    trajectory: Trajectory,
+    horizon: int,
+    device: torch.device,
+    progress: Progress,
+) -> Features:
+    """The run's features at ``horizon``: the shared ones (computed now if nobody has yet), or computed here."""
+    if features is None:
+        features = SharedFeatures(trajectory, horizon, device, progress=progress)
+    if isinstance(features, SharedFeatures):
+        features = features.get()
+    if features.horizon != horizon:
+        raise ValueError(f"features computed at horizon {features.horizon}, predicting at horizon {horizon}")
+    return features
+
+
 def _rms(x: torch.Tensor) -> torch.Tensor:
     r = x.square().mean().sqrt()
     return torch.where(r > 0, r, torch.ones_like(r))
@@ -212,7 +121,6 @@ class NExtPredictor:
     """Fits one :class:`NExtNet` per vector length and predicts the next horizon's rank-1 update."""
 
     name = "next"
-    needs_features = True
 
     def __init__(self, config: NExtConfig | None = None):
         self.config = config or NExtConfig()
@@ -221,12 +129,12 @@ class NExtPredictor:
         self,
         trajectory: Trajectory,
         horizon: int,
-        features: Features | None,
+        features: SharedFeatures | Features | None = None,
         device: torch.device | None = None,
         progress: Progress = no_progress,
     ) -> Prediction:
-        if features is None or features.horizon != horizon:
-            raise ValueError("NExtPredictor.predict needs the run's features computed at the same horizon")
+        device = device or torch.device("cpu")
+        features = _features_at(features, trajectory, horizon, device, progress)
         cfg = self.config
         P = features.pairs
         outputs: dict[tuple[str, str], torch.Tensor] = {}
@@ -306,3 +214,8 @@ def _fit(
         converged=final <= 0.1 * zero_loss if zero_loss > 0 else False,  # nothing to learn: not "converged"
     )
     return net, report
+
+
+def build(name: str, settings: MethodSettings) -> NExtPredictor:
+    """The registry's builder (:mod:`nextrap.predictors.registry`)."""
+    return NExtPredictor(settings.next)

@@ -22,33 +22,14 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["STOP_RULES", "FitSettings", "cosine_lr", "fit_network", "threads"]
+from nextrap.predictors.config import FitSettings
 
-STOP_RULES = ("fixed", "train", "holdout")
-PRECISIONS = ("float32", "bfloat16")
-
-
-@dataclass(frozen=True)
-class FitSettings:
-    """How one group's network is trained (built from :class:`~nextrap.predictors.next.NExtConfig`)."""
-
-    lr: float
-    epochs: int
-    min_lr_ratio: float
-    weight_decay: float
-    loss: str
-    stop: str
-    patience: int
-    min_improvement: float
-    refit: bool
-    precision: str
-
+__all__ = ["cosine_lr", "fit_network", "group_loss", "threads"]
 
 def cosine_lr(epoch: int, settings: FitSettings) -> float:
     """Learning rate of the step taken in ``epoch`` (0-based): cosine from ``lr`` to ``min_lr_ratio * lr``.

@@ -29,17 +29,19 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from nextrap.errors import ConfigError
 from nextrap.predictors.base import Prediction
+from nextrap.predictors.config import check_relex_options
 from nextrap.progress import Progress, no_progress
-from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Features, Trajectory
+from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Features, SharedFeatures, Trajectory
 
-__all__ = ["RELEX_MODES", "RelexConfig", "RelexPredictor", "TemporalFit", "line_fit", "lora_gram", "temporal_fit"]
+if TYPE_CHECKING:
+    from nextrap.predictors.registry import MethodSettings
 
-RELEX_MODES = ("denoised", "anchored")
+__all__ = ["RelexPredictor", "TemporalFit", "line_fit", "lora_gram", "temporal_fit"]
 
 # Components whose singular value is below this fraction of the top one carry no signal (the
 # reference script uses the same cut-off); their direction would divide by ~0.
@@ -133,17 +135,6 @@ def temporal_fit(
 
 
 @dataclass(frozen=True)
-class RelexConfig:
-    """RELEX's options: ``rank`` temporal components (paper: 1), line ``window`` in checkpoints (None: all)."""
-
-    rank: int = 1
-    window: int | None = None
-
-    def __post_init__(self) -> None:
-        check_relex_options(self.rank, self.window, "denoised")
-
-
-@dataclass(frozen=True)
 class RelexPredictor:
     """RELEX with ``rank`` temporal components, the line fitted on the last ``window`` checkpoints.
 
@@ -154,7 +145,6 @@ class RelexPredictor:
     window: int | None = None
     mode: str = "denoised"
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    needs_features: bool = False
 
     def __post_init__(self) -> None:
         check_relex_options(self.rank, self.window, self.mode)
@@ -167,7 +157,7 @@ class RelexPredictor:
         self,
         trajectory: Trajectory,
         horizon: int,
-        features: Features | None = None,
+        features: SharedFeatures | Features | None = None,
         device: torch.device | None = None,
         progress: Progress = no_progress,
     ) -> Prediction:
@@ -221,13 +211,11 @@ class RelexPredictor:
         )
 
 
-def check_relex_options(rank: int, window: int | None, mode: str) -> None:
-    """One-line errors for RELEX options that cannot work."""
-    if rank < 1:
-        raise ConfigError(f"--relex-rank {rank}: RELEX keeps at least 1 temporal component; use 1 (the paper's)")
-    if window is not None and window < 2:
-        raise ConfigError(
-            f"--relex-window {window}: a line needs at least 2 checkpoints; give 2 or more (default: all)"
-        )
-    if mode not in RELEX_MODES:
-        raise ConfigError(f"RELEX mode {mode!r}: expected one of {list(RELEX_MODES)}")
+def build(name: str, settings: MethodSettings) -> RelexPredictor:
+    """The registry's builder: ``relex`` denoised as published, ``relex-anchored`` from the last checkpoint."""
+    return RelexPredictor(
+        rank=settings.relex.rank,
+        window=settings.relex.window,
+        mode="denoised" if name == "relex" else "anchored",
+        chunk_bytes=settings.chunk_bytes or DEFAULT_CHUNK_BYTES,
+    )

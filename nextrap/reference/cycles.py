@@ -22,6 +22,7 @@ from nextrap.callbacks import JumpSchedule
 from nextrap.errors import ConfigError
 from nextrap.extrapolate import ExtrapolateOptions, extrapolate
 from nextrap.reference.grpo import GRPOConfig, TrainResult, train
+from nextrap.writers import OutputOptions
 
 __all__ = ["CYCLES_REPORT", "CycleResult", "train_cycles"]
 
@@ -141,18 +142,17 @@ def _jump_after_cycle(
     checkpoints) to ``step + schedule.jump_steps``, into ``folder``: the jump's adapter and its record."""
     paths = ([adapter] if adapter else []) + list(checkpoints.values())
     steps = ([start_step] if adapter else []) + list(checkpoints)
-    jump_options = replace(
-        options, coefs=None, to_steps=(step + schedule.jump_steps,), overwrite=True, hash_inputs=False
-    )
+    jump_options = replace(options, coefs=None, to_steps=(step + schedule.jump_steps,))
     if jump_options.method == "linear" and jump_options.horizon is None:
         jump_options = replace(jump_options, horizon=len(paths) - 1)
-    jump = extrapolate(None, folder, jump_options, checkpoints=paths, steps=steps)
-    entry = jump.report["outputs"][0]
+    jump = extrapolate(
+        None, folder, jump_options, OutputOptions(hash_inputs=False), checkpoints=paths, steps=steps
+    )
     record = {
         "from_step": step,
         "to_step": step + schedule.jump_steps,
-        "coef": entry["coef"],
-        "method": jump.report["method"],
+        "coef": jump.report.outputs[0].coef,
+        "method": jump.report.method,
         "path": folder.name,
     }
     return jump.output, record

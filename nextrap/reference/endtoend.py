@@ -22,6 +22,7 @@ from nextrap.errors import ConfigError
 from nextrap.extrapolate import ExtrapolateOptions, ExtrapolationResult, extrapolate
 from nextrap.reference.grpo import GRPOConfig, TrainResult, train
 from nextrap.reference.stats import steps_to_reach
+from nextrap.writers import OutputOptions
 
 __all__ = [
     "Arm",
@@ -158,10 +159,19 @@ def resume_arm(
 def jump_from(
     plain: TrainResult, until: int, output: Path, options: ExtrapolateOptions, progress: bool = False
 ) -> ExtrapolationResult:
-    """nextrap's jump from the plain run's checkpoints up to step ``until``: the run as it was then."""
+    """nextrap's jump from the plain run's checkpoints up to step ``until``: the run as it was then.
+
+    ``output`` is the arm's own scratch folder, replaced when the arm is rerun.
+    """
     observed = {s: p for s, p in plain.checkpoints.items() if s <= until}
     return extrapolate(
-        None, output, options, checkpoints=list(observed.values()), steps=list(observed), progress=progress
+        None,
+        output,
+        options,
+        OutputOptions(overwrite=True, hash_inputs=False),
+        checkpoints=list(observed.values()),
+        steps=list(observed),
+        progress=progress,
     )
 
 
@@ -181,19 +191,19 @@ def jump_arm(
         plain,
         config.observe,
         output / "jump",
-        ExtrapolateOptions(coefs=(coef,), method=method, horizon=config.horizon, overwrite=True),
+        ExtrapolateOptions(coefs=(coef,), method=method, horizon=config.horizon),
         progress,
     )
-    virtual = config.observe + round(coef * config.horizon_steps)
+    out = jump.report.outputs[0]
+    virtual = out.step
     arm = resume_arm(
         plain, output / "resumed", config, f"{method} c={coef:g}", jump.output, virtual, progress
     )
     arm.seconds += time.perf_counter() - started
-    out = jump.report["outputs"][0]
     arm.report = {
-        "method": jump.report["method"],
-        "virtual_step": out["virtual_step"],
-        "max_relative_truncation_error": out["max_relative_truncation_error"],
+        "method": jump.report.method,
+        "virtual_step": out.virtual_step,
+        "max_relative_truncation_error": out.max_relative_truncation_error,
     }
     return arm
 

@@ -177,10 +177,10 @@ class _Seed:
             self.plain,
             c.observe,
             folder / "jump",
-            ExtrapolateOptions(coefs=(coef,), method=method, horizon=c.horizon, overwrite=True),
+            ExtrapolateOptions(coefs=(coef,), method=method, horizon=c.horizon),
         )
-        entry = result.report["outputs"][0]
-        virtual = round(entry["virtual_step"])
+        entry = result.report.outputs[0]
+        virtual = entry.step
         extra: dict[str, Any] = {}
         if variant == "keep":
             extra["init_optimizer"] = self.plain.checkpoints[c.observe]
@@ -194,8 +194,8 @@ class _Seed:
             curve,
             c.budget,
             curve[c.observe],
-            entry["virtual_step"],
-            details={"method": result.report["method"], "max_truncation": entry["max_relative_truncation_error"]},
+            entry.virtual_step,
+            details={"method": result.report.method, "max_truncation": entry.max_relative_truncation_error},
         )
 
     def relex(self, folder: Path, to_step: int, then_train: bool) -> ArmResult:
@@ -204,7 +204,7 @@ class _Seed:
             self.plain,
             c.relex_observe,
             folder / "jump",
-            ExtrapolateOptions(coefs=None, to_steps=(to_step,), method="relex", overwrite=True),
+            ExtrapolateOptions(coefs=None, to_steps=(to_step,), method="relex"),
         )
         curve = {s: a for s, a in self.plain.eval_accuracy().items() if s <= c.relex_observe}
         if not then_train:
