@@ -422,6 +422,19 @@ def _group_keys(
     shapes: dict[str, tuple[int, ...]],
     dtypes: dict[str, torch.dtype],
 ) -> tuple[dict[str, LoraModule], dict[str, RawTensor], list[str]]:
+    pairs, kinds, raw, notes = _pair_factor_keys(ref, shapes, dtypes)
+    modules: dict[str, LoraModule] = {}
+    for prefix, parts in pairs.items():
+        module = _lora_module(ref, config, prefix, parts, kinds[prefix], shapes, dtypes)
+        modules[module.name] = module
+    return dict(sorted(modules.items())), dict(sorted(raw.items())), notes
+
+
+def _pair_factor_keys(
+    ref: CheckpointRef, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, torch.dtype]
+) -> tuple[dict[str, dict[str, str]], dict[str, str], dict[str, RawTensor], list[str]]:
+    """Sort a file's keys into LoRA factor pairs (``{prefix: {"A": key, "B": key}}``, with each prefix's
+    kind) and the other tensors, which are carried through as they are."""
     pairs: dict[str, dict[str, str]] = {}
     kinds: dict[str, str] = {}
     raw: dict[str, RawTensor] = {}
@@ -439,45 +452,56 @@ def _group_keys(
         kinds[prefix] = kind
         if key.count(".") - prefix.count(".") > 2 and not notes:
             notes.append(f"keys carry the adapter name (e.g. {key}); they are written back as they are")
-    modules: dict[str, LoraModule] = {}
-    for prefix, parts in pairs.items():
-        if set(parts) != {"A", "B"}:
-            missing = "B" if "A" in parts else "A"
-            raise CheckpointError(
-                f"{ref.weights}: module {prefix} has no lora_{missing} "
-                f"at step {ref.step}; the file is incomplete"
-            )
-        a_shape, b_shape = shapes[parts["A"]], shapes[parts["B"]]
-        if len(a_shape) != 2 or len(b_shape) != 2:
-            raise CheckpointError(
-                f"{ref.weights}: module {prefix} has factors of shapes {list(a_shape)} and {list(b_shape)} at step "
-                f"{ref.step}; only linear and embedding LoRA (2-D factors) are supported"
-            )
-        rank = a_shape[0]
-        if b_shape[1] != rank:
-            raise CheckpointError(
-                f"{ref.weights}: module {prefix} has lora_A {list(a_shape)} and lora_B {list(b_shape)} at step "
-                f"{ref.step}: their ranks differ"
-            )
-        name = _module_name(prefix)
-        expected = config.rank_for(name)
-        if expected != rank:
-            raise CheckpointError(
-                f"{ref.weights}: module {name} has rank {rank} but {config.path.name} says r = {expected} at step "
-                f"{ref.step}; fix r / rank_pattern so the scaling is right"
-            )
-        modules[name] = LoraModule(
-            name=name,
-            a_key=parts["A"],
-            b_key=parts["B"],
-            out_features=b_shape[0],
-            in_features=a_shape[1],
-            rank=rank,
-            scaling=config.scaling_for(name, rank),
-            kind=kinds[prefix],
-            dtype=dtypes[parts["B"]],
+    return pairs, kinds, raw, notes
+
+
+def _lora_module(
+    ref: CheckpointRef,
+    config: AdapterConfig,
+    prefix: str,
+    parts: dict[str, str],
+    kind: str,
+    shapes: dict[str, tuple[int, ...]],
+    dtypes: dict[str, torch.dtype],
+) -> LoraModule:
+    """The module of one factor pair, after checking that both factors are there, are 2-D, agree on the
+    rank and that the rank is the one the config gives (else the scaling would be wrong)."""
+    if set(parts) != {"A", "B"}:
+        missing = "B" if "A" in parts else "A"
+        raise CheckpointError(
+            f"{ref.weights}: module {prefix} has no lora_{missing} "
+            f"at step {ref.step}; the file is incomplete"
         )
-    return dict(sorted(modules.items())), dict(sorted(raw.items())), notes
+    a_shape, b_shape = shapes[parts["A"]], shapes[parts["B"]]
+    if len(a_shape) != 2 or len(b_shape) != 2:
+        raise CheckpointError(
+            f"{ref.weights}: module {prefix} has factors of shapes {list(a_shape)} and {list(b_shape)} at step "
+            f"{ref.step}; only linear and embedding LoRA (2-D factors) are supported"
+        )
+    rank = a_shape[0]
+    if b_shape[1] != rank:
+        raise CheckpointError(
+            f"{ref.weights}: module {prefix} has lora_A {list(a_shape)} and lora_B {list(b_shape)} at step "
+            f"{ref.step}: their ranks differ"
+        )
+    name = _module_name(prefix)
+    expected = config.rank_for(name)
+    if expected != rank:
+        raise CheckpointError(
+            f"{ref.weights}: module {name} has rank {rank} but {config.path.name} says r = {expected} at step "
+            f"{ref.step}; fix r / rank_pattern so the scaling is right"
+        )
+    return LoraModule(
+        name=name,
+        a_key=parts["A"],
+        b_key=parts["B"],
+        out_features=b_shape[0],
+        in_features=a_shape[1],
+        rank=rank,
+        scaling=config.scaling_for(name, rank),
+        kind=kind,
+        dtype=dtypes[parts["B"]],
+    )
 
 
 def _split_lora_key(key: str) -> tuple[str | None, str, str]:

@@ -16,9 +16,10 @@ still beat staying; when no method beats staying it says so.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -132,6 +133,9 @@ def _kind(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
+_INNER_KEYS = ("oo", "od", "dd", "ot", "dt", "tt")  # <X, Y> for X, Y in offset O, direction D, truth T
+
+
 def score_prediction(
     trajectory: Trajectory,
     prediction: Prediction,
@@ -150,22 +154,43 @@ def score_prediction(
     factors, in float64.
     """
     fit = trajectory.prefix(base + 1)
-    sums: dict[tuple[int, str], dict[str, float]] = {}
-    keys = ("oo", "od", "dd", "ot", "dt", "tt")
-
-    def add(j: int, kind: str, values: dict[str, float]) -> None:
-        for k in (kind, "all"):
-            acc = sums.setdefault((j, k), dict.fromkeys(keys, 0.0))
-            for key in keys:
-                acc[key] += values[key]
-
     idx = [base, *targets]
+    # The six inner products are summed per (target, kind) and over all kinds; the scores follow from
+    # the sums, so a kind's error is that of its modules taken together.
+    sums: dict[tuple[int, str], dict[str, float]] = {}
+    products = itertools.chain(
+        _lora_inner_products(trajectory, prediction, fit, idx, targets, device, chunk_bytes),
+        _raw_inner_products(trajectory, prediction, idx, targets, device),
+    )
+    for j, kind, values in products:
+        for k in (kind, "all"):
+            acc = sums.setdefault((j, k), dict.fromkeys(_INNER_KEYS, 0.0))
+            for key in _INNER_KEYS:
+                acc[key] += values[key]
+    rows = [
+        _score_row(trajectory.steps[j], coefs[targets.index(j)], kind, s) for (j, kind), s in sums.items()
+    ]
+    rows.sort(key=lambda r: (r["step"], r["kind"] != "all", r["kind"]))
+    return rows
+
+
+def _lora_inner_products(
+    trajectory: Trajectory,
+    prediction: Prediction,
+    fit: Trajectory,
+    idx: Sequence[int],
+    targets: Sequence[int],
+    device: torch.device,
+    chunk_bytes: int,
+) -> Iterator[tuple[int, str, dict[str, float]]]:
+    """``(target, module kind, inner products)`` for every LoRA module and target, from the factors
+    (``idx`` = base, then the targets), a chunk of modules at a time."""
+    inner = lowrank.frobenius_inner
     for names in trajectory.module_chunks(len(idx), chunk_bytes):
         B, A = trajectory.load_factors(names, device, idx)
         B, A = B.double(), A.double()
         Ld, Rd = (x.double() for x in prediction.factors(fit, names, device, 0.0, 1.0))
         Lo, Ro = (x.double() for x in prediction.factors(fit, names, device, 1.0, 0.0))
-        inner = lowrank.frobenius_inner
         oo, od, dd = inner(Lo, Ro, Lo, Ro), inner(Lo, Ro, Ld, Rd), inner(Ld, Rd, Ld, Rd)
         for n, j in enumerate(targets, start=1):
             Lt = torch.cat([B[:, n], -B[:, 0]], -1)  # true update dW_j - dW_base, factored
@@ -173,7 +198,17 @@ def score_prediction(
             ot, dt, tt = inner(Lo, Ro, Lt, Rt), inner(Ld, Rd, Lt, Rt), inner(Lt, Rt, Lt, Rt)
             for m, name in enumerate(names):
                 values = {"oo": oo[m], "od": od[m], "dd": dd[m], "ot": ot[m], "dt": dt[m], "tt": tt[m]}
-                add(j, _kind(name), {k: float(v) for k, v in values.items()})
+                yield j, _kind(name), {k: float(v) for k, v in values.items()}
+
+
+def _raw_inner_products(
+    trajectory: Trajectory,
+    prediction: Prediction,
+    idx: Sequence[int],
+    targets: Sequence[int],
+    device: torch.device,
+) -> Iterator[tuple[int, str, dict[str, float]]]:
+    """``(target, "other", inner products)`` for every tensor stored as it is (not as LoRA factors)."""
     for key in trajectory.raw:
         X = trajectory.load_raw(key, device, idx).double()
         flat = X[0].reshape(-1)
@@ -184,39 +219,31 @@ def score_prediction(
         D = D - off  # raw_move(1) = offset + direction
         for n, j in enumerate(targets, start=1):
             T = (X[n] - X[0]).reshape(-1)
-            add(
-                j,
-                "other",
-                {
-                    "oo": float(off @ off),
-                    "od": float(off @ D),
-                    "dd": float(D @ D),
-                    "ot": float(off @ T),
-                    "dt": float(D @ T),
-                    "tt": float(T @ T),
-                },
-            )
-
-    rows = []
-    for (j, kind), s in sums.items():
-        c = coefs[targets.index(j)]
-        pp = s["oo"] + 2 * c * s["od"] + c * c * s["dd"]  # ||O + c D||^2
-        pt = s["ot"] + c * s["dt"]  # <O + c D, T>
-        err2 = max(0.0, pp - 2 * pt + s["tt"])
-        rows.append(
-            {
-                "step": trajectory.steps[j],
-                "coef": c,
-                "kind": kind,
-                "relative_error": math.sqrt(err2 / s["tt"]) if s["tt"] > 0 else 0.0,
-                "cosine": pt / math.sqrt(pp * s["tt"]) if pp > 0 and s["tt"] > 0 else 0.0,
-                "best_coef": (s["dt"] - s["od"]) / s["dd"] if s["dd"] > 0 else 0.0,
-                "true_norm": math.sqrt(s["tt"]),
-                "predicted_norm": math.sqrt(max(pp, 0.0)),
+            yield j, "other", {
+                "oo": float(off @ off),
+                "od": float(off @ D),
+                "dd": float(D @ D),
+                "ot": float(off @ T),
+                "dt": float(D @ T),
+                "tt": float(T @ T),
             }
-        )
-    rows.sort(key=lambda r: (r["step"], r["kind"] != "all", r["kind"]))
-    return rows
+
+
+def _score_row(step: int, c: float, kind: str, s: dict[str, float]) -> dict[str, Any]:
+    """The scores of ``O + c D`` against ``T`` from their summed inner products ``s``."""
+    pp = s["oo"] + 2 * c * s["od"] + c * c * s["dd"]  # ||O + c D||^2
+    pt = s["ot"] + c * s["dt"]  # <O + c D, T>
+    err2 = max(0.0, pp - 2 * pt + s["tt"])
+    return {
+        "step": step,
+        "coef": c,
+        "kind": kind,
+        "relative_error": math.sqrt(err2 / s["tt"]) if s["tt"] > 0 else 0.0,
+        "cosine": pt / math.sqrt(pp * s["tt"]) if pp > 0 and s["tt"] > 0 else 0.0,
+        "best_coef": (s["dt"] - s["od"]) / s["dd"] if s["dd"] > 0 else 0.0,
+        "true_norm": math.sqrt(s["tt"]),
+        "predicted_norm": math.sqrt(max(pp, 0.0)),
+    }
 
 
 def backtest(
@@ -228,26 +255,10 @@ def backtest(
     """Hold out the last checkpoints, fit every method on the rest, and score the predictions."""
     options = options or BacktestOptions()
     device = device or torch.device("cpu")
+    prefix = _fit_prefix_length(trajectory, options)
     K = len(trajectory.headers)
-    horizon_req = options.horizon
-    if options.observe_until is not None:
-        prefix = sum(1 for t in trajectory.steps if t <= options.observe_until)
-        if prefix >= K:
-            raise LayoutError(
-                f"--observe-until {options.observe_until}: no checkpoint after it (the last is step "
-                f"{trajectory.steps[-1]}); give an earlier step"
-            )
-        holdout = K - prefix
-    else:
-        holdout = options.holdout if options.holdout is not None else (horizon_req or _default_holdout(K))
-        prefix = K - holdout
-    if prefix < 3:
-        raise LayoutError(
-            f"holding out {holdout} of {K} checkpoints leaves {prefix} to fit on; at least 3 are needed: "
-            f"lower --holdout or save more checkpoints"
-        )
     fit = trajectory.prefix(prefix)
-    horizon, note = resolve_horizon(prefix, horizon_req)
+    horizon, note = resolve_horizon(prefix, options.horizon)
     notes = [note] if note else []
     horizon_steps = fit.steps[-1] - fit.steps[-1 - horizon]
     targets = list(range(prefix, K))
@@ -259,17 +270,7 @@ def backtest(
         notes.append(
             f"the last held-out checkpoint lies {far:.1f}x the observed span beyond the fit (far extrapolation)"
         )
-    features = SharedFeatures(fit, horizon, device, options.chunk_bytes, progress)  # computed once, if asked
-    scores, fits = [], {}
-    for method in progress(list(options.methods), "backtest methods"):
-        predictor = make_predictor(method, options.predictor, options.chunk_bytes, options.relex)
-        pred = predictor.predict(fit, horizon, features, device, progress)
-        if "groups" in pred.diagnostics:
-            fits[method] = pred.diagnostics["groups"]
-        for row in score_prediction(
-            trajectory, pred, prefix - 1, targets, coefs, device, options.chunk_bytes
-        ):
-            scores.append({"method": method, **row})
+    scores, fits = _score_methods(trajectory, fit, horizon, targets, coefs, options, device, progress)
     rec = _recommend(scores, options.methods)
     if "relex" in options.methods:
         notes.append(
@@ -287,6 +288,55 @@ def backtest(
         notes=notes,
         predictor_fits=fits,
     )
+
+
+def _fit_prefix_length(trajectory: Trajectory, options: BacktestOptions) -> int:
+    """How many checkpoints the methods are fitted on (the rest are held out); at least 3."""
+    K = len(trajectory.headers)
+    if options.observe_until is not None:
+        prefix = sum(1 for t in trajectory.steps if t <= options.observe_until)
+        if prefix >= K:
+            raise LayoutError(
+                f"--observe-until {options.observe_until}: no checkpoint after it (the last is step "
+                f"{trajectory.steps[-1]}); give an earlier step"
+            )
+        holdout = K - prefix
+    else:
+        holdout = options.holdout if options.holdout is not None else (options.horizon or _default_holdout(K))
+        prefix = K - holdout
+    if prefix < 3:
+        raise LayoutError(
+            f"holding out {holdout} of {K} checkpoints leaves {prefix} to fit on; at least 3 are needed: "
+            f"lower --holdout or save more checkpoints"
+        )
+    return prefix
+
+
+def _score_methods(
+    trajectory: Trajectory,
+    fit: Trajectory,
+    horizon: int,
+    targets: list[int],
+    coefs: list[float],
+    options: BacktestOptions,
+    device: torch.device,
+    progress: Progress,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Fit each method on ``fit`` and score it on ``targets``: the score rows (with their method) and
+    the NExt fits' diagnostics per method."""
+    prefix = len(fit.steps)
+    features = SharedFeatures(fit, horizon, device, options.chunk_bytes, progress)  # computed once, if asked
+    scores, fits = [], {}
+    for method in progress(list(options.methods), "backtest methods"):
+        predictor = make_predictor(method, options.predictor, options.chunk_bytes, options.relex)
+        pred = predictor.predict(fit, horizon, features, device, progress)
+        if "groups" in pred.diagnostics:
+            fits[method] = pred.diagnostics["groups"]
+        for row in score_prediction(
+            trajectory, pred, prefix - 1, targets, coefs, device, options.chunk_bytes
+        ):
+            scores.append({"method": method, **row})
+    return scores, fits
 
 
 def _default_holdout(checkpoints: int) -> int:

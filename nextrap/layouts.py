@@ -228,6 +228,26 @@ def discover(root: str | os.PathLike, *, adapter_name: str | None = None) -> Dis
     :class:`LayoutError` when nothing (or several runs) is found.
     """
     root = Path(root)
+    _check_run_folder(root)
+    notes: list[str] = []
+    adapters, step_like = _walk(root, notes)
+    matches = _match_adapters(root, adapters, adapter_name, notes)
+    layout = _single_run_layout(root, matches)
+    _note_skipped_folders(root, adapters, step_like, matches, notes)
+    refs = _checkpoint_refs(matches, notes)
+    if layout == "verl":
+        latest = _read_int(root / "latest_checkpointed_iteration.txt")
+        if latest is not None and latest not in refs:
+            notes.append(
+                f"latest_checkpointed_iteration.txt names step {latest}, which has no LoRA adapter here"
+            )
+    return Discovery(
+        root=root, layout=layout, checkpoints=tuple(refs[s] for s in sorted(refs)), notes=tuple(notes)
+    )
+
+
+def _check_run_folder(root: Path) -> None:
+    """Refuse a root that is missing, a file, empty, or a single checkpoint rather than a run."""
     if not root.exists():
         raise InputNotFoundError(f"no such folder: {root}; pass the output folder of your training run")
     if not root.is_dir():
@@ -241,8 +261,12 @@ def discover(root: str | os.PathLike, *, adapter_name: str | None = None) -> Dis
             f"{root} is a single adapter (checkpoint), not a run; pass the folder that holds its checkpoints, "
             f"e.g. {root.parent}"
         )
-    notes: list[str] = []
-    adapters, step_like = _walk(root, notes)
+
+
+def _match_adapters(
+    root: Path, adapters: list[Path], adapter_name: str | None, notes: list[str]
+) -> dict[Path, _Match]:
+    """The adapter folders that some layout places at a step, each with its match."""
     matches: dict[Path, _Match] = {}
     for folder in adapters:
         if adapter_name is not None:
@@ -260,6 +284,11 @@ def discover(root: str | os.PathLike, *, adapter_name: str | None = None) -> Dis
                     match = None
         if match is not None:
             matches[folder] = match
+    return matches
+
+
+def _single_run_layout(root: Path, matches: dict[Path, _Match]) -> str:
+    """The layout of the one run the matches belong to; an error when there is none, or several."""
     if not matches:
         raise LayoutError(
             f"no LoRA checkpoints found under {root} (tried layouts: {', '.join(_LAYOUT_HINTS)}); "
@@ -271,6 +300,13 @@ def discover(root: str | os.PathLike, *, adapter_name: str | None = None) -> Dis
         raise LayoutError(
             f"checkpoints of several runs under {root}: {listed}; point nextrap at one of these folders"
         )
+    return runs[0][0]
+
+
+def _note_skipped_folders(
+    root: Path, adapters: list[Path], step_like: list[Path], matches: dict[Path, _Match], notes: list[str]
+) -> None:
+    """Say which step-like folders and which adapters were left out, and why."""
     used = {m.step_dir for m in matches.values()} | set(matches)
 
     def unused(folder: Path) -> bool:
@@ -287,6 +323,10 @@ def discover(root: str | os.PathLike, *, adapter_name: str | None = None) -> Dis
                 f"skipped {folder.relative_to(root)}: an adapter, but no layout tells its step (the name has no "
                 "number); pass it with --checkpoint PATH --step N to include it"
             )
+
+
+def _checkpoint_refs(matches: dict[Path, _Match], notes: list[str]) -> dict[int, CheckpointRef]:
+    """One reference per step (the step the checkpoint records, else the folder name's)."""
     refs: dict[int, CheckpointRef] = {}
     for folder, match in sorted(matches.items(), key=lambda kv: kv[1].step):
         step, source = _recorded_step(match, notes)
@@ -300,16 +340,7 @@ def discover(root: str | os.PathLike, *, adapter_name: str | None = None) -> Dis
         if step in refs:
             raise LayoutError(f"two checkpoints for step {step}: {refs[step].path} and {folder}; remove one")
         refs[step] = ref
-    layout = runs[0][0]
-    if layout == "verl":
-        latest = _read_int(root / "latest_checkpointed_iteration.txt")
-        if latest is not None and latest not in refs:
-            notes.append(
-                f"latest_checkpointed_iteration.txt names step {latest}, which has no LoRA adapter here"
-            )
-    return Discovery(
-        root=root, layout=layout, checkpoints=tuple(refs[s] for s in sorted(refs)), notes=tuple(notes)
-    )
+    return refs
 
 
 def _read_int(path: Path) -> int | None:

@@ -255,16 +255,7 @@ def refactor_to_rank(
     scaling_t = torch.as_tensor(scaling, dtype=L.dtype, device=L.device)
     if scaling_t.dim() == 0:
         scaling_t = scaling_t.reshape(1, 1, 1).expand(L.shape[0], 1, 1)
-    # Least-squares alignment: keep A's rows, projected onto the new row space.
-    C = A_prev @ Vh.transpose(-1, -2)  # (M, r, r)
-    svals_c = torch.linalg.svdvals(C)
-    cond = svals_c[..., 0] / svals_c[..., -1].clamp_min(torch.finfo(C.dtype).tiny)
-    ok = torch.isfinite(cond) & (cond < max_condition) & (svals_c[..., -1] > 0)
-    US = U * S_r.unsqueeze(-2) / scaling_t
-    eye = torch.eye(rank, dtype=C.dtype, device=C.device).expand_as(C)
-    C_safe = torch.where(ok.view(-1, 1, 1), C, eye)
-    B_ls = torch.linalg.solve(C_safe, US, left=False)  # US @ C^-1
-    A_ls = C_safe @ Vh
+    B_ls, A_ls, ok = _least_squares_factors(U, S_r, Vh, scaling_t, A_prev, max_condition)
     if bool(ok.all()):
         return Refactored(B=B_ls, A=A_ls, error=error, norm=norm, aligned=ok)
     B_pc, A_pc = _procrustes_factors(U, S_r, Vh, scaling_t, B_prev, A_prev)
@@ -276,6 +267,33 @@ def refactor_to_rank(
         norm=norm,
         aligned=ok,
     )
+
+
+def _least_squares_factors(
+    U: torch.Tensor,
+    S_r: torch.Tensor,
+    Vh: torch.Tensor,
+    scaling: torch.Tensor,
+    A_prev: torch.Tensor,
+    max_condition: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(B, A, ok)`` with ``A = C Vh``, ``C = A_prev Vh^T``: A's rows kept, projected onto the new row space.
+
+    ``U``: ``(M, out, r)``, ``S_r``: ``(M, r)``, ``Vh``: ``(M, r, in)``, ``scaling``: ``(M, 1, 1)``.
+    ``ok`` (``(M,)`` bool) marks the modules whose ``C`` is invertible and conditioned below
+    ``max_condition``; elsewhere ``C`` is replaced by the identity so the solve stays finite, and the
+    caller must not use those factors.
+    """
+    rank = Vh.shape[-2]
+    C = A_prev @ Vh.transpose(-1, -2)  # (M, r, r)
+    svals_c = torch.linalg.svdvals(C)
+    cond = svals_c[..., 0] / svals_c[..., -1].clamp_min(torch.finfo(C.dtype).tiny)
+    ok = torch.isfinite(cond) & (cond < max_condition) & (svals_c[..., -1] > 0)
+    US = U * S_r.unsqueeze(-2) / scaling
+    eye = torch.eye(rank, dtype=C.dtype, device=C.device).expand_as(C)
+    C_safe = torch.where(ok.view(-1, 1, 1), C, eye)
+    B = torch.linalg.solve(C_safe, US, left=False)  # US @ C^-1
+    return B, C_safe @ Vh, ok
 
 
 def _complete_rows(Vh: torch.Tensor, A_prev: torch.Tensor, extra: int) -> torch.Tensor:

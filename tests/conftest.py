@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 # No test may reach the network: libraries that would look something up on the Hub (peft checks a base
@@ -30,19 +31,32 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def reference_cache(tmp_path_factory):
-    """One cache (warm starts of the tiny reference policy) for every test of the session that asks for it."""
-    folder = tmp_path_factory.mktemp("nextrap-cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NEXTRAP_CACHE", str(folder))
-    yield folder
-    mp.undo()
+def _reference_cache_folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("nextrap-cache")
 
 
 @pytest.fixture
-def tiny_run(tmp_path: Path) -> Path:
-    """A TRL-layout run: 10 checkpoints (steps 10..100) of a 2-layer model, r = 4, float32."""
-    return write_synthetic_run(tmp_path / "run", STEPS, TINY_SHAPES, TINY_SPEC)
+def reference_cache(_reference_cache_folder: Path, monkeypatch) -> Path:
+    """One cache (warm starts of the tiny reference policy) for every test of the session that asks for it,
+    so the warm start is built once per session. NEXTRAP_CACHE points at it during those tests only: set for
+    the whole session, it would hide the user's cache (the SmolLM2 weights) from every later test."""
+    monkeypatch.setenv("NEXTRAP_CACHE", str(_reference_cache_folder))
+    return _reference_cache_folder
+
+
+@pytest.fixture(scope="session")
+def _tiny_run_template(tmp_path_factory) -> Path:
+    return write_synthetic_run(tmp_path_factory.mktemp("tiny-run") / "run", STEPS, TINY_SHAPES, TINY_SPEC)
+
+
+@pytest.fixture
+def tiny_run(tmp_path: Path, _tiny_run_template: Path) -> Path:
+    """A TRL-layout run: 10 checkpoints (steps 10..100) of a 2-layer model, r = 4, float32.
+
+    Each test gets its own copy (tests edit and break it); copying the session's one is 4x cheaper
+    than writing it again, and the files are the same (the plant is seeded).
+    """
+    return Path(shutil.copytree(_tiny_run_template, tmp_path / "run"))
 
 
 def tiny_llama(seed: int = 0):

@@ -140,6 +140,7 @@ def test_noisy_run_favours_the_fitted_line_over_two_points(tmp_path: Path):
     assert result.recommendation["method"] == "relex" and err["relex"] < err["linear"], err
 
 
+@pytest.mark.slow
 def test_auto_method_uses_the_backtest_recommendation(tmp_path: Path):
     run = _run(tmp_path, "run", curve="linear", noise=0.03)
     options = nextrap.ExtrapolateOptions(method="auto", predictor=FAST)

@@ -281,6 +281,7 @@ def _trl_grpo(tmp_path, monkeypatch, out, max_steps, callbacks=(), save_steps=No
     )
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("reference_cache")
 def test_trl_grpo_trainer_with_the_callback(tmp_path, monkeypatch):
     """TRL's GRPOTrainer on the reference policy: the callback jumps in place and training goes on."""
@@ -312,6 +313,7 @@ def test_trl_grpo_trainer_with_the_callback(tmp_path, monkeypatch):
     assert max(float((seen["after"][n] - seen["before"][n]).abs().max()) for n in seen["before"]) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("reference_cache")
 def test_format_trl_is_resumed_by_trls_grpo_trainer(tmp_path, monkeypatch):
     from click.testing import CliRunner

@@ -56,6 +56,7 @@ def test_reference_preset_from_cli(tmp_path: Path, tiny_run: Path):
     assert (cfg["preset"], cfg["lr"], cfg["epochs"], cfg["normalize"]) == ("reference", 2e-5, 3, False)
 
 
+@pytest.mark.slow
 def test_demo_beats_staying_put(tmp_path: Path):
     text = _ok(["demo", "-o", str(tmp_path / "demo"), "--coef", "1.0", "--synthetic"])
     table = text.split("error against the planted future")[1].splitlines()

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # every test runs the CLI in subprocesses it kills: 9-140 s each under load
+
 REPO = Path(__file__).parents[1]
 
 # Runs the CLI in-process, killing itself (SIGKILL, as kill -9 would) at the n-th call of a hook.
@@ -170,6 +172,5 @@ def test_kill_at_random_moments(tiny_run: Path, tmp_path: Path):
     _random_kills(tiny_run, tmp_path, rounds=1, seed=13)
 
 
-@pytest.mark.slow
 def test_kill_at_many_random_moments(tiny_run: Path, tmp_path: Path):
     _random_kills(tiny_run, tmp_path, rounds=6, seed=14)

@@ -180,18 +180,19 @@ def test_corrupt_safetensors(tmp_path: Path, tiny_run: Path):
 
 def test_failure_late_leaves_nothing(tmp_path: Path, tiny_run: Path, monkeypatch):
     """An error after files started to be written still leaves no output folder and no temporary."""
-    import importlib
+    import nextrap.adapters
+    from nextrap.errors import ConfigError
 
-    ex = importlib.import_module("nextrap.extrapolate")  # the package exports a function of that name
-    real_write, calls = ex.write_adapter, []
+    # the writers import write_adapter from nextrap.adapters when they write, so the patch reaches them
+    real_write, calls = nextrap.adapters.write_adapter, []
 
     def boom(folder, *args, **kwargs):
         calls.append(folder)
         if len(calls) == 2:  # the first adapter is already on disk (in the temporary folder)
-            raise ex.ConfigError("simulated failure while writing")
+            raise ConfigError("simulated failure while writing")
         real_write(folder, *args, **kwargs)
 
-    monkeypatch.setattr(ex, "write_adapter", boom)
+    monkeypatch.setattr(nextrap.adapters, "write_adapter", boom)
     _assert_fails(
         ["extrapolate", str(tiny_run), "-o", str(tmp_path / "out"), "--coef", "1", "--coef", "2"] + FAST,
         "simulated",

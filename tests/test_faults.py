@@ -24,6 +24,8 @@ from nextrap.synthetic import write_synthetic_run
 
 from .conftest import STEPS, TINY_SHAPES, TINY_SPEC
 
+pytestmark = pytest.mark.slow  # every test runs the CLI's commands in subprocesses (12-25 s under load)
+
 REPO = Path(__file__).parents[1]
 
 _CHILD = r"""

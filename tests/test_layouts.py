@@ -182,4 +182,5 @@ def test_layouts_imports_no_torch():
         "dataclasses",
         "pathlib",
         "nextrap.errors",
+        "nextrap.peft_format",  # PEFT's file names and rules: stdlib-only as well
     }, modules

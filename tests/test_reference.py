@@ -63,6 +63,7 @@ def test_tokenizer_is_one_token_per_character_with_bos():
     assert [VOCAB[i] for i in ids[0, 1:]] == list("s310542=")
 
 
+@pytest.mark.slow
 def test_warm_start_is_middling_cached_and_deterministic(reference_cache: Path):
     model, _, folder = load_base(WARM)
     assert folder.parent == reference_cache and (folder / "model.safetensors").exists()
@@ -73,6 +74,7 @@ def test_warm_start_is_middling_cached_and_deterministic(reference_cache: Path):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
+@pytest.mark.slow
 def test_grpo_is_deterministic_and_writes_trl_checkpoints(tmp_path: Path):
     from transformers import TrainerState
 
@@ -99,6 +101,7 @@ def test_grpo_is_deterministic_and_writes_trl_checkpoints(tmp_path: Path):
     assert summary["layout"] == "trl" and summary["steps"] == [2, 4] and summary["rank"] == cfg.rank
 
 
+@pytest.mark.slow
 def test_whole_loop_train_extrapolate_resume_evaluate(tmp_path: Path):
     config = EndToEndConfig(
         observe=30,
@@ -129,6 +132,7 @@ def test_whole_loop_train_extrapolate_resume_evaluate(tmp_path: Path):
         assert steps == (reached[0] if reached else None), (curve, r.target)
 
 
+@pytest.mark.slow
 def test_resumed_run_starts_from_the_given_adapter(tmp_path: Path):
     """A run with a vanishing learning rate must save back the adapter it was started from."""
     base_run = train(tmp_path / "run", GRPOConfig(steps=2, save_steps=2, eval_size=0))
@@ -158,6 +162,7 @@ def test_steps_to_reach():
     assert steps_to_reach({0: 0.2, 10: 0.3}, 0.9) is None
 
 
+@pytest.mark.slow
 def test_init_adapter_from_another_base_is_refused(tmp_path: Path):
     run = train(tmp_path / "run", GRPOConfig(steps=1, save_steps=1, eval_size=0))
     other = replace(WARM, seed=WARM.seed + 1)
@@ -165,6 +170,7 @@ def test_init_adapter_from_another_base_is_refused(tmp_path: Path):
         load_policy(other, run.checkpoints[1], trainable=True)
 
 
+@pytest.mark.slow
 def test_cli_train_and_evaluate_reference(tmp_path: Path):
     runner = CliRunner()
     out = tmp_path / "run"

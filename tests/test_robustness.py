@@ -430,6 +430,7 @@ def test_library_errors_stay_nextrap_errors(tmp_path: Path):
     assert issubclass(OutputLockedError, NextrapError)
 
 
+@pytest.mark.slow
 def test_transformers_progress_bars_stay_out_of_the_cli(tiny_run: Path, tmp_path: Path):
     from .conftest import tiny_llama
 

@@ -88,33 +88,16 @@ def fit_network(
     """
     t0 = time.perf_counter()
     s = settings
-    rule = s.stop if s.patience > 0 else "fixed"
-    notes = []
-    if rule == "holdout" and pairs < 2:
-        rule = "train"
-        notes.append("one training pair: nothing to hold out, stopped on the training loss instead")
+    rule, notes = _stop_rule(s, pairs)
     if rule == "holdout":
         last = torch.arange(x_g.shape[0], device=x_g.device) % pairs == pairs - 1
-        fit_rows, val_rows = ~last, last
+        fitted = (x_g[~last], x_l[~last], y[~last])
+        heldout = (x_g[last], x_l[last], y[last])
         fit_pairs = pairs - 1
     else:
-        fit_rows, val_rows, fit_pairs = None, None, pairs
-
-    def rows(x: torch.Tensor, sel: torch.Tensor | None) -> torch.Tensor:
-        return x if sel is None else x[sel]
-
+        fitted, heldout, fit_pairs = (x_g, x_l, y), None, pairs
     net = make_net()
-    first = _train(
-        net,
-        rows(x_g, fit_rows),
-        rows(x_l, fit_rows),
-        rows(y, fit_rows),
-        fit_pairs,
-        s,
-        rule,
-        (x_g[val_rows], x_l[val_rows], y[val_rows]) if val_rows is not None else None,
-        on_epoch,
-    )
+    first = _train(net, *fitted, fit_pairs, s, rule, heldout, on_epoch)
     report: dict[str, Any] = {
         "stop_rule": rule,
         "best_epoch": first["best_epoch"],
@@ -135,6 +118,15 @@ def fit_network(
     return net, report
 
 
+def _stop_rule(settings: FitSettings, pairs: int) -> tuple[str, list[str]]:
+    """The stopping rule that applies (``fixed`` without patience, ``train`` when there is no pair to
+    hold out), with a note when it differs from the one asked for."""
+    rule = settings.stop if settings.patience > 0 else "fixed"
+    if rule == "holdout" and pairs < 2:
+        return "train", ["one training pair: nothing to hold out, stopped on the training loss instead"]
+    return rule, []
+
+
 def replace_epochs(settings: FitSettings, epochs: int) -> FitSettings:
     from dataclasses import replace
 
@@ -153,21 +145,8 @@ def _train(
     on_epoch: EpochHook | None,
     offset: int = 0,
 ) -> dict[str, Any]:
-    params = list(net.parameters())
-    # fused: one kernel for all parameters instead of a dozen ops per tensor (same update rule)
-    fused = x_g.device.type in ("cpu", "cuda")
-    opt = torch.optim.AdamW(params, lr=cosine_lr(0, s), weight_decay=s.weight_decay, fused=fused)
-    autocast = (
-        torch.autocast(x_g.device.type, dtype=torch.bfloat16)
-        if s.precision == "bfloat16"
-        else contextlib.nullcontext()
-    )
-
-    def forward(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        with autocast:
-            out = net(a, b)
-        return out.float()
-
+    opt = _optimizer(net, x_g.device, s)
+    forward = _forward(net, x_g.device, s.precision)
     val_zero = None
     if heldout is not None:
         val_zero = float(group_loss(torch.zeros_like(heldout[2]), heldout[2], s.loss, 1))
@@ -175,13 +154,7 @@ def _train(
     epoch = 0
     for epoch in range(1, s.epochs + 1):
         lr = cosine_lr(epoch - 1, s)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss = group_loss(forward(x_g, x_l), y, s.loss, pairs)
-        loss.backward()
-        opt.step()
-        loss_value = float(loss.detach())
+        loss_value = _optimizer_step(opt, lr, lambda: group_loss(forward(x_g, x_l), y, s.loss, pairs))
         if on_epoch is not None:
             on_epoch(offset + epoch, lr, loss_value)
         if rule == "fixed":
@@ -208,3 +181,38 @@ def _train(
         out["best_state"] = best_state
         out["holdout_relative_loss"] = best / val_zero if val_zero else 0.0
     return out
+
+
+def _optimizer(net: nn.Module, device: torch.device, s: FitSettings) -> torch.optim.AdamW:
+    # fused: one kernel for all parameters instead of a dozen ops per tensor (same update rule)
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(
+        list(net.parameters()), lr=cosine_lr(0, s), weight_decay=s.weight_decay, fused=fused
+    )
+
+
+def _forward(net: nn.Module, device: torch.device, precision: str) -> Callable[..., torch.Tensor]:
+    """``net(a, b)`` in ``precision`` (bfloat16 under autocast), returned as float32."""
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if precision == "bfloat16"
+        else contextlib.nullcontext()
+    )
+
+    def forward(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            out = net(a, b)
+        return out.float()
+
+    return forward
+
+
+def _optimizer_step(opt: torch.optim.Optimizer, lr: float, loss_fn: Callable[[], torch.Tensor]) -> float:
+    """One full-batch step at learning rate ``lr``; returns the loss before the step."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn()
+    loss.backward()
+    opt.step()
+    return float(loss.detach())

@@ -21,7 +21,7 @@ from nextrap.atomic import atomic_directory, check_output
 from nextrap.callbacks import JumpSchedule
 from nextrap.errors import ConfigError
 from nextrap.extrapolate import ExtrapolateOptions, extrapolate
-from nextrap.reference.grpo import GRPOConfig, train
+from nextrap.reference.grpo import GRPOConfig, TrainResult, train
 from nextrap.writers import OutputOptions
 
 __all__ = ["CYCLES_REPORT", "CycleResult", "train_cycles"]
@@ -78,43 +78,16 @@ def train_cycles(
             index = len(records) + 1
             jumps_left = schedule.cycles is None or len(records) < schedule.cycles
             n = min(schedule.train_steps, config.steps - trained) if jumps_left else config.steps - trained
-            run = train(
-                tmp / f"cycle-{index}",
-                replace(config, steps=n),
-                init_adapter=adapter,
-                start_step=step,
-                overwrite=True,
-                progress=progress,
-            )
-            record: dict[str, Any] = {
-                "cycle": index,
-                "start_step": step,
-                "trained_before": trained,
-                "steps": n,
-                "eval_accuracy": {str(s): a for s, a in run.eval_accuracy().items()},
-                "jump": None,
-            }
+            run, record = _train_cycle(tmp, index, replace(config, steps=n), adapter, step, trained, progress)
             trained += n
             step += n
             records.append(record)
             if trained >= config.steps or not jumps_left:
                 break
-            paths = ([adapter] if adapter else []) + list(run.checkpoints.values())
-            steps = ([record["start_step"]] if adapter else []) + list(run.checkpoints)
-            jump_options = replace(options, coefs=None, to_steps=(step + schedule.jump_steps,))
-            if jump_options.method == "linear" and jump_options.horizon is None:
-                jump_options = replace(jump_options, horizon=len(paths) - 1)
-            jump = extrapolate(
-                None, tmp / f"jump-{index}", jump_options, OutputOptions(hash_inputs=False), checkpoints=paths, steps=steps
+            adapter, record["jump"] = _jump_after_cycle(
+                tmp / f"jump-{index}", options, schedule, adapter, record["start_step"], run.checkpoints, step
             )
-            record["jump"] = {
-                "from_step": step,
-                "to_step": step + schedule.jump_steps,
-                "coef": jump.report.outputs[0].coef,
-                "method": jump.report.method,
-                "path": f"jump-{index}",
-            }
-            adapter, step = jump.output, step + schedule.jump_steps
+            step += schedule.jump_steps
         report = {
             "schedule": asdict(schedule),
             "method": options.method,
@@ -124,3 +97,62 @@ def train_cycles(
         (tmp / CYCLES_REPORT).write_text(json.dumps(report, indent=2, default=str) + "\n")
     # paths inside the report are relative; the folder is now in place
     return CycleResult(output=output, cycles=records)
+
+
+def _train_cycle(
+    tmp: Path,
+    index: int,
+    config: GRPOConfig,
+    adapter: Path | None,
+    step: int,
+    trained: int,
+    progress: bool,
+) -> tuple[TrainResult, dict[str, Any]]:
+    """Train cycle ``index`` (``config.steps`` steps from ``adapter``, counted from ``step``) into
+    ``tmp/cycle-<index>``: the run and its record (the jump still to come)."""
+    run = train(
+        tmp / f"cycle-{index}",
+        config,
+        init_adapter=adapter,
+        start_step=step,
+        overwrite=True,
+        progress=progress,
+    )
+    record: dict[str, Any] = {
+        "cycle": index,
+        "start_step": step,
+        "trained_before": trained,
+        "steps": config.steps,
+        "eval_accuracy": {str(s): a for s, a in run.eval_accuracy().items()},
+        "jump": None,
+    }
+    return run, record
+
+
+def _jump_after_cycle(
+    folder: Path,
+    options: ExtrapolateOptions,
+    schedule: JumpSchedule,
+    adapter: Path | None,
+    start_step: int,
+    checkpoints: dict[int, Path],
+    step: int,
+) -> tuple[Path, dict[str, Any]]:
+    """Extrapolate from one cycle (the adapter it started from at ``start_step``, if any, and its
+    checkpoints) to ``step + schedule.jump_steps``, into ``folder``: the jump's adapter and its record."""
+    paths = ([adapter] if adapter else []) + list(checkpoints.values())
+    steps = ([start_step] if adapter else []) + list(checkpoints)
+    jump_options = replace(options, coefs=None, to_steps=(step + schedule.jump_steps,))
+    if jump_options.method == "linear" and jump_options.horizon is None:
+        jump_options = replace(jump_options, horizon=len(paths) - 1)
+    jump = extrapolate(
+        None, folder, jump_options, OutputOptions(hash_inputs=False), checkpoints=paths, steps=steps
+    )
+    record = {
+        "from_step": step,
+        "to_step": step + schedule.jump_steps,
+        "coef": jump.report.outputs[0].coef,
+        "method": jump.report.method,
+        "path": folder.name,
+    }
+    return jump.output, record

@@ -216,31 +216,78 @@ def train(
     config = config or GRPOConfig()
     if start_step < 0:
         raise ConfigError(f"start_step must be >= 0, got {start_step}")
-    output = Path(output)
+    output, resuming = _checked_output(Path(output), config, init_adapter, start_step, overwrite, resume)
+    task = _task(config)
+    saved = _saved_checkpoints(output) if resuming else {}
+    model, tokenizer = _starting_policy(config, saved, init_adapter, progress)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt, sched = _optimizer(params, config, None if saved else init_optimizer)
+    exclude = task.test_prompts()
+    test_set = task.test_set(config.eval_size) if config.eval_size else []
+    _write_run_info(output, config, init_adapter, init_optimizer, start_step, resuming)
+
+    log: list[dict] = []
+    checkpoints: dict[int, Path] = dict(saved)
+    first = start_step + 1
+    if saved:
+        log, first = _restore_training_state(output, saved, opt, sched)
+    elif test_set:
+        log.append({"step": start_step, "eval_accuracy": _accuracy(model, tokenizer, config, task, test_set)})
+    last = start_step + config.steps
+    bar = _step_bar(first, last, start_step, config.steps, progress)
+    running = None
+    for step in bar:
+        entry = _grpo_step(model, tokenizer, task, config, opt, sched, params, step, exclude)
+        log.append(entry)
+        running = entry["reward"] if running is None else 0.9 * running + 0.1 * entry["reward"]
+        bar.set_postfix(reward=f"{running:.3f}")
+        logger.info("step %d: reward %.3f, loss %.4f", step, entry["reward"], entry["loss"])
+        if step % config.save_steps == 0 or step == last:
+            if test_set:
+                log.append(
+                    {"step": step, "eval_accuracy": _accuracy(model, tokenizer, config, task, test_set)}
+                )
+            checkpoints[step] = _save_checkpoint(output, model, opt, sched, step, last, config, log)
+    return TrainResult(output=output, checkpoints=checkpoints, log_history=log)
+
+
+def _checked_output(
+    output: Path, config: GRPOConfig, init_adapter, start_step: int, overwrite: bool, resume: bool
+) -> tuple[Path, bool]:
+    """``(output, resuming)``: a run to resume must have been started with the same settings; a new
+    one must not overwrite anything without ``overwrite`` (nor ever its own input)."""
     resuming = resume and (output / RUN_INFO).is_file()
     if resuming:
         _check_same_run(output, config, init_adapter, start_step)
-    else:
-        output = check_output(output, overwrite, [init_adapter] if init_adapter else [])
-    task = _task(config)
-    saved = _saved_checkpoints(output) if resuming else {}
+        return output, True
+    return check_output(output, overwrite, [init_adapter] if init_adapter else []), False
+
+
+def _optimizer(params: list, config: GRPOConfig, init_optimizer):
+    """AdamW (with ``init_optimizer``'s moments when given) and its warm-up schedule."""
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    if init_optimizer is not None:
+        _load_moments(opt, Path(init_optimizer))  # before the schedule, which then sets its own first lr
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, _WarmUp(config.warmup_steps))
+
+
+def _starting_policy(config: GRPOConfig, saved: dict[int, Path], init_adapter, progress: bool):
+    """``(peft model, tokenizer)`` to train: the last saved checkpoint when resuming, else the base
+    with ``init_adapter`` or with a fresh LoRA (seeded by ``config.seed``)."""
     if saved:
-        model, tokenizer = load_policy(config.warm, saved[max(saved)], True, progress)
-    elif init_adapter is None:
+        return load_policy(config.warm, saved[max(saved)], True, progress)
+    if init_adapter is None:
         base, tokenizer = load_policy(config.warm, None, True, progress)
         torch.manual_seed(config.seed)  # LoRA A init
-        model = get_peft_model(base, lora_config(config.rank, config.alpha))
-    else:
-        model, tokenizer = load_policy(config.warm, init_adapter, True, progress)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    if init_optimizer is not None and not saved:
-        _load_moments(opt, Path(init_optimizer))  # before the schedule, which then sets its own first lr
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _WarmUp(config.warmup_steps))
-    exclude = task.test_prompts()
-    test_set = task.test_set(config.eval_size) if config.eval_size else []
+        return get_peft_model(base, lora_config(config.rank, config.alpha)), tokenizer
+    return load_policy(config.warm, init_adapter, True, progress)
 
+
+def _write_run_info(
+    output: Path, config: GRPOConfig, init_adapter, init_optimizer, start_step: int, resuming: bool
+) -> None:
+    """Write the run's settings (``RUN_INFO``) atomically, into a fresh ``output`` unless resuming."""
     info = {
         "config": asdict(config),
         "policy": config.policy,
@@ -257,44 +304,31 @@ def train(
     tmp_info.write_text(json.dumps(info, indent=2) + "\n")
     os.replace(tmp_info, output / RUN_INFO)
 
-    log: list[dict] = []
-    checkpoints: dict[int, Path] = dict(saved)
-    first = start_step + 1
-    if saved:
-        last_saved = max(saved)
-        state = json.loads((saved[last_saved] / "trainer_state.json").read_text())
-        log = list(state["log_history"])
-        opt.load_state_dict(torch.load(saved[last_saved] / "optimizer.pt", weights_only=True))
-        sched.load_state_dict(torch.load(saved[last_saved] / "scheduler.pt", weights_only=True))
-        first = last_saved + 1
-        logger.info("resuming %s after step %d", output, last_saved)
-    elif test_set:
-        log.append({"step": start_step, "eval_accuracy": _accuracy(model, tokenizer, config, task, test_set)})
+
+def _restore_training_state(
+    output: Path, saved: dict[int, Path], opt: torch.optim.Optimizer, sched
+) -> tuple[list[dict], int]:
+    """Load the last checkpoint's optimizer and schedule state: its log and the first step to train."""
+    last_saved = max(saved)
+    state = json.loads((saved[last_saved] / "trainer_state.json").read_text())
+    opt.load_state_dict(torch.load(saved[last_saved] / "optimizer.pt", weights_only=True))
+    sched.load_state_dict(torch.load(saved[last_saved] / "scheduler.pt", weights_only=True))
+    logger.info("resuming %s after step %d", output, last_saved)
+    return list(state["log_history"]), last_saved + 1
+
+
+def _step_bar(first: int, last: int, start_step: int, steps: int, progress: bool):
+    """A progress bar over steps ``first..last`` of a run of ``steps`` steps after ``start_step``."""
     from tqdm.auto import tqdm
 
-    last = start_step + config.steps
-    bar = tqdm(
+    return tqdm(
         range(first, last + 1),
         desc="GRPO",
         disable=not progress,
         dynamic_ncols=True,
         initial=first - start_step - 1,
-        total=config.steps,
+        total=steps,
     )
-    running = None
-    for step in bar:
-        entry = _grpo_step(model, tokenizer, task, config, opt, sched, params, step, exclude)
-        log.append(entry)
-        running = entry["reward"] if running is None else 0.9 * running + 0.1 * entry["reward"]
-        bar.set_postfix(reward=f"{running:.3f}")
-        logger.info("step %d: reward %.3f, loss %.4f", step, entry["reward"], entry["loss"])
-        if step % config.save_steps == 0 or step == last:
-            if test_set:
-                log.append(
-                    {"step": step, "eval_accuracy": _accuracy(model, tokenizer, config, task, test_set)}
-                )
-            checkpoints[step] = _save_checkpoint(output, model, opt, sched, step, last, config, log)
-    return TrainResult(output=output, checkpoints=checkpoints, log_history=log)
 
 
 class _WarmUp:
@@ -343,20 +377,7 @@ def _grpo_step(model, tokenizer, task, config: GRPOConfig, opt, sched, params, s
     gen = torch.Generator().manual_seed(_seed_for(config.seed, step))
     problems = task.sample(gen, config.prompts_per_step, exclude)
     chat = isinstance(config.warm, SmolLM2Config)
-    if chat:
-        prompts, answers, mask, rewards = smollm2.rollout(
-            model, tokenizer, config.warm, problems, config.group_size, config.temperature, gen
-        )
-        logprobs_of = smollm2.answer_logprobs
-    else:
-        prompts = encode(tokenizer, [p for p, _ in problems]).repeat_interleave(config.group_size, 0)
-        targets = encode(tokenizer, [a for _, a in problems], bos=False).repeat_interleave(
-            config.group_size, 0
-        )
-        answers = generate(model, prompts, task.answer_len, config.temperature, gen)
-        rewards = (answers == targets).all(1).float()
-        mask = None
-        logprobs_of = answer_logprobs
+    prompts, answers, mask, rewards, logprobs_of = _rollout(model, tokenizer, task, config, problems, gen)
     grouped = rewards.view(-1, config.group_size)
     adv = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1, 1)
     # With one update per step the old policy is the current one: the ratio is 1 and its forward pass
@@ -370,22 +391,7 @@ def _grpo_step(model, tokenizer, task, config: GRPOConfig, opt, sched, params, s
                 ref = logprobs_of(model, prompts, answers)
     for _ in range(config.updates_per_step):
         logp = logprobs_of(model, prompts, answers)
-        ratio = torch.exp(logp - (logp.detach() if old is None else old))
-        objective = torch.minimum(ratio * adv, ratio.clamp(1 - config.clip, 1 + config.clip) * adv)
-        kl = torch.zeros(())
-        if ref is not None:
-            kl_tokens = torch.exp(ref - logp) - (ref - logp) - 1
-        if mask is None:
-            loss = -objective.mean()
-            if ref is not None:
-                kl = kl_tokens.mean()
-        else:  # mean over each answer's own tokens, then over answers (GRPO)
-            weights = mask.float() / mask.sum(1, keepdim=True).clamp(min=1)
-            loss = -(objective * weights).sum(1).mean()
-            if ref is not None:
-                kl = (kl_tokens * weights).sum(1).mean()
-        if ref is not None:
-            loss = loss + config.kl_coef * kl
+        loss, kl = _policy_loss(logp, old, ref, adv, mask, config)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -403,6 +409,55 @@ def _grpo_step(model, tokenizer, task, config: GRPOConfig, opt, sched, params, s
     if mask is not None:
         entry["answer_tokens"] = mask.sum(1).float().mean().item()
     return entry
+
+
+def _rollout(model, tokenizer, task, config: GRPOConfig, problems, gen: torch.Generator):
+    """Sample ``config.group_size`` answers per problem and reward exact matches.
+
+    Returns ``(prompts, answers, mask, rewards, logprobs_of)``: token tensors with one row per sample,
+    the answers' token mask (``None`` for the tiny policy's fixed-length answers), float rewards
+    ``(samples,)`` in {0, 1}, and the function that scores the answers' log-probabilities under a model.
+    """
+    if isinstance(config.warm, SmolLM2Config):
+        prompts, answers, mask, rewards = smollm2.rollout(
+            model, tokenizer, config.warm, problems, config.group_size, config.temperature, gen
+        )
+        return prompts, answers, mask, rewards, smollm2.answer_logprobs
+    prompts = encode(tokenizer, [p for p, _ in problems]).repeat_interleave(config.group_size, 0)
+    targets = encode(tokenizer, [a for _, a in problems], bos=False).repeat_interleave(config.group_size, 0)
+    answers = generate(model, prompts, task.answer_len, config.temperature, gen)
+    rewards = (answers == targets).all(1).float()
+    return prompts, answers, None, rewards, answer_logprobs
+
+
+def _policy_loss(
+    logp: torch.Tensor,
+    old: torch.Tensor | None,
+    ref: torch.Tensor | None,
+    adv: torch.Tensor,
+    mask: torch.Tensor | None,
+    config: GRPOConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, kl)``: the clipped policy-gradient loss (plus ``kl_coef`` times the k3 KL estimate to
+    ``ref`` when given) on per-token log-probabilities ``(samples, tokens)``; ``old=None`` means the
+    old policy is the current one (ratio 1, gradient of ``logp``)."""
+    ratio = torch.exp(logp - (logp.detach() if old is None else old))
+    objective = torch.minimum(ratio * adv, ratio.clamp(1 - config.clip, 1 + config.clip) * adv)
+    kl = torch.zeros(())
+    if ref is not None:
+        kl_tokens = torch.exp(ref - logp) - (ref - logp) - 1
+    if mask is None:
+        loss = -objective.mean()
+        if ref is not None:
+            kl = kl_tokens.mean()
+    else:  # mean over each answer's own tokens, then over answers (GRPO)
+        weights = mask.float() / mask.sum(1, keepdim=True).clamp(min=1)
+        loss = -(objective * weights).sum(1).mean()
+        if ref is not None:
+            kl = (kl_tokens * weights).sum(1).mean()
+    if ref is not None:
+        loss = loss + config.kl_coef * kl
+    return loss, kl
 
 
 def _save_checkpoint(output: Path, model, opt, sched, step: int, last: int, config: GRPOConfig, log) -> Path:
