@@ -138,6 +138,33 @@ def table(summary: dict, config: ProtocolConfig) -> str:
     return "\n".join(lines)
 
 
+def markdown(summary: dict, config: ProtocolConfig) -> str:
+    """The README's table: each arm's accuracy at its budget and steps saved, paired differences with 95% CIs."""
+    lines = [
+        f"| arm (seeds) | accuracy at {config.budget} trained steps | vs plain at {config.budget} | vs plain at "
+        f"{config.length} | accuracy right after the jump | steps saved to 90% / 95% of plain's final |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in summary["arms"].items():
+        mean_acc = sum(row["accuracy"]) / len(row["accuracy"])
+        if "vs_plain_at_target" in row:
+            lines.append(
+                f"| {name} ({row['n']}) | {mean_acc:.3f} (no training) | at step {name.split('@')[1]}: "
+                f"{row['vs_plain_at_target'].text()} | at observe: {row['vs_plain_at_observe'].text()} | | |"
+            )
+            continue
+        saved = []
+        for t in (0.9, 0.95):
+            d, reached = row[f"saved@{t:g}"]
+            saved.append((d.text("+.0%") if d else "never") + f" ({reached}/{row['n']} reached)")
+        after = row.get("after_jump")
+        lines.append(
+            f"| {name} ({row['n']}) | {mean_acc:.3f} | {row['vs_plain_same_steps'].text()} | "
+            f"{row['vs_plain_end'].text()} | {'' if after is None else format(after, '.3f')} | {' / '.join(saved)} |"
+        )
+    return "\n".join(lines).replace(" (n=", " (n=")
+
+
 def plot(results: dict[int, dict[str, ArmResult]], config: ProtocolConfig, path: Path) -> bool:
     """Mean accuracy by trained steps over seeds, with a 95% band, for the plain run and the main arms."""
     try:
@@ -232,6 +259,7 @@ def main() -> None:
     stem = f"rl_steps-{config.grpo.policy}"
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{stem}.txt").write_text(text + "\n")
+    (args.results / f"{stem}.md").write_text(markdown(summary, config) + "\n")
     raw = {s: {n: a.to_dict() for n, a in arms.items()} for s, arms in results.items()}
     (args.results / f"{stem}.json").write_text(json.dumps(raw, indent=1) + "\n")
     if plot(results, config, args.results / f"{stem}.png"):

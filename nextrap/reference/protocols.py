@@ -259,7 +259,7 @@ def run_seed(
     results = {
         "plain": ArmResult("plain", state.plain.eval_accuracy(), config.length),
     }
-    for name in arms or config.arm_names():
+    for name in config.arm_names() if arms is None else arms:
         folder = out / "arms" / arm_folder(name)
         record = folder.parent / f"{folder.name}.json"
         if record.is_file():
