@@ -527,7 +527,13 @@ for _command in reference_cli.COMMANDS:  # train-reference, evaluate-reference, 
 )
 @click.option("--save-steps", type=click.IntRange(min=1), default=10, show_default=True, help="Checkpoint interval.")
 @click.option("--coef", type=float, default=1.5, show_default=True, help="Extending coefficient of the jump.")
-@click.option("--method", type=click.Choice(METHODS), default="next", show_default=True, help="Method of the jump.")
+@click.option(
+    "--method",
+    type=click.Choice([*METHODS, "auto"]),
+    default="next",
+    show_default=True,
+    help="Method of the jump (auto: backtest the observed checkpoints, take the winner).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the RL runs.")
 @click.option(
     "--eval-size",
