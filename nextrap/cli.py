@@ -526,13 +526,15 @@ for _command in reference_cli.COMMANDS:  # train-reference, evaluate-reference, 
     help="Length L of the plain run; the jump arm observes 3/8 L, jumps, and trains L/4 more.",
 )
 @click.option("--save-steps", type=click.IntRange(min=1), default=10, show_default=True, help="Checkpoint interval.")
-@click.option("--coef", type=float, default=1.5, show_default=True, help="Extending coefficient of the jump.")
+@click.option(
+    "--coef", type=float, default=2.0, show_default=True, help="Extending coefficient of the jump [the benchmark's best]."
+)
 @click.option(
     "--method",
     type=click.Choice([*METHODS, "auto"]),
-    default="next",
+    default="linear",
     show_default=True,
-    help="Method of the jump (auto: backtest the observed checkpoints, take the winner).",
+    help="Method of the jump [the benchmark's best] (auto: backtest the observed checkpoints, take the winner).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the RL runs.")
 @click.option(

@@ -28,9 +28,9 @@ RECORD = "demo.json"
 
 
 def demo_config(
-    grpo: GRPOConfig, method: str = "next", coef: float = 1.5, horizon: int = 5
+    grpo: GRPOConfig, method: str = "linear", coef: float = 2.0, horizon: int = 5
 ) -> ProtocolConfig:
-    """The protocol with only the restart control and the one jump arm."""
+    """The protocol with only the restart control and the one jump arm (default: the benchmark's best arm)."""
     return ProtocolConfig(
         grpo=grpo,
         horizon=horizon,
