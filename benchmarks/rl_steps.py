@@ -29,7 +29,13 @@ from nextrap.reference import GRPOConfig, WarmStartConfig
 from nextrap.reference.endtoend import final_accuracy
 from nextrap.reference.protocols import ArmResult, ProtocolConfig, arm_folder, run_seed
 from nextrap.reference.smollm2 import SmolLM2Config
-from nextrap.reference.stats import accuracy_at, accuracy_standard_error, paired_difference, steps_to_reach
+from nextrap.reference.stats import (
+    accuracy_at,
+    accuracy_standard_error,
+    paired_difference,
+    steps_saved,
+    steps_to_reach,
+)
 
 TARGETS = (0.9, 0.95, 1.0)
 
@@ -56,53 +62,52 @@ def _config(args: argparse.Namespace) -> ProtocolConfig:
 
 
 def summarize(results: dict[int, dict[str, ArmResult]], config: ProtocolConfig) -> dict:
-    """Per arm: paired differences to the plain run at matched budgets and in steps to each target."""
+    """Per arm: paired differences to the plain run at matched budgets and in steps to each target.
+
+    Each arm is paired over the seeds it has finished in (at least 2, for an interval); ``n`` says how many.
+    """
     seeds = sorted(results)
     plain = {s: results[s]["plain"].curve for s in seeds}
-    budget, length = config.budget, config.length
-    out: dict = {"seeds": seeds, "budget": budget, "length": length, "arms": {}}
-    names = list(dict.fromkeys(n for s in seeds for n in results[s]))
-    for name in names:
+    out: dict = {"seeds": seeds, "budget": config.budget, "length": config.length, "arms": {}}
+    for name in dict.fromkeys(n for s in seeds for n in results[s]):
         arms = {s: results[s][name] for s in seeds if name in results[s]}
-        if len(arms) < 2 or name == "plain":
-            continue  # an arm finished in fewer than 2 seeds has no interval yet
-        row: dict = {"n": len(arms)}
-        outer_seeds, seeds = seeds, sorted(arms)  # paired over the seeds this arm has
-        trained = arms[seeds[0]].trained_steps
-        if name.startswith("relex@") and not name.endswith("+train"):
-            at = int(name.removeprefix("relex@"))
-            acc = [arms[s].accuracy_after_jump for s in seeds]
-            row["accuracy"] = acc
-            row["vs_plain_at_target"] = paired_difference(acc, [accuracy_at(plain[s], min(at, length)) for s in seeds])
-            row["vs_plain_at_observe"] = paired_difference(
-                acc, [accuracy_at(plain[s], config.relex_observe) for s in seeds]
-            )
-        else:
-            acc = [accuracy_at(arms[s].curve, trained) for s in seeds]
-            row["accuracy"] = acc
-            row["vs_plain_same_steps"] = paired_difference(acc, [accuracy_at(plain[s], trained) for s in seeds])
-            row["vs_plain_end"] = paired_difference(acc, [accuracy_at(plain[s], length) for s in seeds])
-            for frac in TARGETS:
-                reached_both, saved, never = [], [], 0
-                for s in seeds:
-                    target = frac * final_accuracy(plain[s])
-                    p, a = steps_to_reach(plain[s], target), steps_to_reach(arms[s].curve, target)
-                    never += a is None
-                    if p and a is not None:
-                        reached_both.append(s)
-                        saved.append(1 - a / p)
-                row[f"saved@{frac:g}"] = (
-                    paired_difference(saved, [0.0] * len(saved)) if saved else None,
-                    len(seeds) - never,
-                )
-        if any(arms[s].accuracy_after_jump is not None for s in seeds) and "vs_plain_at_target" not in row:
-            jump = [arms[s].accuracy_after_jump for s in seeds]
-            if all(j is not None for j in jump):
-                row["after_jump"] = sum(jump) / len(jump)
-        row["seconds"] = sum(arms[s].seconds for s in seeds) / len(seeds)
-        out["arms"][name] = row
-        seeds = outer_seeds
+        if len(arms) >= 2 and name != "plain":
+            out["arms"][name] = _arm_row(name, arms, plain, config)
     return out
+
+
+def _arm_row(name: str, arms: dict[int, ArmResult], plain: dict[int, dict[int, float]], config: ProtocolConfig) -> dict:
+    seeds = sorted(arms)
+    row: dict = {"n": len(seeds)}
+    trained = arms[seeds[0]].trained_steps
+    if name.startswith("relex@") and not name.endswith("+train"):
+        at = int(name.removeprefix("relex@"))
+        acc = [arms[s].accuracy_after_jump for s in seeds]
+        row["accuracy"] = acc
+        row["vs_plain_at_target"] = paired_difference(
+            acc, [accuracy_at(plain[s], min(at, config.length)) for s in seeds]
+        )
+        row["vs_plain_at_observe"] = paired_difference(acc, [accuracy_at(plain[s], config.relex_observe) for s in seeds])
+    else:
+        acc = [accuracy_at(arms[s].curve, trained) for s in seeds]
+        row["accuracy"] = acc
+        row["vs_plain_same_steps"] = paired_difference(acc, [accuracy_at(plain[s], trained) for s in seeds])
+        row["vs_plain_end"] = paired_difference(acc, [accuracy_at(plain[s], config.length) for s in seeds])
+        for frac in TARGETS:
+            saved, reached = [], 0
+            for s in seeds:
+                target = frac * final_accuracy(plain[s])
+                arm_steps = steps_to_reach(arms[s].curve, target)
+                reached += arm_steps is not None
+                fraction = steps_saved(steps_to_reach(plain[s], target), arm_steps)
+                if fraction is not None:
+                    saved.append(fraction)
+            row[f"saved@{frac:g}"] = (paired_difference(saved, [0.0] * len(saved)) if saved else None, reached)
+        jump = [arms[s].accuracy_after_jump for s in seeds]
+        if all(j is not None for j in jump):
+            row["after_jump"] = sum(jump) / len(jump)
+    row["seconds"] = sum(arms[s].seconds for s in seeds) / len(seeds)
+    return row
 
 
 def table(summary: dict, config: ProtocolConfig) -> str:
@@ -162,7 +167,7 @@ def markdown(summary: dict, config: ProtocolConfig) -> str:
             f"| {name} ({row['n']}) | {mean_acc:.3f} | {row['vs_plain_same_steps'].text()} | "
             f"{row['vs_plain_end'].text()} | {'' if after is None else format(after, '.3f')} | {' / '.join(saved)} |"
         )
-    return "\n".join(lines).replace(" (n=", " (n=")
+    return "\n".join(lines)
 
 
 def plot(results: dict[int, dict[str, ArmResult]], config: ProtocolConfig, path: Path) -> bool:

@@ -7,7 +7,13 @@ import math
 import pytest
 
 from nextrap.errors import ConfigError
-from nextrap.reference.stats import accuracy_at, accuracy_standard_error, paired_difference, steps_to_reach
+from nextrap.reference.stats import (
+    accuracy_at,
+    accuracy_standard_error,
+    paired_difference,
+    steps_saved,
+    steps_to_reach,
+)
 
 
 def test_paired_difference_matches_a_hand_computed_t_interval():
@@ -40,3 +46,10 @@ def test_accuracy_at_holds_the_last_evaluation_and_steps_to_reach():
 def test_accuracy_standard_error():
     assert accuracy_standard_error(0.5, 400) == pytest.approx(0.025)
     assert accuracy_standard_error(1.0, 10) == 0.0
+
+
+def test_steps_saved_needs_both_runs_at_the_target():
+    assert steps_saved(200, 150) == pytest.approx(0.25)  # 1 - 150 / 200
+    assert steps_saved(100, 120) == pytest.approx(-0.2)  # slower than the baseline
+    assert steps_saved(None, 50) is None and steps_saved(200, None) is None
+    assert steps_saved(0, 0) is None  # a baseline already there at step 0 has nothing to save

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from nextrap.errors import ConfigError, OutputExistsError
-from nextrap.reference.endtoend import final_accuracy, steps_to_reach
+from nextrap.reference.endtoend import final_accuracy
 from nextrap.reference.grpo import GRPOConfig
 from nextrap.reference.protocols import ArmResult, ProtocolConfig, run_seed
-from nextrap.reference.stats import accuracy_at
+from nextrap.reference.stats import accuracy_at, steps_saved, steps_to_reach
 
 __all__ = ["DemoResult", "demo_config", "run_demo"]
 
@@ -83,7 +83,8 @@ def _reach_line(plain: dict[int, float], arm: dict[int, float], fraction: float,
     """Steps each run needs to reach ``fraction`` of the plain run's final accuracy, and the steps saved."""
     target = fraction * final
     p, a = steps_to_reach(plain, target), steps_to_reach(arm, target)
-    saved = f": {1 - a / p:.0%} of the steps saved" if p and a is not None else ""
+    fraction = steps_saved(p, a)
+    saved = f": {fraction:.0%} of the steps saved" if fraction is not None else ""
     return (
         f"to reach {fraction:.0%} of the plain run's final accuracy ({target:.3f}; final = mean of its last 3 "
         f"evaluations): plain {_steps(p)}, jump arm {_steps(a)}{saved}"

@@ -19,6 +19,7 @@ __all__ = [
     "accuracy_at",
     "accuracy_standard_error",
     "paired_difference",
+    "steps_saved",
     "steps_to_reach",
 ]
 
@@ -26,6 +27,16 @@ __all__ = [
 def steps_to_reach(curve: Mapping[int, float], target: float) -> int | None:
     """The first step (of a sorted curve) whose accuracy is at least ``target``; None if never."""
     return next((s for s, acc in sorted(curve.items()) if acc >= target - 1e-12), None)
+
+
+def steps_saved(baseline_steps: int | None, arm_steps: int | None) -> float | None:
+    """``1 - arm / baseline`` steps to a target: the fraction of the baseline's steps saved.
+
+    None unless both reached the target (and the baseline needed at least one step).
+    """
+    if not baseline_steps or arm_steps is None:
+        return None
+    return 1 - arm_steps / baseline_steps
 
 
 def accuracy_at(curve: Mapping[int, float], budget: int) -> float:
