@@ -83,8 +83,8 @@ def _reach_line(plain: dict[int, float], arm: dict[int, float], fraction: float,
     """Steps each run needs to reach ``fraction`` of the plain run's final accuracy, and the steps saved."""
     target = fraction * final
     p, a = steps_to_reach(plain, target), steps_to_reach(arm, target)
-    fraction = steps_saved(p, a)
-    saved = f": {fraction:.0%} of the steps saved" if fraction is not None else ""
+    share = steps_saved(p, a)
+    saved = f": {share:.0%} of the steps saved" if share is not None else ""
     return (
         f"to reach {fraction:.0%} of the plain run's final accuracy ({target:.3f}; final = mean of its last 3 "
         f"evaluations): plain {_steps(p)}, jump arm {_steps(a)}{saved}"
