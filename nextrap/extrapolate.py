@@ -76,6 +76,7 @@ class _Plan:
     horizon_steps: int
     targets: list[tuple[float, int | None]]
     notes: list[str]
+    config_overrides: dict[str, Any]  # adapter_config fields every output changes (rank and alpha with grow)
 
 
 def extrapolate(
@@ -153,7 +154,10 @@ def _plan(traj: Trajectory, options: ExtrapolateOptions) -> _Plan:
     horizon_steps = traj.steps[-1] - traj.steps[-1 - horizon]
     targets = options.resolve_coefs(traj.steps[-1], horizon_steps)  # bad --to-step fails before the work
     notes.extend(_far_notes(traj, targets, horizon_steps))
-    return _Plan(horizon, horizon_steps, targets, notes)
+    overrides = {}
+    if options.rank_policy == "grow":
+        overrides = traj.config.grown({m.name: (m.rank, m.scaling) for m in traj.modules.values()})
+    return _Plan(horizon, horizon_steps, targets, notes, overrides)
 
 
 def _choose_method(
@@ -187,11 +191,9 @@ def _write_output(
     sub = tmp if len(plan.targets) == 1 else tmp / (f"step-{to_step}" if to_step is not None else f"coef-{coef}")
     sub.mkdir(exist_ok=True)
     tensors, modules = _extended_tensors(traj, prediction, coef, options, device)
-    overrides = {}
-    if options.rank_policy == "grow":
-        overrides = traj.config.grown({m.name: (m.rank, m.scaling) for m in traj.modules.values()})
     virtual_step = traj.steps[-1] + coef * plan.horizon_steps
-    written, notes = writer.write(sub, NewAdapter(tensors, traj.config, overrides, virtual_step, traj.refs[-1]))
+    adapter = NewAdapter(tensors, traj.config, plan.config_overrides, virtual_step, traj.refs[-1])
+    written, notes = writer.write(sub, adapter)
     plan.notes.extend(notes)
     return OutputEntry(
         coef=coef,

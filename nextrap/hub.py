@@ -118,9 +118,10 @@ def plan_push(
             f"{folder}: not written by nextrap extrapolate (no {REPORT_NAME} in it or its parent); give the "
             "output folder of nextrap extrapolate, or pass --any-adapter to publish another adapter folder"
         )
-    subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / CONFIG_NAME).is_file())
     if report is not None and report.folder == folder:  # nextrap's output folder: its report lists the adapters
         subfolders = [entry.path for entry in report.outputs if entry.path != "."]
+    else:
+        subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / CONFIG_NAME).is_file())
     files: dict[str, Path] = {}
     if (folder / CONFIG_NAME).is_file():
         files.update(_adapter_files(folder))

@@ -10,7 +10,6 @@ as version 0, whose fields are the same. ``docs/report.md`` describes every fiel
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -156,12 +155,10 @@ def _looks_like_report(data: Any) -> bool:
 
 
 def _json_default(obj: Any) -> Any:
-    """Paths, torch dtypes and devices as strings; non-finite floats are left to json (NaN, Infinity)."""
+    """Paths, torch dtypes and devices as strings."""
     if isinstance(obj, Path):
         return str(obj)
     name = type(obj).__name__
     if name in ("dtype", "device"):  # torch.dtype / torch.device, without importing torch here
         return str(obj).replace("torch.", "")
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
     raise TypeError(f"not JSON-serializable: {name}")
