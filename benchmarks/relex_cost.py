@@ -7,8 +7,9 @@ alternating, in this one process (so both see the same page cache and load); med
 Optionally (``--write``) the cost of writing one RELEX adapter (the best rank-r refactoring of a
 rank <= T r update per module) is timed once.
 
-Run: ``python benchmarks/rank1.py --run /tmp/bench/qwen7b`` first (it writes the run, 4.9 GB), then
-``python benchmarks/relex_cost.py --run /tmp/bench/qwen7b``.
+Run on a 7B-shaped run (4.9 GB): the one ``python benchmarks/predictor.py --runs qwen`` writes to
+``/tmp/nextrap-bench/qwen-28l-16c``, or one written by ``python benchmarks/rank1.py --run DIR``; then
+``python benchmarks/relex_cost.py --run RUN``.
 """
 
 from __future__ import annotations
