@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -129,11 +130,19 @@ def generate(
             done |= nxt == stop_id
             if bool(done.all()) or i == max_new_tokens - 1:
                 break
-            out = model(
-                input_ids=nxt[:, None], past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1
-            )
+            out = model(input_ids=nxt[:, None], use_cache=True, logits_to_keep=1, **_cache_of(out))
         answers = torch.stack(tokens, 1)
     return answers.clone()  # a normal tensor: inference tensors cannot enter a later backward pass
+
+
+def _cache_of(out: Any) -> dict[str, Any]:
+    """The KV cache of ``out`` as the keyword the next call takes.
+
+    transformers 5.x renamed the argument and the output field ``past_key_values`` to ``cache``; the
+    old name warns on every call and is to stop working (5.40), older releases know only the old one.
+    """
+    cache = getattr(out, "cache", None)
+    return {"cache": cache} if cache is not None else {"past_key_values": out.past_key_values}
 
 
 def answer_logprobs(model: nn.Module, prompt_ids: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
