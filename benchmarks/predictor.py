@@ -5,17 +5,31 @@ configuration is fitted on them and scored on the held-out checkpoints (mean rel
 predicted update over the held-out checkpoints, all modules; staying at the last checkpoint scores 1),
 ``--repeats`` times, configurations interleaved (A B, B A, ...) so that a change in the machine's load
 hits both. Medians are reported, with ratios. Also reported: process CPU seconds of the fit (close to
-the wall time an idle core would give when the machine is shared), per-group epochs and stop reasons.
+the wall time an idle core would give when the machine is shared), per-group network width, epochs and
+stop reasons.
+
+Configurations: ``old`` is the ``full`` preset (the default before frames: networks on full-length
+vectors), ``new`` the ``auto`` preset (8-wide frames, held-out stopping); ``new-frame4`` /
+``new-frame16`` change the frame's width, ``reference`` is the paper's schedule.
 
 Runs (created when missing):
 
-* ``ref``:  the bundled tiny-policy reference run (``nextrap train-reference --steps 100 --save-steps 5``);
+* ``ref``:  the bundled tiny-policy reference run (``nextrap train-reference --steps 100 --save-steps 5``,
+  lr 1e-3: a noisy run no method predicts much better than staying);
+* ``ref2e4``: the tiny policy at lr 2e-4, the steps-saved benchmark's regime (``--steps 200
+  --save-steps 10``);
 * ``smol``: a planted run with SmolLM2-135M's shapes (30 layers; hidden 576, intermediate 1536, k/v 192;
   r = 8; 8 checkpoints), backtested with ``--holdout 3 --horizon 2``;
 * ``qwen``: a planted run with Qwen2.5-7B's shapes (``--qwen-layers``, default 28; r = 32;
-  ``--qwen-checkpoints``, default 16), backtested with the default holdout and horizon.
+  ``--qwen-checkpoints``, default 16), backtested with the default holdout and horizon. The ``old``
+  configuration takes hours on it on a CPU: compare on a cut (``--qwen-layers 4``, the first 4 layers of
+  the same run) and time ``new`` alone on the whole run.
 
-Run: ``python benchmarks/predictor.py --runs ref smol qwen --root /tmp/nextrap-bench``.
+Resumable: every (run, configuration, repeat) result is appended to ``--results`` (JSON lines) as it
+is measured, and skipped when it is already there; the table is built from that file.
+
+Run: ``python benchmarks/predictor.py --runs ref ref2e4 smol --configs old new --repeats 3``, then
+``--runs qwen --qwen-layers 4 --configs old new --repeats 1`` and ``--runs qwen --configs new``.
 """
 
 from __future__ import annotations
@@ -37,13 +51,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 QWEN_7B = {"hidden": 3584, "intermediate": 18944, "kv_dim": 512}
 SMOL_135M = {"hidden": 576, "intermediate": 1536, "kv_dim": 192}
 
-# name -> (preset, overrides); "old" is the default before this benchmark existed
+# name -> (preset, overrides); "old" is the default before frames
 CONFIGS = {
-    "old": ("auto", {}),
-    "new": ("fast", {}),
-    "new-bf16": ("fast", {"precision": "bfloat16"}),
-    "new-1thread": ("fast", {"threads": 1}),
-    "new-2threads": ("fast", {"threads": 2}),
+    "old": ("full", {}),
+    "new": ("auto", {}),
+    "new-frame4": ("auto", {"frame": 4}),
+    "new-frame16": ("auto", {"frame": 16}),
+    "reference": ("reference", {}),
 }
 
 
@@ -60,6 +74,13 @@ def make_runs(args: argparse.Namespace) -> dict[str, tuple[Path, int | None, int
             cmd = [sys.executable, "-m", "nextrap", "-q", "train-reference", "-o", str(path)]
             subprocess.run([*cmd, "--steps", "100", "--save-steps", "5"], check=True)
         runs["ref"] = (path, None, None)
+    if "ref2e4" in args.runs:
+        path = root / "ref2e4"
+        if not (path / "checkpoint-200").exists():
+            print(f"training the lr 2e-4 reference run into {path} (a few minutes)", file=sys.stderr)
+            cmd = [sys.executable, "-m", "nextrap", "-q", "train-reference", "-o", str(path), "--lr", "2e-4"]
+            subprocess.run([*cmd, "--steps", "200", "--save-steps", "10"], check=True)
+        runs["ref2e4"] = (path, None, None)
     if "smol" in args.runs:
         path = root / "smol"
         steps = [10 * (i + 1) for i in range(8)]
@@ -74,18 +95,34 @@ def make_runs(args: argparse.Namespace) -> dict[str, tuple[Path, int | None, int
             print(f"writing the 7B-shaped run into {path}", file=sys.stderr)
             shapes = llama_like_shapes(args.qwen_layers, **QWEN_7B)
             write_synthetic_run(path, steps, shapes, PlantSpec(rank=32, alpha=64.0))
-        runs["qwen"] = (path, args.qwen_holdout, args.qwen_horizon)
+        runs[f"qwen-{args.qwen_layers}l"] = (path, args.qwen_holdout, args.qwen_horizon)
     return runs
+
+
+def _done(results: Path) -> list[dict]:
+    if not results.is_file():
+        return []
+    return [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
 
 
 def bench_run(
     name: str, path: Path, holdout: int | None, horizon: int | None, args: argparse.Namespace
-) -> dict:
+) -> None:
+    """Measure every (configuration, repeat) of run ``name`` not yet in ``args.results``; append each."""
     import nextrap
     from nextrap.backtest import BacktestOptions, score_prediction
     from nextrap.predictors import NExtConfig, NExtPredictor
     from nextrap.runs import resolve_horizon
 
+    done = {(r["config"], r["repeat"]) for r in _done(args.results) if r["run"] == name}
+    todo = [
+        (rep, label)
+        for rep in range(args.repeats)
+        for label in (args.configs if rep % 2 == 0 else list(reversed(args.configs)))
+        if (label, rep) not in done
+    ]
+    if not todo:
+        return
     device = torch.device(args.device)
     traj = nextrap.open_run(path)
     K = len(traj.headers)
@@ -100,72 +137,64 @@ def bench_run(
     t0 = time.perf_counter()
     feats = nextrap.compute_features(fit, horizon, device)
     feature_s = time.perf_counter() - t0
-
-    results: dict[str, dict] = {c: {"wall": [], "cpu": [], "err": [], "groups": None} for c in args.configs}
-    for rep in range(args.repeats):
-        order = args.configs if rep % 2 == 0 else list(reversed(args.configs))
-        for label in order:
-            preset, overrides = CONFIGS[label]
-            cfg = NExtConfig.from_preset(preset, **overrides)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            w0, c0 = time.perf_counter(), time.process_time()
-            pred = NExtPredictor(cfg).predict(fit, horizon, feats, device)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-            rows = [
-                r
-                for r in score_prediction(traj, pred, prefix - 1, targets, coefs, device)
-                if r["kind"] == "all"
-            ]
-            err = sum(r["relative_error"] for r in rows) / len(rows)
-            res = results[label]
-            res["wall"].append(wall)
-            res["cpu"].append(cpu)
-            res["err"].append(err)
-            res["groups"] = [
-                {k: g[k] for k in ("dim", "rows", "parameters", "epochs_run", "seconds", "stop_reason")}
-                for g in pred.diagnostics["groups"]
-            ]
-            print(
-                f"  {name} repeat {rep} {label}: fit {wall:.1f} s (cpu {cpu:.1f} s), error {err:.4f}",
-                file=sys.stderr,
-            )
-    return {
-        "run": name,
-        "path": str(path),
-        "checkpoints": K,
-        "holdout": holdout,
-        "horizon": horizon,
-        "pairs": feats.pairs,
-        "feature_seconds": feature_s,
-        "results": results,
-    }
+    for rep, label in todo:
+        preset, overrides = CONFIGS[label]
+        cfg = NExtConfig.from_preset(preset, **overrides)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        w0, c0 = time.perf_counter(), time.process_time()
+        pred = NExtPredictor(cfg).predict(fit, horizon, feats, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+        rows = [r for r in score_prediction(traj, pred, prefix - 1, targets, coefs, device) if r["kind"] == "all"]
+        err = sum(r["relative_error"] for r in rows) / len(rows)
+        groups = [
+            {k: g.get(k) for k in ("dim", "width", "rows", "parameters", "epochs_run", "seconds", "stop_reason")}
+            for g in pred.diagnostics["groups"]
+        ]
+        record = {
+            "run": name, "config": label, "repeat": rep, "wall": wall, "cpu": cpu, "err": err,
+            "groups": groups, "checkpoints": K, "holdout": holdout, "horizon": horizon,
+            "pairs": feats.pairs, "feature_seconds": feature_s, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "load": os.getloadavg()[0],
+        }
+        with args.results.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(f"  {name} repeat {rep} {label}: fit {wall:.1f} s (cpu {cpu:.1f} s), error {err:.4f}", file=sys.stderr)
 
 
-def table(all_runs: list[dict], configs: list[str]) -> str:
-    base = configs[0]
+def table(records: list[dict], runs: list[str], configs: list[str]) -> str:
+    """One row per (run, configuration): medians over repeats, ratios to the first configuration."""
     lines = [
-        f"{'run':<6} {'config':<13} {'fit s (median)':>14} {'cpu s':>7} {'speed-up':>9} {'rel. error':>10} "
-        f"{'error ratio':>11}  epochs per group (d: epochs, stop reason)"
+        f"{'run':<9} {'config':<12} {'n':>2} {'fit s (median)':>14} {'cpu s':>7} {'speed-up':>9} {'rel. error':>10} "
+        f"{'error ratio':>11}  per group (d -> width: epochs, stop reason)"
     ]
-    for r in all_runs:
-        b = r["results"][base]
-        for label in configs:
-            res = r["results"][label]
-            wall, cpu, err = (statistics.median(res[k]) for k in ("wall", "cpu", "err"))
-            groups = ", ".join(f"{g['dim']}: {g['epochs_run']} {g['stop_reason']}" for g in res["groups"])
+    for run in runs:
+        by_config = {c: [r for r in records if r["run"] == run and r["config"] == c] for c in configs}
+        by_config = {c: rs for c, rs in by_config.items() if rs}
+        if not by_config:
+            continue
+        base = next(iter(by_config.values()))
+        base_wall = statistics.median(r["wall"] for r in base)
+        base_err = statistics.median(r["err"] for r in base)
+        for label, rs in by_config.items():
+            wall, cpu, err = (statistics.median(r[k] for r in rs) for k in ("wall", "cpu", "err"))
+            groups = ", ".join(
+                f"{g['dim']} -> {g.get('width') or g['dim']}: {g['epochs_run']} {g['stop_reason']}" for g in rs[-1]["groups"]
+            )
             lines.append(
-                f"{r['run']:<6} {label:<13} {wall:>14.1f} {cpu:>7.1f} {statistics.median(b['wall']) / wall:>8.1f}x "
-                f"{err:>10.4f} {err / statistics.median(b['err']):>11.4f}  {groups}"
+                f"{run:<9} {label:<12} {len(rs):>2} {wall:>14.1f} {cpu:>7.1f} {base_wall / wall:>8.1f}x "
+                f"{err:>10.4f} {err / base_err:>11.4f}  {groups}"
             )
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", nargs="+", default=["ref", "smol", "qwen"], choices=["ref", "smol", "qwen"])
+    p.add_argument(
+        "--runs", nargs="+", default=["ref", "ref2e4", "smol"], choices=["ref", "ref2e4", "smol", "qwen"]
+    )
     p.add_argument("--root", type=Path, default=Path("/tmp/nextrap-bench"), help="where runs are written")
     p.add_argument("--ref", type=Path, default=None, help="an existing reference run to use")
     p.add_argument("--qwen-layers", type=int, default=28)
@@ -178,7 +207,12 @@ def main() -> None:
     p.add_argument(
         "--threads", type=int, default=0, help="torch intra-op threads for everything (0: torch's default)"
     )
-    p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=Path(__file__).parent / "results" / "predictor.jsonl",
+        help="JSON lines of every measurement; measurements already there are not repeated",
+    )
     args = p.parse_args()
     args.root.mkdir(parents=True, exist_ok=True)
     if args.threads:
@@ -193,14 +227,11 @@ def main() -> None:
     from nextrap.predictors import NExtNet
 
     torch.optim.AdamW(NExtNet(1, 4).parameters())
-    out = []
-    for name, (path, holdout, horizon) in make_runs(args).items():
-        out.append(bench_run(name, path, holdout, horizon, args))
-    print(table(out, args.configs))
+    runs = make_runs(args)
+    for name, (path, holdout, horizon) in runs.items():
+        bench_run(name, path, holdout, horizon, args)
+    print(table(_done(args.results), list(runs), args.configs))
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
-
 
 if __name__ == "__main__":
     main()

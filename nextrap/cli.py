@@ -96,20 +96,21 @@ _fit_options = [
         type=click.Choice(sorted(PRESETS)),
         default="auto",
         show_default=True,
-        help="Predictor settings: 'auto' converges on any model size and stops on a training-loss plateau; "
-        "'fast' stops when a held-out pair stops improving (faster, worse on some runs); 'reference' is the paper's.",
+        help="Predictor settings: 'auto' fits small networks on each vector's own frame (its history's 8 leading "
+        "directions; seconds at 7B shapes); 'full' fits them on the full-length vectors (the default before frames; "
+        "minutes to hours at 7B shapes); both stop on a training-loss plateau. 'reference' is the paper's schedule.",
     ),
     click.option(
         "--epochs",
         type=click.IntRange(min=1),
         default=None,
-        help="Most predictor epochs per group; the exact count with --preset reference (fast: 500; auto, reference: 1000).",
+        help="Most predictor epochs per group (default 1000); the exact count with --preset reference.",
     ),
     click.option(
         "--lr",
         type=click.FloatRange(min=0, min_open=True),
         default=None,
-        help="Predictor learning rate (auto: 1e-3; fast: 3e-3, capped at 1.5/d for vectors of length d; reference: 2e-5).",
+        help="Predictor learning rate (auto, full: 1e-3; reference: 2e-5).",
     ),
     click.option(
         "--loss", type=click.Choice(["l1", "l2"]), default=None, help="Predictor loss (preset: l1)."
@@ -118,8 +119,15 @@ _fit_options = [
         "--patience",
         type=click.IntRange(min=0),
         default=None,
-        help="Stop after this many epochs without improvement (fast: of the held-out pair's loss, 50; auto: of the "
-        "training loss, 100); 0 never stops early.",
+        help="Stop after this many epochs without a 0.1% improvement of the training loss (auto, full: 100); 0 never "
+        "stops early.",
+    ),
+    click.option(
+        "--frame",
+        type=click.IntRange(min=0),
+        default=None,
+        help="Width of each vector's frame, the leading directions of its own history (auto: 8); 0: full-length "
+        "vectors.",
     ),
     click.option(
         "--seed",
@@ -167,7 +175,7 @@ def _echo_push(result: Any) -> None:
 
 def _next_config(params: dict[str, Any]) -> NExtConfig:
     """NExt's settings from the fit options: the preset, with the options given on top."""
-    names = ("epochs", "lr", "loss", "patience", "seed")
+    names = ("epochs", "lr", "loss", "patience", "frame", "seed")
     return NExtConfig.from_preset(params["preset"], **{n: params[n] for n in names})
 
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from nextrap.errors import ConfigError
 from nextrap.predictors import NExtConfig, NExtNet
 from nextrap.predictors.next_fit import fit_network, group_loss, threads
 
@@ -144,23 +145,22 @@ def test_bfloat16_fit_learns_as_well_as_float32():
     assert abs(losses["bfloat16"] - losses["float32"]) < 0.05
 
 
-@pytest.mark.slow
-def test_learning_rate_falls_with_vector_length_in_fast_only():
-    fast = NExtConfig.from_preset("fast")
-    assert fast.group_lr(1) == fast.group_lr(192) == 3e-3  # below 1.5 / 3e-3 = 500 the cap holds
-    assert fast.group_lr(576) == pytest.approx(1.5 / 576)
-    assert fast.group_lr(18944) == pytest.approx(7.918e-5, rel=1e-3)
-    assert NExtConfig.from_preset("auto").group_lr(18944) == 1e-3
+def test_learning_rate_cap_falls_with_network_width():
+    capped = NExtConfig(lr=3e-3, lr_dim_scale=1.5)
+    assert capped.group_lr(1) == capped.group_lr(8) == capped.group_lr(192) == 3e-3  # below 1.5 / 3e-3 = 500
+    assert capped.group_lr(576) == pytest.approx(1.5 / 576)
+    assert capped.group_lr(18944) == pytest.approx(7.918e-5, rel=1e-3)
+    for preset in ("auto", "full"):
+        assert NExtConfig.from_preset(preset).group_lr(18944) == 1e-3
     assert NExtConfig.from_preset("reference").group_lr(18944) == 2e-5
 
 
-def test_auto_preset_stops_on_the_training_loss_plateau():
-    cfg = NExtConfig.from_preset("auto")
-    assert (cfg.lr, cfg.epochs, cfg.stop, cfg.patience, cfg.min_improvement, cfg.normalize) == (
-        1e-3,
-        1000,
-        "train",
-        100,
-        1e-3,
-        True,
-    )
+def test_presets_are_what_their_docs_say():
+    auto, full, ref = (NExtConfig.from_preset(p) for p in ("auto", "full", "reference"))
+    assert auto == NExtConfig()  # the dataclass defaults are the default preset
+    fields = ("frame", "lr", "epochs", "stop", "patience", "refit", "normalize")
+    assert tuple(getattr(auto, f) for f in fields) == (8, 1e-3, 1000, "train", 100, False, True)
+    assert tuple(getattr(full, f) for f in fields) == (0, 1e-3, 1000, "train", 100, False, True)
+    assert tuple(getattr(ref, f) for f in fields) == (0, 2e-5, 1000, "fixed", 0, False, False)
+    with pytest.raises(ConfigError, match="frame"):
+        NExtConfig(frame=-1)

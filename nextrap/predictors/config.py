@@ -5,16 +5,18 @@ without importing torch.
 
 NExt's three presets:
 
-* ``auto`` (default) rescales each group's inputs and targets to unit RMS entries, trains with lr 1e-3
-  for at most 1000 epochs and stops when the training loss plateaus (100 epochs without a 0.1%
-  improvement). Converges on every model size tried.
-* ``fast`` takes the learning rate 3e-3 capped at ``1.5 / d`` (the largest stable Adam step falls with
-  the vector length), stops when the loss of a held-out training pair stops improving, then retrains on
-  every pair for the epoch count that pair chose (:mod:`nextrap.predictors.next_fit`). Faster, but worse
-  on some runs: opt-in.
+* ``auto`` (default) describes each feature vector in its own frame, the 8 leading directions of its
+  history (:mod:`nextrap.predictors.frames`), so every network is 8 numbers wide (with a 64-unit ReLU
+  layer) whatever the model; rescales each group's inputs and targets to unit RMS entries; trains with
+  lr 1e-3 for at most 1000 epochs and stops when the training loss plateaus (100 epochs without a 0.1%
+  improvement). Seconds on a CPU at 7B shapes.
+* ``full`` is the same on the full-length vectors, the paper's networks: the default before frames;
+  minutes to hours on a CPU at 7B shapes.
 * ``reference`` reproduces the paper's scripts: raw features, AdamW lr 2e-5, cosine to 0.1 lr over
   exactly 1000 full-batch epochs, L1 loss summed over entries. Tuned for 7B-sized vectors; on small
   models it stays far from converged (see docs/method.md).
+
+``benchmarks/predictor.py`` compares them (fit time and backtest error, side by side).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class FitSettings:
     precision: str
 
 
-PRESET_NAMES = ("auto", "fast", "reference")
+PRESET_NAMES = ("auto", "full", "reference")
 
 
 @dataclass(frozen=True)
@@ -69,15 +71,19 @@ class NExtConfig:
 
     ``epochs`` is the most a group trains (the exact count with ``stop = "fixed"``); ``stop`` picks the
     rule that ends it earlier (:mod:`nextrap.predictors.next_fit`); ``patience = 0`` disables early
-    stopping whatever the rule. ``threads`` (0: torch's setting) and ``precision`` only change speed.
+    stopping whatever the rule. ``frame`` is the width of each vector's frame (0: the networks see the
+    full-length vectors); on a frame the networks' ReLU layer is ``inner`` units wide (on full-length
+    vectors it is as wide as the vectors, as in the paper). ``threads`` (0: torch's setting) and ``precision`` only change speed.
     """
 
     preset: str = "auto"
+    frame: int = 8
     lr: float = 1e-3
     lr_dim_scale: float = 0.0
     epochs: int = 1000
     loss: str = "l1"
     hidden: int = 256
+    inner: int = 64
     weight_decay: float = 0.01
     min_lr_ratio: float = 0.1
     normalize: bool = True
@@ -92,11 +98,13 @@ class NExtConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.preset in PRESET_NAMES, "preset", f"one of {list(PRESET_NAMES)}"),
+            (self.frame >= 0, "frame", ">= 0 (0: the networks see the full-length vectors)"),
             (self.lr > 0 and math.isfinite(self.lr), "lr", "a positive number"),
             (self.lr_dim_scale >= 0, "lr_dim_scale", ">= 0 (0: the same lr for every vector length)"),
             (self.epochs >= 1, "epochs", "at least 1"),
             (self.loss in ("l1", "l2"), "loss", "'l1' or 'l2'"),
             (self.hidden >= 1, "hidden", "at least 1"),
+            (self.inner >= 1, "inner", "at least 1"),
             (self.weight_decay >= 0, "weight_decay", ">= 0"),
             (0 < self.min_lr_ratio <= 1, "min_lr_ratio", "in (0, 1]"),
             (self.stop in STOP_RULES, "stop", f"one of {list(STOP_RULES)}"),
@@ -142,16 +150,13 @@ class NExtConfig:
 
 
 PRESETS: dict[str, NExtConfig] = {
-    # The default: unit-RMS groups, lr 1e-3, stop on a training-loss plateau (at most 1000 epochs).
+    # The default: 8-wide frames (64 ReLU units), unit-RMS groups, lr 1e-3, training-loss plateau.
     "auto": NExtConfig(),
-    # Stops when a held-out pair stops improving, then refits on every pair; lr capped at 1.5 / d.
-    # 2x faster on the tiny reference run at equal error, but much worse on a planted curved run
-    # (relative error 0.55 against 0.13): opt-in until that is understood.
-    "fast": NExtConfig(
-        preset="fast", lr=3e-3, lr_dim_scale=1.5, stop="holdout", epochs=500, patience=50, refit=True
-    ),
+    # The same on full-length vectors (the paper's networks): the default before frames.
+    "full": NExtConfig(preset="full", frame=0),
     "reference": NExtConfig(
         preset="reference",
+        frame=0,
         lr=2e-5,
         lr_dim_scale=0.0,
         epochs=1000,

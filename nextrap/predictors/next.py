@@ -4,9 +4,12 @@ For every vector length d (each ``u`` of modules with ``out = d``, each ``v`` wi
 sigmas as ``d = 1``, 1-D tensors of length d) one :class:`NExtNet` maps the global and local feature
 vectors at checkpoint k to the target feature at k (the rank-1 part of the next ``horizon``
 intervals). Trained on every pair with ``k + horizon <= K``, it is then fed the last checkpoint.
+By default each vector is first described in its own frame, the few directions its history moves in
+(:mod:`nextrap.predictors.frames`), so the network is a few numbers wide instead of ``d``.
 
 Its settings are :class:`~nextrap.predictors.config.NExtConfig` and its presets (``auto``, the
-default; ``fast``; ``reference``, the paper's scripts), described there.
+default, with frames; ``full``, the paper's networks on full-length vectors; ``reference``, the
+paper's scripts), described there.
 
 The report says, per group, the epochs run, the seconds, why the fit stopped, and the final loss
 relative to predicting zeros: how far the fit got.
@@ -23,6 +26,7 @@ from torch import nn
 
 from nextrap.predictors.base import Prediction
 from nextrap.predictors.config import NExtConfig
+from nextrap.predictors.frames import history_frames
 from nextrap.predictors.next_fit import fit_network, group_loss, threads
 from nextrap.progress import Progress, no_progress
 from nextrap.trajectory import Features, SharedFeatures, Trajectory
@@ -39,26 +43,29 @@ logger = logging.getLogger(__name__)
 class NExtNet(nn.Module):
     """The reference architecture: two branches for the global and local vectors, then a combiner.
 
-    Each branch is ``Linear(d,h) -> Linear(h,d) -> ReLU -> Linear(d,h) -> Linear(h,d)``; the combiner
-    ``Linear(2d,h) -> Linear(h,2d) -> ReLU -> Linear(2d,h) -> Linear(h,d)``. Input and output
+    Each branch is ``Linear(d,h) -> Linear(h,n) -> ReLU -> Linear(n,h) -> Linear(h,d)``; the combiner
+    ``Linear(2d,h) -> Linear(h,2n) -> ReLU -> Linear(2n,h) -> Linear(h,d)``. In the paper the ReLU
+    layer is as wide as the vectors (``n = d``, the default); a network on a narrow frame keeps a wider
+    one (``inner``), else its only nonlinearity would have a handful of units. Input and output
     ``(N, d)`` float32.
     """
 
-    def __init__(self, dim: int, hidden: int = 256):
+    def __init__(self, dim: int, hidden: int = 256, inner: int | None = None):
         super().__init__()
+        n = inner or dim
 
-        def branch(d_in: int, d_out: int) -> nn.Sequential:
+        def branch(d_in: int, n_mid: int, d_out: int) -> nn.Sequential:
             return nn.Sequential(
                 nn.Linear(d_in, hidden),
-                nn.Linear(hidden, d_in),
+                nn.Linear(hidden, n_mid),
                 nn.ReLU(),
-                nn.Linear(d_in, hidden),
+                nn.Linear(n_mid, hidden),
                 nn.Linear(hidden, d_out),
             )
 
-        self.global_branch = branch(dim, dim)
-        self.local_branch = branch(dim, dim)
-        self.combine = branch(2 * dim, dim)
+        self.global_branch = branch(dim, n, dim)
+        self.local_branch = branch(dim, n, dim)
+        self.combine = branch(2 * dim, 2 * n, dim)
 
     def forward(self, global_: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
         return self.combine(torch.cat([self.global_branch(global_), self.local_branch(local)], dim=-1))
@@ -136,28 +143,17 @@ class NExtPredictor:
         device = device or torch.device("cpu")
         features = _features_at(features, trajectory, horizon, device, progress)
         cfg = self.config
-        P = features.pairs
         outputs: dict[tuple[str, str], torch.Tensor] = {}
         group_reports = []
         for dim, grp in progress(list(_collect_groups(features).items()), "NExt predictor groups"):
-            G = torch.stack(grp.global_)  # (items, K, d)
-            Lc = torch.stack(grp.local)
-            T = torch.stack(grp.target)  # (items, P, d)
-            x_g, x_l, y = G[:, :P].reshape(-1, dim), Lc[:, :P].reshape(-1, dim), T.reshape(-1, dim)
-            if cfg.normalize:
-                sg, sl, st = _rms(x_g), _rms(x_l), _rms(y)
-            else:
-                sg = sl = st = torch.ones((), device=G.device)
-            net, report = _fit(dim, x_g / sg, x_l / sl, y / st, cfg, P)
-            with torch.no_grad():
-                pred = net(G[:, -1] / sg, Lc[:, -1] / sl) * st  # (items, d)
+            pred, report = _predict_group(grp, features.pairs, cfg)
             for i, item in enumerate(grp.items):
                 outputs[item] = pred[i]
-            report.update(dim=dim, vectors=len(grp.items), rows=int(x_g.shape[0]))
             group_reports.append(report)
             logger.info(
-                "group d=%d: %d epochs in %.2f s (%s), loss %.4g (%.3g of predicting zeros)",
+                "group d=%d (network width %d): %d epochs in %.2f s (%s), loss %.4g (%.3g of predicting zeros)",
                 dim,
+                report["width"],
                 report["epochs_run"],
                 report["seconds"],
                 report["stop_reason"],
@@ -185,26 +181,59 @@ class NExtPredictor:
         )
 
 
+def _predict_group(grp: _Group, pairs: int, cfg: NExtConfig) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Fit one group's network and predict each item's target from the last checkpoint: ``(items, d)``."""
+    G = torch.stack(grp.global_)  # (items, K, d)
+    Lc = torch.stack(grp.local)
+    T = torch.stack(grp.target)  # (items, P, d)
+    frames = None
+    if cfg.frame and grp.dim > 1:
+        frames = history_frames(torch.cat([G, Lc, T], 1), G[:, -1], cfg.frame)
+        G, Lc, T = frames.project(G), frames.project(Lc), frames.project(T)
+    width = G.shape[-1]
+    x_g, x_l, y = G[:, :pairs].reshape(-1, width), Lc[:, :pairs].reshape(-1, width), T.reshape(-1, width)
+    if cfg.normalize:
+        sg, sl, st = _rms(x_g), _rms(x_l), _rms(y)
+    else:
+        sg = sl = st = torch.ones((), device=G.device)
+    inner = max(width, cfg.inner) if frames is not None else None
+    net, report = _fit(grp.dim, width, inner, x_g / sg, x_l / sl, y / st, cfg, pairs)
+    with torch.no_grad():
+        pred = net(G[:, -1] / sg, Lc[:, -1] / sl) * st  # (items, width)
+    if frames is not None:
+        pred = frames.lift(pred[:, None])[:, 0]
+        report.update(frame_kept_energy=float(frames.kept_energy.mean()))
+    report.update(dim=grp.dim, width=width, vectors=len(grp.items), rows=int(x_g.shape[0]))
+    return pred, report
+
+
 def _fit(
-    dim: int, x_g: torch.Tensor, x_l: torch.Tensor, y: torch.Tensor, cfg: NExtConfig, pairs: int
+    dim: int,
+    width: int,
+    inner: int | None,
+    x_g: torch.Tensor,
+    x_l: torch.Tensor,
+    y: torch.Tensor,
+    cfg: NExtConfig,
+    pairs: int,
 ) -> tuple[NExtNet, dict[str, Any]]:
-    """Train one group's network (:func:`fit_network`) and report how far it got."""
+    """Train one group's network, ``width`` wide (:func:`fit_network`), and report how far it got."""
 
     def make_net() -> NExtNet:
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(cfg.seed * 1_000_003 + dim)  # same group, same init, whatever else ran before
-        net = NExtNet(dim, cfg.hidden)
+        net = NExtNet(width, cfg.hidden, inner)
         torch.random.set_rng_state(gen_state)
         net = net.to(x_g.device)
         return net
 
     with threads(cfg.threads):
-        net, report = fit_network(make_net, x_g, x_l, y, pairs, cfg.fit_settings(dim))
+        net, report = fit_network(make_net, x_g, x_l, y, pairs, cfg.fit_settings(width))
         with torch.no_grad():
             final = float(group_loss(net(x_g, x_l), y, cfg.loss, pairs))
             zero_loss = float(group_loss(torch.zeros_like(y), y, cfg.loss, pairs))
     report.update(
-        lr=cfg.group_lr(dim),
+        lr=cfg.group_lr(width),
         parameters=sum(p.numel() for p in net.parameters()),
         seconds_per_epoch=report["seconds"] / max(1, report["epochs_run"]),
         stopped_early=report["stop_reason"] not in ("max_epochs", "fixed_epochs"),
