@@ -8,7 +8,7 @@ checkpoint, the whole run never in memory.
 
     nice python benchmarks/scale.py                      # both sizes (70B: ~6.6 GB on disk)
     nice python benchmarks/scale.py --sizes 7b --method linear
-    python benchmarks/scale.py --keep /tmp/scale-runs    # keep the runs for another look
+    python benchmarks/scale.py --keep /tmp/scale-runs    # keep the runs (and resume an interrupted benchmark)
 
 The runs are continuous (each factor moves smoothly with the step), so the continuity check passes.
 """
@@ -121,12 +121,22 @@ def main() -> None:
     base.mkdir(parents=True, exist_ok=True)
     idle = idle_rss()
     rows = []
+    # Resumable with --keep: every measurement is appended here as it is taken, and not repeated.
+    record = base / f"measurements-{opts.method}.jsonl"
+    done = {}
+    if record.is_file():
+        for line in record.read_text().splitlines():
+            row = tuple(json.loads(line))
+            done[(row[0], row[1])] = row
     try:
         for size in opts.sizes:
             run = base / f"run-{size}"
             if not run.exists():
                 t0 = time.perf_counter()
-                ckpt_bytes = write_run(run, size)
+                partial = base / f".run-{size}.partial"  # renamed when complete: an interruption leaves no half run
+                shutil.rmtree(partial, ignore_errors=True)
+                ckpt_bytes = write_run(partial, size)
+                partial.rename(run)
                 print(
                     f"# wrote {run}: {CHECKPOINTS} x {ckpt_bytes / 2**20:.0f} MiB in {time.perf_counter() - t0:.0f} s",
                     flush=True,
@@ -147,8 +157,13 @@ def main() -> None:
                 ],
             }
             for name, args in commands.items():
+                if (size, name) in done:  # measured by an earlier, interrupted invocation (--keep)
+                    rows.append(done[(size, name)])
+                    continue
                 seconds, peak = measure(args)
                 rows.append((size, name, ckpt_bytes, seconds, peak))
+                with record.open("a") as f:
+                    f.write(json.dumps(rows[-1]) + "\n")
                 print(
                     f"# {size} {name}: {seconds:.1f} s, peak {peak:.0f} MiB "
                     f"({(peak - idle) / (ckpt_bytes / 2**20):.2f}x one checkpoint above idle)",
