@@ -8,9 +8,11 @@ hits both. Medians are reported, with ratios. Also reported: process CPU seconds
 the wall time an idle core would give when the machine is shared), per-group network width, epochs and
 stop reasons.
 
-Configurations: ``old`` is the ``full`` preset (the default before frames: networks on full-length
-vectors), ``new`` the ``auto`` preset (8-wide frames, held-out stopping); ``new-frame4`` /
-``new-frame16`` change the frame's width, ``reference`` is the paper's schedule.
+Configurations: ``auto`` (the default: networks on full-length vectors), ``frames`` (16-wide frames,
+held-out stopping), ``frames8`` (8 wide), ``frames8-train`` (8 wide, stopped on the training loss like
+``auto``), ``reference`` (the paper's schedule). Repeat ``i`` fits with predictor seed ``i``, so the
+spread of the errors over repeats is that of the networks' initialization; the table gives their mean
+and standard deviation.
 
 Runs (created when missing):
 
@@ -21,15 +23,15 @@ Runs (created when missing):
 * ``smol``: a planted run with SmolLM2-135M's shapes (30 layers; hidden 576, intermediate 1536, k/v 192;
   r = 8; 8 checkpoints), backtested with ``--holdout 3 --horizon 2``;
 * ``qwen``: a planted run with Qwen2.5-7B's shapes (``--qwen-layers``, default 28; r = 32;
-  ``--qwen-checkpoints``, default 16), backtested with the default holdout and horizon. The ``old``
-  configuration takes hours on it on a CPU: compare on a cut (``--qwen-layers 4``, the first 4 layers of
-  the same run) and time ``new`` alone on the whole run.
+  ``--qwen-checkpoints``, default 16), backtested with the default holdout and horizon. ``auto`` takes
+  hours on it on a CPU: compare on a cut (``--qwen-layers 4``, the first 4 layers of the same run) and
+  time ``frames`` alone on the whole run.
 
 Resumable: every (run, configuration, repeat) result is appended to ``--results`` (JSON lines) as it
 is measured, and skipped when it is already there; the table is built from that file.
 
-Run: ``python benchmarks/predictor.py --runs ref ref2e4 smol --configs old new --repeats 3``, then
-``--runs qwen --qwen-layers 4 --configs old new --repeats 1`` and ``--runs qwen --configs new``.
+Run: ``python benchmarks/predictor.py --runs ref ref2e4 smol --configs auto frames --repeats 5``, then
+``--runs qwen --qwen-layers 4 --configs auto frames --repeats 3`` and ``--runs qwen --configs frames``.
 """
 
 from __future__ import annotations
@@ -51,12 +53,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 QWEN_7B = {"hidden": 3584, "intermediate": 18944, "kv_dim": 512}
 SMOL_135M = {"hidden": 576, "intermediate": 1536, "kv_dim": 192}
 
-# name -> (preset, overrides); "old" is the default before frames
+# name -> (preset, overrides)
 CONFIGS = {
-    "old": ("full", {}),
-    "new": ("auto", {}),
-    "new-frame4": ("auto", {"frame": 4}),
-    "new-frame16": ("auto", {"frame": 16}),
+    "auto": ("auto", {}),
+    "frames": ("frames", {}),
+    "frames8": ("frames", {"frame": 8}),
+    "frames8-train": ("frames", {"frame": 8, "stop": "train", "patience": 100, "refit": False}),
     "reference": ("reference", {}),
 }
 
@@ -139,7 +141,7 @@ def bench_run(
     feature_s = time.perf_counter() - t0
     for rep, label in todo:
         preset, overrides = CONFIGS[label]
-        cfg = NExtConfig.from_preset(preset, **overrides)
+        cfg = NExtConfig.from_preset(preset, **{"seed": rep, **overrides})
         if device.type == "cuda":
             torch.cuda.synchronize()
         w0, c0 = time.perf_counter(), time.process_time()
@@ -165,10 +167,10 @@ def bench_run(
 
 
 def table(records: list[dict], runs: list[str], configs: list[str]) -> str:
-    """One row per (run, configuration): medians over repeats, ratios to the first configuration."""
+    """One row per (run, configuration): median times, mean error over seeds, ratios to the first configuration."""
     lines = [
-        f"{'run':<9} {'config':<12} {'n':>2} {'fit s (median)':>14} {'cpu s':>7} {'speed-up':>9} {'rel. error':>10} "
-        f"{'error ratio':>11}  per group (d -> width: epochs, stop reason)"
+        f"{'run':<9} {'config':<14} {'n':>2} {'fit s (median)':>14} {'cpu s':>7} {'speed-up':>9} "
+        f"{'rel. error (mean +- sd)':>24} {'error ratio':>11}  per group (d -> width: epochs, stop reason)"
     ]
     for run in runs:
         by_config = {c: [r for r in records if r["run"] == run and r["config"] == c] for c in configs}
@@ -177,15 +179,18 @@ def table(records: list[dict], runs: list[str], configs: list[str]) -> str:
             continue
         base = next(iter(by_config.values()))
         base_wall = statistics.median(r["wall"] for r in base)
-        base_err = statistics.median(r["err"] for r in base)
+        base_err = statistics.mean(r["err"] for r in base)
         for label, rs in by_config.items():
-            wall, cpu, err = (statistics.median(r[k] for r in rs) for k in ("wall", "cpu", "err"))
+            wall, cpu = (statistics.median(r[k] for r in rs) for k in ("wall", "cpu"))
+            errs = [r["err"] for r in rs]
+            err, sd = statistics.mean(errs), (statistics.stdev(errs) if len(errs) > 1 else 0.0)
             groups = ", ".join(
-                f"{g['dim']} -> {g.get('width') or g['dim']}: {g['epochs_run']} {g['stop_reason']}" for g in rs[-1]["groups"]
+                f"{g['dim']} -> {g.get('width') or g['dim']}: {g['epochs_run']} {g['stop_reason']}"
+                for g in rs[-1]["groups"]
             )
             lines.append(
-                f"{run:<9} {label:<12} {len(rs):>2} {wall:>14.1f} {cpu:>7.1f} {base_wall / wall:>8.1f}x "
-                f"{err:>10.4f} {err / base_err:>11.4f}  {groups}"
+                f"{run:<9} {label:<14} {len(rs):>2} {wall:>14.1f} {cpu:>7.1f} {base_wall / wall:>8.1f}x "
+                f"{err:>15.4f} +- {sd:.4f} {err / base_err:>11.4f}  {groups}"
             )
     return "\n".join(lines)
 
@@ -201,7 +206,7 @@ def main() -> None:
     p.add_argument("--qwen-checkpoints", type=int, default=16)
     p.add_argument("--qwen-holdout", type=int, default=None, help="default: the backtest's")
     p.add_argument("--qwen-horizon", type=int, default=None, help="default: the backtest's")
-    p.add_argument("--configs", nargs="+", default=["old", "new"], choices=sorted(CONFIGS))
+    p.add_argument("--configs", nargs="+", default=["auto", "frames"], choices=sorted(CONFIGS))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument(
