@@ -280,10 +280,10 @@ SAFETENSORS_DTYPES = {
     "BOOL": "bool",
 }
 # Bits per element of the codes the torch-free parser accepts: every safetensors version since 0.4 knows
-# these. A file with another code goes to the library, which knows its own version's codes.
+# these. A file with another code (F8_E4M3 came in 0.4.1) goes to the library, which knows its own codes.
 _CODE_BITS = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
-    "I32": 32, "U32": 32, "F32": 32, "F64": 64, "I64": 64, "U64": 64,
+    "BOOL": 8, "U8": 8, "I8": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+    "F64": 64, "I64": 64, "U64": 64,
 }  # fmt: skip
 
 
@@ -380,8 +380,9 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dic
     """
     try:
         with open(path, "rb") as f:
-            length = int.from_bytes(f.read(8), "little")
-            if length > _MAX_HEADER_BYTES:
+            head = f.read(8)
+            length = int.from_bytes(head, "little")
+            if len(head) < 8 or length > _MAX_HEADER_BYTES:
                 return None
             text = f.read(length)
             size = os.fstat(f.fileno()).st_size

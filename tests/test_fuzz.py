@@ -227,7 +227,10 @@ def _check_parser(tensors: dict, edit: str | None) -> None:
         path = Path(tmp) / "adapter_model.safetensors"
         _write_edited(path, tensors, edit)
         accepted = _agrees_with_the_library(path)
-        if edit in (None, "pad"):  # a valid file takes the fast path
+        # A valid file takes the fast path, unless it holds float8 tensors: their codes are newer than
+        # safetensors 0.4, so the parser leaves them to the installed library.
+        float8 = any(dtype.itemsize == 1 and dtype.is_floating_point for dtype, _ in tensors.values())
+        if edit in (None, "pad") and not float8:
             assert accepted
 
 
