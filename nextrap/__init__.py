@@ -61,7 +61,7 @@ _LAZY = {
     "RelexConfig": "nextrap.predictors",
     "RelexPredictor": "nextrap.predictors",
     "open_run": "nextrap.runs",
-    "scan": "nextrap.runs",
+    "scan": "nextrap.run_headers",
     "Trajectory": "nextrap.trajectory",
     "compute_features": "nextrap.trajectory",
 }
@@ -99,7 +99,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from nextrap.options import ExtrapolateOptions
     from nextrap.predictors import LinearPredictor, NExtConfig, NExtPredictor, RelexConfig, RelexPredictor
     from nextrap.report import OutputEntry, Report
-    from nextrap.runs import open_run, scan
+    from nextrap.run_headers import scan
+    from nextrap.runs import open_run
     from nextrap.trajectory import Trajectory, compute_features
     from nextrap.writers import OutputOptions
 

@@ -194,7 +194,7 @@ def scan(
     as_json: bool,
 ) -> None:
     """Show what RUN_DIR holds: layout, steps, modules, rank, dtype."""
-    from nextrap.runs import scan as scan_run
+    from nextrap.run_headers import scan as scan_run  # headers only: no torch for a safetensors run
 
     summary = scan_run(run_dir, list(checkpoints) or None, list(steps) or None, adapter_name)
     if as_json:

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import torch
 
 from nextrap import lowrank
+from nextrap.adapters import torch_dtype
 from nextrap.atomic import atomic_directory, check_output, output_lock
 from nextrap.devices import resolve_device
 from nextrap.errors import ConfigError, LayoutError, NonFiniteError
@@ -297,8 +298,8 @@ def _extended_tensors(
         new = _new_factors(traj, pred, chunk, coef, options.rank_policy, device)
         for j, name in enumerate(chunk):
             mod = traj.modules[name]
-            tensors[mod.b_key] = _finite_output(new.B[j].to("cpu", mod.dtype), name, coef)
-            tensors[mod.a_key] = _finite_output(new.A[j].to("cpu", mod.dtype), name, coef)
+            tensors[mod.b_key] = _finite_output(new.B[j].to("cpu", torch_dtype(mod.dtype)), name, coef)
+            tensors[mod.a_key] = _finite_output(new.A[j].to("cpu", torch_dtype(mod.dtype)), name, coef)
             err, norm = float(new.error[j]), float(new.norm[j])
             figures[name] = {
                 "predicted_sigma": float(sigmas.get(name, float("nan"))),
@@ -312,7 +313,7 @@ def _extended_tensors(
         move = pred.raw_move(key, coef, device)
         if move is not None:
             x = x + move.reshape(x.shape)
-        tensors[key] = _finite_output(x.to("cpu", raw.dtype), key, coef)
+        tensors[key] = _finite_output(x.to("cpu", torch_dtype(raw.dtype)), key, coef)
     return tensors, figures
 
 

@@ -20,9 +20,11 @@ __all__ = [
     "WEIGHT_FILES",
     "alpha_for_scaling",
     "looks_like_hub_id",
+    "module_name",
     "pattern_key",
     "pattern_matches",
     "scaling",
+    "split_lora_key",
 ]
 
 CONFIG_NAME = "adapter_config.json"
@@ -38,6 +40,32 @@ EMBEDDING_SUFFIXES = (".lora_embedding_A", ".lora_embedding_B")
 # Keys saved from a raw model state dict keep the adapter name: "...lora_A.default.weight".
 NAMED_ADAPTER = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A|lora_B)\.(?P<adapter>[^.]+)\.weight$")
 NAMED_EMBEDDING = re.compile(r"^(?P<module>.+)\.(?P<part>lora_embedding_A|lora_embedding_B)\.(?P<adapter>[^.]+)$")
+
+
+def split_lora_key(key: str) -> tuple[str | None, str, str]:
+    """``(module key prefix, "A"|"B", kind)`` for a LoRA factor key, ``(None, "", "")`` otherwise.
+
+    ``kind`` is ``linear`` or ``embedding``; the prefix still carries PEFT's wrapper prefix (see
+    :func:`module_name`), since it is the file's own spelling.
+    """
+    for suffix in LINEAR_SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)], suffix[-8], "linear"
+    for suffix in EMBEDDING_SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)], suffix[-1], "embedding"
+    m = NAMED_ADAPTER.match(key)
+    if m:
+        return m["module"], m["part"][-1], "linear"
+    m = NAMED_EMBEDDING.match(key)
+    if m:
+        return m["module"], m["part"][-1], "embedding"
+    return None, "", ""
+
+
+def module_name(key_prefix: str) -> str:
+    """The module path of a factor key's prefix, without PEFT's ``base_model.model.`` wrapper."""
+    return key_prefix[len(PEFT_PREFIX) :] if key_prefix.startswith(PEFT_PREFIX) else key_prefix
 
 
 # ``base_model_name_or_path`` holds a local folder or a Hub id ("name" or "owner/name").

@@ -1,5 +1,7 @@
 """Opening a run: a folder to search or explicit checkpoints -> a checked :class:`Trajectory`; the horizon rule.
 
+``scan`` (headers only, no torch) is :func:`nextrap.run_headers.scan`, re-exported here.
+
 Shared by ``extrapolate``, ``backtest`` and ``inspect``, so every command finds, checks and sizes a
 run the same way.
 """
@@ -8,11 +10,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
 
-from nextrap.errors import ConfigError, LayoutError
-from nextrap.layouts import Discovery, discover, from_explicit
+from nextrap.errors import LayoutError
+from nextrap.layouts import Discovery
 from nextrap.progress import Progress, no_progress
+from nextrap.run_headers import find_checkpoints, scan
 from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Trajectory, check_run, load_trajectory
 
 __all__ = ["DEFAULT_HORIZON", "MIN_PAIRS", "open_run", "resolve_horizon", "scan"]
@@ -35,7 +37,7 @@ def open_run(
     """Find and check a run's checkpoints: a folder to search, or explicit ``checkpoints`` (+ ``steps``).
 
     ``verify`` reads every tensor once (:func:`check_run`: NaN/Inf anywhere, discontinuous updates,
-    which ``force`` lets through as notes); without it only headers are read (``scan``).
+    which ``force`` lets through as notes); without it only headers are read.
     """
     traj = _open(run, checkpoints, steps, adapter_name)
     return check_run(traj, force, chunk_bytes, progress) if verify else traj
@@ -44,27 +46,7 @@ def open_run(
 def _open(run, checkpoints, steps, adapter_name) -> Trajectory:
     if isinstance(run, Trajectory):
         return run
-    if isinstance(run, Discovery):
-        return load_trajectory(run)
-    if checkpoints:
-        if run is not None:
-            raise ConfigError("give either a run folder or explicit checkpoints (--checkpoint), not both")
-        return load_trajectory(from_explicit(checkpoints, steps))
-    if steps:
-        raise ConfigError("steps (--step) need explicit checkpoints (--checkpoint PATH) to go with them")
-    if run is None:
-        raise ConfigError("no input: give a run folder or --checkpoint PATH --step N for each checkpoint")
-    return load_trajectory(discover(run, adapter_name=adapter_name))
-
-
-def scan(
-    run: str | os.PathLike | Discovery | None = None,
-    checkpoints: Sequence[str | os.PathLike] | None = None,
-    steps: Sequence[int] | None = None,
-    adapter_name: str | None = None,
-) -> dict[str, Any]:
-    """What a run folder holds (layout, steps, modules, rank, dtype), read from headers only."""
-    return open_run(run, checkpoints, steps, adapter_name, verify=False).summary()
+    return load_trajectory(find_checkpoints(run, checkpoints, steps, adapter_name))
 
 
 def resolve_horizon(checkpoints: int, requested: int | None) -> tuple[int, str | None]:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from nextrap import lowrank
-from nextrap.adapters import open_adapter, read_header, write_adapter
+from nextrap.adapters import open_adapter, read_header, torch_dtype, write_adapter
 from nextrap.atomic import atomic_directory, check_output
 from nextrap.errors import ConfigError
 from nextrap.layouts import from_explicit
@@ -68,11 +68,11 @@ def truncate_adapter(
             B = reader.get(m.b_key).float()
             A = reader.get(m.a_key).float()
             B_new, A_new, figures = _truncate_one(B, A, m.scaling, rank, rescale)
-            tensors[m.b_key] = B_new.to(m.dtype)
-            tensors[m.a_key] = A_new.to(m.dtype)
+            tensors[m.b_key] = B_new.to(torch_dtype(m.dtype))
+            tensors[m.a_key] = A_new.to(torch_dtype(m.dtype))
             modules[name] = figures
         for key, raw in header.raw.items():
-            tensors[key] = reader.get(key).to(raw.dtype)
+            tensors[key] = reader.get(key).to(torch_dtype(raw.dtype))
     kept = [f["energy_kept"] for f in modules.values()]
     report = {
         "adapter": str(ref.path),

@@ -26,7 +26,7 @@ from nextrap.trainer_checkpoint import OPTIMIZER_POLICIES
 if TYPE_CHECKING:
     import torch
 
-    from nextrap.adapters import AdapterConfig
+    from nextrap.headers import AdapterConfig
     from nextrap.layouts import CheckpointRef
 
 __all__ = ["FORMATS", "NewAdapter", "OutputOptions", "OutputWriter", "writer_for"]

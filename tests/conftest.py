@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 # No test may reach the network: libraries that would look something up on the Hub (peft checks a base
@@ -16,9 +18,28 @@ import torch
 
 from nextrap.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
 
+gc.freeze()  # see pytest_collection_finish
+
+# Temporary folders (tmp_path, the fuzzers' folders, the CLI children's) go to tmpfs where there is one:
+# on these machines the disk is mounted with `discard`, so removing a folder costs about 3.5 ms, and the
+# suite makes and removes thousands of them (every tmp_path and fuzzed example, and pytest's removal of
+# the runs before the last three). A TMPDIR set by the caller is kept.
+_TMPFS = Path("/dev/shm")
+if "TMPDIR" not in os.environ and _TMPFS.is_dir() and os.access(_TMPFS, os.W_OK | os.X_OK):
+    os.environ["TMPDIR"] = str(_TMPFS)
+    tempfile.tempdir = str(_TMPFS)
+
 TINY_SHAPES = llama_like_shapes(layers=2, hidden=32, intermediate=64, kv_dim=16)
 TINY_SPEC = PlantSpec(curve="saturating", rank=4, alpha=8.0, tau=200.0, seed=0)
 STEPS = list(range(10, 101, 10))
+
+
+def pytest_collection_finish(session):
+    # What the test modules imported (torch, transformers, peft: millions of objects) lives as long as the
+    # session. Frozen, it is left out of every later garbage collection: the Trainer's (accelerate calls
+    # gc.collect) and pytest's at the end each walked all of it, about 0.3 s a time. (torch, imported
+    # above, is frozen at once, so that collecting the test modules does not walk it either.)
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -104,12 +104,24 @@ def test_legacy_bin_is_read_like_safetensors(tmp_path: Path):
     run, _ = _peft_run(tmp_path / "run", [1, 2])
     ckpt = run / "checkpoint-2"
     tensors = load_file(str(ckpt / "adapter_model.safetensors"))
+    from_json = read_header(CheckpointRef(2, ckpt, ckpt / "adapter_model.safetensors", "trl", "given"))
     torch.save(tensors, str(ckpt / "adapter_model.bin"))
     (ckpt / "adapter_model.safetensors").unlink()
     header = read_header(CheckpointRef(2, ckpt, ckpt / "adapter_model.bin", "trl", "given"))
+    # the pickle read with torch and the safetensors header read as JSON give the same modules and dtypes
+    assert header.modules == from_json.modules and header.raw == from_json.raw and header.raw
     with open_adapter(header.ref) as reader:
         for key, value in tensors.items():
             torch.testing.assert_close(reader.get(key, dtype=None), value)
+
+
+def test_dtype_names_say_floating_point_as_torch_does():
+    from nextrap.headers import is_float_dtype
+
+    dtypes = [d for d in vars(torch).values() if isinstance(d, torch.dtype)]
+    assert len(dtypes) > 20 and torch.bfloat16 in dtypes and torch.int8 in dtypes
+    for d in dtypes:
+        assert is_float_dtype(str(d).removeprefix("torch.")) == d.is_floating_point, d
 
 
 def test_adapter_name_inside_keys(tmp_path: Path):

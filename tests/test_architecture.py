@@ -21,6 +21,8 @@ ORDER = [
     "atomic",
     "merge",
     "layouts",
+    "headers",
+    "run_headers",
     "adapters",
     "lowrank",
     "trajectory",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -30,16 +31,28 @@ def hub_online(monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
 
 
-@pytest.fixture
-def adapter(tmp_path: Path) -> Path:
-    """An extrapolated adapter (coef 2) of a small planted run whose config names a Hub base model."""
-    run = write_synthetic_run(tmp_path / "run", range(10, 81, 10), SHAPES, PlantSpec(rank=2, alpha=4))
+@pytest.fixture(scope="module")
+def _adapter_template(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("hub-adapter")
+    run = write_synthetic_run(root / "run", range(10, 81, 10), SHAPES, PlantSpec(rank=2, alpha=4))
     for ckpt in run.iterdir():
         cfg = json.loads((ckpt / "adapter_config.json").read_text())
         cfg["base_model_name_or_path"] = "Qwen/Qwen2.5-0.5B"
         (ckpt / "adapter_config.json").write_text(json.dumps(cfg))
-    res = nextrap.extrapolate(run, tmp_path / "out", nextrap.ExtrapolateOptions(coefs=(2.0,), predictor=FAST))
-    return res.output
+    nextrap.extrapolate(run, root / "out", nextrap.ExtrapolateOptions(coefs=(2.0,), predictor=FAST))
+    return root
+
+
+@pytest.fixture
+def adapter(tmp_path: Path, _adapter_template: Path) -> Path:
+    """An extrapolated adapter (coef 2) of a small planted run whose config names a Hub base model.
+
+    Each test gets its own copy of the run and the output (``tmp_path/run``, ``tmp_path/out``), made once
+    per module: extrapolating anew for every test cost more than the test itself.
+    """
+    for name in ("run", "out"):
+        shutil.copytree(_adapter_template / name, tmp_path / name)
+    return tmp_path / "out"
 
 
 @pytest.fixture

@@ -1,11 +1,19 @@
-"""Start-up is part of the interface: importing nextrap must not import torch (it costs over a second)."""
+"""Start-up is part of the interface: importing nextrap, ``nextrap --help`` and ``nextrap scan`` of a
+safetensors run must not import torch (it costs over a second)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
+
+import torch
 
 import nextrap
+from nextrap.synthetic import write_synthetic_run
+
+from .conftest import STEPS, TINY_SHAPES, TINY_SPEC
 
 
 def _imports_torch(code: str) -> bool:
@@ -20,7 +28,7 @@ def test_import_nextrap_does_not_import_torch():
 
 
 def test_every_public_name_resolves():
-    assert _imports_torch("import nextrap\nnextrap.scan")  # the lazy names do load their modules
+    assert _imports_torch("import nextrap\nnextrap.open_run")  # the lazy names do load their modules
     for name in nextrap.__all__:
         assert getattr(nextrap, name) is not None, name
 
@@ -37,3 +45,31 @@ def test_cli_help_and_its_options_import_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_scan_of_a_safetensors_run_imports_no_torch_and_reads_what_torch_reads(tmp_path: Path):
+    # bfloat16 and the verl layout: the dtype name and the folder rules are part of what scan reports.
+    run = write_synthetic_run(tmp_path / "run", STEPS, TINY_SHAPES, TINY_SPEC, torch.bfloat16, "verl")
+    probe = (
+        "import sys\nfrom click.testing import CliRunner\nfrom nextrap.cli import main\n"
+        f"result = CliRunner().invoke(main, ['scan', {str(run)!r}, '--json'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(result.output)\nprint('torch' in sys.modules or 'numpy' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    *summary, loaded = out.strip().splitlines()
+    assert loaded == "False"
+    scanned = json.loads("\n".join(summary))
+    # What torch and the safetensors library read from the last checkpoint's tensors, counted here.
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(run / f"global_step_{STEPS[-1]}" / "actor" / "lora_adapter" / "adapter_model.safetensors"))
+    factors_a = [t for k, t in tensors.items() if k.endswith("lora_A.weight")]
+    assert scanned["layout"] == "verl" and scanned["steps"] == STEPS
+    assert scanned["modules"] == len(factors_a) == len(TINY_SHAPES)
+    assert scanned["rank"] == factors_a[0].shape[0] == TINY_SPEC.rank
+    assert scanned["dtype"] == str(factors_a[0].dtype).removeprefix("torch.") == "bfloat16"
+    assert scanned["lora_parameters"] == sum(t.numel() for t in tensors.values())
+    assert scanned["scalings"] == [TINY_SPEC.alpha / TINY_SPEC.rank]
+    # The torch path (reading every tensor, as extrapolate does) describes the run the same way.
+    assert nextrap.open_run(run).summary() == scanned
