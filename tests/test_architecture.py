@@ -32,6 +32,7 @@ ORDER = [
     "predictors.registry",
     "options",
     "predictors.next_fit",
+    "predictors.frames",
     "predictors.next",
     "predictors.linear",
     "predictors.relex",
