@@ -8,9 +8,9 @@ hits both. Medians are reported, with ratios. Also reported: process CPU seconds
 the wall time an idle core would give when the machine is shared), per-group network width, epochs and
 stop reasons.
 
-Configurations: ``auto`` (the default: networks on full-length vectors), ``frames`` (16-wide frames,
-held-out stopping), ``frames8`` (8 wide), ``frames8-train`` (8 wide, stopped on the training loss like
-``auto``), ``reference`` (the paper's schedule). Repeat ``i`` fits with predictor seed ``i``, so the
+Configurations: ``full`` (every vector at full length: the default before frames), ``auto`` (the
+default: vectors of 512 entries or more on 16-wide frames), ``frames-all`` (every vector on a frame),
+``reference`` (the paper's schedule). Repeat ``i`` fits with predictor seed ``i``, so the
 spread of the errors over repeats is that of the networks' initialization; the table gives their mean
 and standard deviation.
 
@@ -23,15 +23,15 @@ Runs (created when missing):
 * ``smol``: a planted run with SmolLM2-135M's shapes (30 layers; hidden 576, intermediate 1536, k/v 192;
   r = 8; 8 checkpoints), backtested with ``--holdout 3 --horizon 2``;
 * ``qwen``: a planted run with Qwen2.5-7B's shapes (``--qwen-layers``, default 28; r = 32;
-  ``--qwen-checkpoints``, default 16), backtested with the default holdout and horizon. ``auto`` takes
+  ``--qwen-checkpoints``, default 16), backtested with the default holdout and horizon. ``full`` takes
   hours on it on a CPU: compare on a cut (``--qwen-layers 4``, the first 4 layers of the same run) and
-  time ``frames`` alone on the whole run.
+  time ``auto`` alone on the whole run.
 
 Resumable: every (run, configuration, repeat) result is appended to ``--results`` (JSON lines) as it
 is measured, and skipped when it is already there; the table is built from that file.
 
-Run: ``python benchmarks/predictor.py --runs ref ref2e4 smol --configs auto frames --repeats 5``, then
-``--runs qwen --qwen-layers 4 --configs auto frames --repeats 3`` and ``--runs qwen --configs frames``.
+Run: ``python benchmarks/predictor.py --runs ref ref2e4 smol --configs full auto --repeats 5``, then
+``--runs qwen --qwen-layers 4 --configs full auto --repeats 3`` and ``--runs qwen --configs auto``.
 """
 
 from __future__ import annotations
@@ -55,10 +55,9 @@ SMOL_135M = {"hidden": 576, "intermediate": 1536, "kv_dim": 192}
 
 # name -> (preset, overrides)
 CONFIGS = {
-    "auto": ("auto", {}),
-    "frames": ("frames", {}),
-    "frames8": ("frames", {"frame": 8}),
-    "frames8-train": ("frames", {"frame": 8, "stop": "train", "patience": 100, "refit": False}),
+    "full": ("full", {}),  # the default before frames: every vector at full length
+    "auto": ("auto", {}),  # vectors of 512 entries or more on 16-wide frames
+    "frames-all": ("auto", {"frame_min_dim": 2}),  # every vector but the sigmas on frames
     "reference": ("reference", {}),
 }
 
@@ -206,7 +205,7 @@ def main() -> None:
     p.add_argument("--qwen-checkpoints", type=int, default=16)
     p.add_argument("--qwen-holdout", type=int, default=None, help="default: the backtest's")
     p.add_argument("--qwen-horizon", type=int, default=None, help="default: the backtest's")
-    p.add_argument("--configs", nargs="+", default=["auto", "frames"], choices=sorted(CONFIGS))
+    p.add_argument("--configs", nargs="+", default=["full", "auto"], choices=sorted(CONFIGS))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument(

@@ -96,10 +96,10 @@ _fit_options = [
         type=click.Choice(sorted(PRESETS)),
         default="auto",
         show_default=True,
-        help="Predictor settings: 'auto' fits the networks on the full-length vectors and stops on a training-loss "
-        "plateau (minutes to hours at 7B shapes on a CPU); 'frames' fits small networks on each vector's own frame "
-        "(its history's 16 leading directions) with held-out stopping (seconds; worse on some real runs); "
-        "'reference' is the paper's schedule.",
+        help="Predictor settings: 'auto' stops on a training-loss plateau and fits vectors of 512 entries or more "
+        "on their own frame (their history's 16 leading directions; seconds at 7B shapes); 'full' fits every "
+        "vector at full length (the default before frames; hours at 7B shapes on a CPU); 'reference' is the "
+        "paper's schedule.",
     ),
     click.option(
         "--epochs",
@@ -111,7 +111,7 @@ _fit_options = [
         "--lr",
         type=click.FloatRange(min=0, min_open=True),
         default=None,
-        help="Predictor learning rate (auto, frames: 1e-3; reference: 2e-5).",
+        help="Predictor learning rate (auto, full: 1e-3; reference: 2e-5).",
     ),
     click.option(
         "--loss", type=click.Choice(["l1", "l2"]), default=None, help="Predictor loss (preset: l1)."
@@ -120,15 +120,15 @@ _fit_options = [
         "--patience",
         type=click.IntRange(min=0),
         default=None,
-        help="Stop after this many epochs without a 0.1% improvement (auto: of the training loss, 100; frames: of a "
-        "held-out pair's loss, 50); 0 never stops early.",
+        help="Stop after this many epochs without a 0.1% improvement of the training loss (default 100); 0 never "
+        "stops early.",
     ),
     click.option(
         "--frame",
         type=click.IntRange(min=0),
         default=None,
-        help="Width of each vector's frame, the leading directions of its own history (frames: 16); 0: full-length "
-        "vectors (auto).",
+        help="Width of the frame (the leading directions of a vector's own history) on which vectors of 512 entries "
+        "or more are fitted (auto: 16); 0: every vector at full length.",
     ),
     click.option(
         "--seed",

@@ -47,3 +47,29 @@ def test_a_history_with_fewer_directions_than_the_frame_gets_zero_columns():
     assert float(norms[:, 2:].max()) == 0.0
     still = history_frames(torch.zeros(2, 4, 10), torch.zeros(2, 10), size=3)  # a module that never moved
     assert float(still.basis.abs().max()) == 0.0 and torch.equal(still.kept_energy, torch.ones(2))
+
+
+def test_short_vectors_keep_the_full_networks_and_long_ones_move_within_their_history(tiny_run):
+    import nextrap
+    from nextrap.predictors import NExtConfig, NExtPredictor
+
+    traj = nextrap.open_run(tiny_run)
+    feats = nextrap.compute_features(traj, 2, torch.device("cpu"))
+    quick = {"epochs": 5}
+    # every vector of the tiny run is shorter than 512: the default fits exactly what `full` fits
+    auto = NExtPredictor(NExtConfig(**quick)).predict(traj, 2, feats)
+    full = NExtPredictor(NExtConfig.from_preset("full", **quick)).predict(traj, 2, feats)
+    for name, (L, R) in auto.matrices.items():
+        torch.testing.assert_close(L, full.matrices[name][0], rtol=0, atol=0)
+        torch.testing.assert_close(R, full.matrices[name][1], rtol=0, atol=0)
+    assert all(g["width"] == g["dim"] for g in auto.diagnostics["groups"])
+    # framed from length 2 on: each predicted u lies in the span of that module's own u history
+    framed = NExtPredictor(NExtConfig(frame=4, frame_min_dim=2, **quick)).predict(traj, 2, feats)
+    assert all(g["width"] == min(4, g["dim"]) for g in framed.diagnostics["groups"] if g["dim"] > 1)
+    for name, f in feats.matrices.items():
+        history = torch.cat([f.global_.u, f.local.u, f.target.u]).double()  # (rows, out)
+        u = framed.matrices[name][0][:, 0].double()
+        _, s, vh = torch.linalg.svd(history, full_matrices=False)  # independent: the history's top-4 span
+        top = vh[: min(4, int((s > s[0] * 1e-5).sum()))]
+        residual = u - top.T @ (top @ u)
+        assert float(residual.norm()) <= 1e-4 * max(float(u.norm()), 1e-12), name

@@ -74,7 +74,9 @@ def test_reference_step_is_one_full_batch_adamw_step_by_hand():
 def test_holdout_rule_stops_on_a_plateau_and_says_why():
     # targets unrelated to the inputs: the held-out pair's loss cannot keep improving
     x_g, x_l, y = _problem(rows=40, dim=4, noise_only=True)
-    settings = NExtConfig(stop="holdout", refit=True, epochs=2000, patience=15, min_improvement=1e-3, lr=1e-2).fit_settings()
+    settings = NExtConfig(
+        stop="holdout", refit=True, epochs=2000, patience=15, min_improvement=1e-3, lr=1e-2
+    ).fit_settings()
     _, report = fit_network(_net_factory(4), x_g, x_l, y, pairs=4, settings=settings)
     assert report["stop_reason"] == "holdout_plateau"
     first_pass = report["epochs_run"] - report["best_epoch"]  # the refit adds best_epoch epochs
@@ -89,7 +91,9 @@ def test_holdout_rule_trains_on_while_the_heldout_pair_improves():
     g = torch.Generator().manual_seed(0)
     x_g, x_l = torch.randn(40, 4, generator=g).abs(), torch.randn(40, 4, generator=g).abs()
     y = 0.5 * x_g + 0.3 * x_l  # learnable: the held-out pair's loss falls for a while
-    settings = NExtConfig(stop="holdout", refit=True, epochs=300, patience=15, min_improvement=1e-3, lr=3e-3).fit_settings()
+    settings = NExtConfig(
+        stop="holdout", refit=True, epochs=300, patience=15, min_improvement=1e-3, lr=3e-3
+    ).fit_settings()
     _, report = fit_network(_net_factory(4, hidden=16), x_g, x_l, y, pairs=4, settings=settings)
     assert report["stop_reason"] == "holdout_plateau" and report["best_epoch"] >= 20
     # first pass: best epoch + patience; refit: best epoch
@@ -114,7 +118,9 @@ def test_one_pair_falls_back_to_the_training_loss_with_a_note():
 
 def test_without_refit_the_best_heldout_weights_are_kept():
     x_g, x_l, y = _problem(rows=40, dim=4, noise_only=True)
-    settings = NExtConfig(stop="holdout", epochs=400, patience=20, min_improvement=1e-3, lr=1e-2, refit=False).fit_settings()
+    settings = NExtConfig(
+        stop="holdout", epochs=400, patience=20, min_improvement=1e-3, lr=1e-2, refit=False
+    ).fit_settings()
     net, report = fit_network(_net_factory(4), x_g, x_l, y, pairs=4, settings=settings)
     last = torch.arange(40) % 4 == 3
     with torch.no_grad():
@@ -150,17 +156,17 @@ def test_learning_rate_cap_falls_with_network_width():
     assert capped.group_lr(1) == capped.group_lr(8) == capped.group_lr(192) == 3e-3  # below 1.5 / 3e-3 = 500
     assert capped.group_lr(576) == pytest.approx(1.5 / 576)
     assert capped.group_lr(18944) == pytest.approx(7.918e-5, rel=1e-3)
-    for preset in ("auto", "frames"):
+    for preset in ("auto", "full"):
         assert NExtConfig.from_preset(preset).group_lr(18944) == 1e-3
     assert NExtConfig.from_preset("reference").group_lr(18944) == 2e-5
 
 
 def test_presets_are_what_their_docs_say():
-    auto, frames, ref = (NExtConfig.from_preset(p) for p in ("auto", "frames", "reference"))
+    auto, full, ref = (NExtConfig.from_preset(p) for p in ("auto", "full", "reference"))
     assert auto == NExtConfig()  # the dataclass defaults are the default preset
-    fields = ("frame", "lr", "epochs", "stop", "patience", "refit", "normalize")
-    assert tuple(getattr(auto, f) for f in fields) == (0, 1e-3, 1000, "train", 100, False, True)
-    assert tuple(getattr(frames, f) for f in fields) == (16, 1e-3, 1000, "holdout", 50, True, True)
-    assert tuple(getattr(ref, f) for f in fields) == (0, 2e-5, 1000, "fixed", 0, False, False)
+    fields = ("frame", "frame_min_dim", "lr", "epochs", "stop", "patience", "refit", "normalize")
+    assert tuple(getattr(auto, f) for f in fields) == (16, 512, 1e-3, 1000, "train", 100, False, True)
+    assert tuple(getattr(full, f) for f in fields) == (0, 512, 1e-3, 1000, "train", 100, False, True)
+    assert tuple(getattr(ref, f) for f in fields) == (0, 512, 2e-5, 1000, "fixed", 0, False, False)
     with pytest.raises(ConfigError, match="frame"):
         NExtConfig(frame=-1)

@@ -5,16 +5,15 @@ without importing torch.
 
 NExt's three presets:
 
-* ``auto`` (default) runs the paper's networks on the full-length vectors, rescales each group's
-  inputs and targets to unit RMS entries, trains with lr 1e-3 for at most 1000 epochs and stops when
-  the training loss plateaus (100 epochs without a 0.1% improvement). Converges on every model size
-  tried; minutes to hours on a CPU at 7B shapes.
-* ``frames`` describes each feature vector in its own frame, the 16 leading directions of its history
-  (:mod:`nextrap.predictors.frames`), so every network is 16 numbers wide (with a 64-unit ReLU layer)
-  whatever the model, and stops when the loss of a held-out training pair stops improving, then
-  retrains on every pair for the epoch count it chose. Seconds at 7B shapes; better than ``auto`` on
-  planted runs, level with it or worse on the real runs measured (README, "The NExt predictor fit"):
-  opt-in.
+* ``auto`` (default) rescales each group's inputs and targets to unit RMS entries, trains with lr 1e-3
+  for at most 1000 epochs and stops when the training loss plateaus (100 epochs without a 0.1%
+  improvement). Vectors shorter than 512 go to the paper's networks as they are; longer ones are
+  described in their own frame, the 16 leading directions of their history
+  (:mod:`nextrap.predictors.frames`), so those networks are 16 numbers wide whatever the model: at
+  7B shapes the full-length networks take an hour on a CPU and, at this learning rate, do not
+  converge (README, "The NExt predictor fit").
+* ``full`` is ``auto`` with the paper's networks on every full-length vector (the default before
+  frames).
 * ``reference`` reproduces the paper's scripts: raw features, AdamW lr 2e-5, cosine to 0.1 lr over
   exactly 1000 full-batch epochs, L1 loss summed over entries. Tuned for 7B-sized vectors; on small
   models it stays far from converged (see docs/method.md).
@@ -65,7 +64,7 @@ class FitSettings:
     precision: str
 
 
-PRESET_NAMES = ("auto", "frames", "reference")
+PRESET_NAMES = ("auto", "full", "reference")
 
 
 @dataclass(frozen=True)
@@ -75,12 +74,14 @@ class NExtConfig:
     ``epochs`` is the most a group trains (the exact count with ``stop = "fixed"``); ``stop`` picks the
     rule that ends it earlier (:mod:`nextrap.predictors.next_fit`); ``patience = 0`` disables early
     stopping whatever the rule. ``frame`` is the width of each vector's frame (0: the networks see the
-    full-length vectors); on a frame the networks' ReLU layer is ``inner`` units wide (on full-length
-    vectors it is as wide as the vectors, as in the paper). ``threads`` (0: torch's setting) and ``precision`` only change speed.
+    full-length vectors), used for vectors of ``frame_min_dim`` entries or more; on a frame the
+    networks' ReLU layer is ``inner`` units wide (on full-length vectors it is as wide as the vectors,
+    as in the paper). ``threads`` (0: torch's setting) and ``precision`` only change speed.
     """
 
     preset: str = "auto"
-    frame: int = 0
+    frame: int = 16
+    frame_min_dim: int = 512
     lr: float = 1e-3
     lr_dim_scale: float = 0.0
     epochs: int = 1000
@@ -102,6 +103,7 @@ class NExtConfig:
         checks = [
             (self.preset in PRESET_NAMES, "preset", f"one of {list(PRESET_NAMES)}"),
             (self.frame >= 0, "frame", ">= 0 (0: the networks see the full-length vectors)"),
+            (self.frame_min_dim >= 2, "frame_min_dim", ">= 2"),
             (self.lr > 0 and math.isfinite(self.lr), "lr", "a positive number"),
             (self.lr_dim_scale >= 0, "lr_dim_scale", ">= 0 (0: the same lr for every vector length)"),
             (self.epochs >= 1, "epochs", "at least 1"),
@@ -153,10 +155,11 @@ class NExtConfig:
 
 
 PRESETS: dict[str, NExtConfig] = {
-    # The default: the paper's networks on full-length vectors, unit-RMS groups, lr 1e-3, training-loss plateau.
+    # The default: vectors of 512 entries or more on 16-wide frames, shorter ones full length; unit-RMS
+    # groups, lr 1e-3, training-loss plateau.
     "auto": NExtConfig(),
-    # Each vector on its own 16-wide frame (64 ReLU units); stop when a held-out pair stops improving, refit.
-    "frames": NExtConfig(preset="frames", frame=16, stop="holdout", patience=50, refit=True),
+    # The paper's networks on every full-length vector (the default before frames).
+    "full": NExtConfig(preset="full", frame=0),
     "reference": NExtConfig(
         preset="reference",
         frame=0,

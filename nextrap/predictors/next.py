@@ -4,12 +4,13 @@ For every vector length d (each ``u`` of modules with ``out = d``, each ``v`` wi
 sigmas as ``d = 1``, 1-D tensors of length d) one :class:`NExtNet` maps the global and local feature
 vectors at checkpoint k to the target feature at k (the rank-1 part of the next ``horizon``
 intervals). Trained on every pair with ``k + horizon <= K``, it is then fed the last checkpoint.
-By default each vector is first described in its own frame, the few directions its history moves in
-(:mod:`nextrap.predictors.frames`), so the network is a few numbers wide instead of ``d``.
+By default long vectors (512 entries or more) are first described in their own frame, the few
+directions their history moves in (:mod:`nextrap.predictors.frames`), so the network is 16 numbers
+wide instead of ``d``.
 
 Its settings are :class:`~nextrap.predictors.config.NExtConfig` and its presets (``auto``, the
-default, with frames; ``full``, the paper's networks on full-length vectors; ``reference``, the
-paper's scripts), described there.
+default; ``full``, the paper's networks on every full-length vector; ``reference``, the paper's
+scripts), described there.
 
 The report says, per group, the epochs run, the seconds, why the fit stopped, and the final loss
 relative to predicting zeros: how far the fit got.
@@ -187,7 +188,7 @@ def _predict_group(grp: _Group, pairs: int, cfg: NExtConfig) -> tuple[torch.Tens
     Lc = torch.stack(grp.local)
     T = torch.stack(grp.target)  # (items, P, d)
     frames = None
-    if cfg.frame and grp.dim > 1:
+    if cfg.frame and grp.dim >= cfg.frame_min_dim:
         frames = history_frames(torch.cat([G, Lc, T], 1), G[:, -1], cfg.frame)
         G, Lc, T = frames.project(G), frames.project(Lc), frames.project(T)
     width = G.shape[-1]
