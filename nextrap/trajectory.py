@@ -20,7 +20,7 @@ from nextrap import lowrank
 from nextrap.adapters import open_adapter
 from nextrap.errors import MismatchError
 from nextrap.layouts import Discovery
-from nextrap.memory import DEFAULT_CHUNK_BYTES
+from nextrap.memory import DEFAULT_CHUNK_BYTES, chunk_limit
 from nextrap.progress import Progress, no_progress
 from nextrap.run_headers import RunHeaders, read_run_headers
 
@@ -77,10 +77,14 @@ class Trajectory(RunHeaders):
         """Module names in chunks of equal shape whose factors at ``checkpoints`` checkpoints fit ``chunk_bytes``.
 
         Load each chunk with :meth:`load_factors` as it is used, so at most one chunk is in memory.
+        ``chunk_bytes`` is capped for small runs (:func:`nextrap.memory.chunk_limit`).
         """
+        groups = self.shape_groups()
+        one_checkpoint = sum((o + i) * r * 4 * len(names) for (o, i, r), names in groups.items())
+        limit = chunk_limit(chunk_bytes, one_checkpoint)
         chunks: list[list[str]] = []
-        for (out_f, in_f, rank), names in self.shape_groups().items():
-            chunks.extend(_chunks(names, (out_f + in_f) * rank * 4 * checkpoints, chunk_bytes))
+        for (out_f, in_f, rank), names in groups.items():
+            chunks.extend(_chunks(names, (out_f + in_f) * rank * 4 * checkpoints, limit))
         return chunks
 
     def load_raw(self, key: str, device: torch.device, indices: Sequence[int] | None = None) -> torch.Tensor:

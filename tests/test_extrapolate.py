@@ -80,6 +80,21 @@ def test_chunking_does_not_change_features(tiny_run: Path):
         torch.testing.assert_close(a.matrices[name].target.u, b.matrices[name].target.u)
 
 
+def test_small_runs_get_small_chunks(tiny_run: Path):
+    from nextrap.memory import MIN_CHUNK_BYTES, chunk_limit
+
+    MiB = 2**20
+    assert chunk_limit(64 * MiB, 152 * MiB) == 19 * MiB  # 7B at r = 16: an eighth of 152 MiB of float32 factors
+    assert chunk_limit(64 * MiB, 1232 * MiB) == 64 * MiB  # big checkpoints: the requested size
+    assert chunk_limit(64 * MiB, 1 * MiB) == MIN_CHUNK_BYTES  # tiny runs: the floor
+    assert chunk_limit(1 * MiB, 1 * MiB) == 1 * MiB  # never above what the caller asked for
+    traj = nextrap.open_run(tiny_run)
+    per_module = {n: (m.out_features + m.in_features) * m.rank * 4 for n, m in traj.modules.items()}
+    limit = chunk_limit(64 * MiB, sum(per_module.values()))
+    for chunk in traj.module_chunks(3):
+        assert len(chunk) == 1 or sum(per_module[n] * 3 for n in chunk) <= limit
+
+
 @pytest.mark.slow
 def test_planted_trajectory_is_predicted_better_than_staying(tmp_path: Path):
     """Known rank-1 direction, saturating coefficient: the jump lands closer to the real future."""
