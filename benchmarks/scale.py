@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -86,29 +85,49 @@ def write_run(root: Path, size: str) -> int:
     return size_bytes
 
 
-def measure(args: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of ``python -m nextrap ARGS`` in its own process."""
+# Linux counts a child's memory before its exec in its peak RSS (ru_maxrss), so a command forked from this
+# process, which holds torch and the runs it wrote, would report at least this process's size. A small
+# launcher (no imports beyond os/sys/json) spawns the command and reports the command's own peak.
+_LAUNCHER = """
+import json, os, sys
+devnull = os.open(os.devnull, os.O_WRONLY)
+pid = os.posix_spawn(sys.argv[1], sys.argv[1:], os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 1)])
+_, status, usage = os.wait4(pid, 0)
+print(json.dumps([os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024]))
+"""
+
+
+def _peak(argv: list[str]) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MiB) and stderr of ``argv`` started through the small launcher."""
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nextrap", "-q", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", _LAUNCHER, *argv],
+        capture_output=True,
+        text=True,
         cwd=Path(__file__).parents[1],
     )
-    _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode()
-    if proc.returncode != 0:
-        raise SystemExit(f"nextrap {' '.join(args)} failed ({proc.returncode}): {err.strip()}")
-    return seconds, usage.ru_maxrss / 1024
+    code, peak = json.loads(done.stdout.strip().splitlines()[-1])
+    if code != 0:
+        raise SystemExit(f"{' '.join(argv[1:])} failed ({code}): {done.stderr.strip()[-800:]}")
+    return seconds, peak, done.stderr
+
+
+def measure(args: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of ``python -m nextrap ARGS`` in its own process."""
+    seconds, peak, _ = _peak([sys.executable, "-m", "nextrap", "-q", *args])
+    return seconds, peak
 
 
 def idle_rss() -> float:
     code = "import torch, nextrap.cli, nextrap.extrapolate, nextrap.backtest, safetensors.torch"
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    _, _, usage = os.wait4(proc.pid, 0)
-    return usage.ru_maxrss / 1024
+    return _peak([sys.executable, "-c", code])[1]
+
+
+def _above(peak: float, idle: float, ckpt_bytes: int) -> str:
+    if peak <= idle:
+        return "below idle (no torch)"
+    return f"{(peak - idle) / (ckpt_bytes / 2**20):.2f}x"
 
 
 def main() -> None:
@@ -166,7 +185,7 @@ def main() -> None:
                     f.write(json.dumps(rows[-1]) + "\n")
                 print(
                     f"# {size} {name}: {seconds:.1f} s, peak {peak:.0f} MiB "
-                    f"({(peak - idle) / (ckpt_bytes / 2**20):.2f}x one checkpoint above idle)",
+                    f"({_above(peak, idle, ckpt_bytes)} one checkpoint above idle)",
                     flush=True,
                 )
     finally:
@@ -184,7 +203,7 @@ def main() -> None:
         run_gib = ckpt * CHECKPOINTS / 2**30
         print(
             f"| {size} | {ckpt / 2**20:.0f} MiB | {run_gib:.2f} GiB | {name} | {seconds:.1f} | {seconds / run_gib:.1f} | "
-            f"{peak:.0f} | {(peak - idle) / (ckpt / 2**20):.2f}x |"
+            f"{peak:.0f} | {_above(peak, idle, ckpt)} |"
         )
 
 
