@@ -11,6 +11,11 @@ feature has a positive coordinate on it. Every vector is then described by ``siz
 the same meaning for every module ("along the main direction of this module's motion", ...), the
 network learns how those coordinates evolve, and its prediction is lifted back with the same basis.
 What the frame leaves out (a history's weakest directions) is predicted as no move.
+
+What frames give up is the coordinate system the modules of a real model share (they all read from and
+write to one hidden space), which the full-length networks can learn from. On the real runs measured
+that cost accuracy, so NExt frames only long vectors (``NExtConfig.frame_min_dim``), where the
+full-length networks are too slow to fit on a CPU and do not converge at the default learning rate.
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ def history_frames(history: torch.Tensor, reference: torch.Tensor, size: int) ->
     Computed through the ``n x n`` Gram matrix of each item's rows (``n`` is a few dozen, ``d`` up to
     tens of thousands), in float64. ``reference (items, d)`` fixes each direction's sign.
     """
+    device = history.device
+    if device.type == "mps":  # no float64 there; the Gram matrices are small
+        history, reference = history.cpu(), reference.cpu()
     rows = history.double()
     gram = rows @ rows.transpose(1, 2)
     energy, vecs = torch.linalg.eigh(gram)  # ascending
@@ -64,4 +72,4 @@ def history_frames(history: torch.Tensor, reference: torch.Tensor, size: int) ->
     basis = basis * torch.where(sign == 0, torch.ones_like(sign), sign)[:, None, :]
     total = energy.sum(-1)
     kept = torch.where(total > 0, (energy[:, :size] * real).sum(-1) / total.clamp_min(1e-300), torch.ones_like(total))
-    return Frames(basis=basis.to(history.dtype), kept_energy=kept.to(history.dtype))
+    return Frames(basis=basis.to(device, history.dtype), kept_energy=kept.to(device, history.dtype))
