@@ -22,6 +22,7 @@ Runs (created when missing):
   --save-steps 10``);
 * ``smol``: a planted run with SmolLM2-135M's shapes (30 layers; hidden 576, intermediate 1536, k/v 192;
   r = 8; 8 checkpoints), backtested with ``--holdout 3 --horizon 2``;
+* ``--run NAME=PATH[:HOLDOUT:HORIZON]``: any existing run (a real SmolLM2 run, say);
 * ``qwen``: a planted run with Qwen2.5-7B's shapes (``--qwen-layers``, default 28; r = 32;
   ``--qwen-checkpoints``, default 16), backtested with the default holdout and horizon. ``full`` takes
   hours on it on a CPU: compare on a cut (``--qwen-layers 4``, the first 4 layers of the same run) and
@@ -68,6 +69,11 @@ def make_runs(args: argparse.Namespace) -> dict[str, tuple[Path, int | None, int
 
     runs = {}
     root = args.root
+    for spec in args.run:
+        name, _, rest = spec.partition("=")
+        path, *hh = rest.split(":")
+        holdout, horizon = (int(hh[0]), int(hh[1])) if len(hh) == 2 else (None, None)
+        runs[name] = (Path(path), holdout, horizon)
     if "ref" in args.runs:
         path = args.ref or root / "ref"
         if not (path / "checkpoint-100").exists():
@@ -197,7 +203,14 @@ def table(records: list[dict], runs: list[str], configs: list[str]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--runs", nargs="+", default=["ref", "ref2e4", "smol"], choices=["ref", "ref2e4", "smol", "qwen"]
+        "--runs", nargs="*", default=["ref", "ref2e4", "smol"], choices=["ref", "ref2e4", "smol", "qwen"]
+    )
+    p.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="NAME=PATH[:HOLDOUT:HORIZON]",
+        help="also an existing run of yours (repeatable), e.g. a real SmolLM2 run: smolreal=runs/smol:3:2",
     )
     p.add_argument("--root", type=Path, default=Path("/tmp/nextrap-bench"), help="where runs are written")
     p.add_argument("--ref", type=Path, default=None, help="an existing reference run to use")
