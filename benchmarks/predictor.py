@@ -8,9 +8,9 @@ hits both. Medians are reported, with ratios. Also reported: process CPU seconds
 the wall time an idle core would give when the machine is shared), per-group network width, epochs and
 stop reasons.
 
-Configurations: ``full`` (every vector at full length: the default before frames), ``auto`` (the
-default: vectors of 512 entries or more on 16-wide frames), ``frames-all`` (every vector on a frame),
-``reference`` (the paper's schedule). Repeat ``i`` fits with predictor seed ``i``, so the
+Configurations: ``auto`` (the default: every vector at full length), ``frames`` (vectors of 512 entries
+or more on 16-wide frames), ``frames-all`` (every vector on a frame), ``reference`` (the paper's
+schedule). Repeat ``i`` fits with predictor seed ``i``, so the
 spread of the errors over repeats is that of the networks' initialization; the table gives their mean
 and standard deviation.
 
@@ -24,15 +24,15 @@ Runs (created when missing):
   r = 8; 8 checkpoints), backtested with ``--holdout 3 --horizon 2``;
 * ``--run NAME=PATH[:HOLDOUT:HORIZON]``: any existing run (a real SmolLM2 run, say);
 * ``qwen``: a planted run with Qwen2.5-7B's shapes (``--qwen-layers``, default 28; r = 32;
-  ``--qwen-checkpoints``, default 16), backtested with the default holdout and horizon. ``full`` takes
+  ``--qwen-checkpoints``, default 16), backtested with the default holdout and horizon. ``auto`` takes
   hours on it on a CPU: compare on a cut (``--qwen-layers 4``, the first 4 layers of the same run) and
-  time ``auto`` alone on the whole run.
+  time ``frames`` alone on the whole run.
 
 Resumable: every (run, configuration, repeat) result is appended to ``--results`` (JSON lines) as it
 is measured, and skipped when it is already there; the table is built from that file.
 
-Run: ``python benchmarks/predictor.py --runs ref ref2e4 smol --configs full auto --repeats 5``, then
-``--runs qwen --qwen-layers 4 --configs full auto --repeats 3`` and ``--runs qwen --configs auto``.
+Run: ``python benchmarks/predictor.py --runs ref ref2e4 smol --configs auto frames frames-all --repeats 5``,
+then ``--runs qwen --qwen-layers 4 --configs auto frames --repeats 3`` and ``--runs qwen --configs frames``.
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ SMOL_135M = {"hidden": 576, "intermediate": 1536, "kv_dim": 192}
 
 # name -> (preset, overrides)
 CONFIGS = {
-    "full": ("full", {}),  # the default before frames: every vector at full length
-    "auto": ("auto", {}),  # vectors of 512 entries or more on 16-wide frames
-    "frames-all": ("auto", {"frame_min_dim": 2}),  # every vector but the sigmas on frames
+    "auto": ("auto", {}),  # the default: every vector at full length
+    "frames": ("frames", {}),  # vectors of 512 entries or more on 16-wide frames
+    "frames-all": ("frames", {"frame_min_dim": 2}),  # every vector but the sigmas on frames
     "reference": ("reference", {}),
 }
 
@@ -218,7 +218,7 @@ def main() -> None:
     p.add_argument("--qwen-checkpoints", type=int, default=16)
     p.add_argument("--qwen-holdout", type=int, default=None, help="default: the backtest's")
     p.add_argument("--qwen-horizon", type=int, default=None, help="default: the backtest's")
-    p.add_argument("--configs", nargs="+", default=["full", "auto"], choices=sorted(CONFIGS))
+    p.add_argument("--configs", nargs="+", default=["auto", "frames"], choices=sorted(CONFIGS))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument(

@@ -96,10 +96,10 @@ _fit_options = [
         type=click.Choice(sorted(PRESETS)),
         default="auto",
         show_default=True,
-        help="Predictor settings: 'auto' stops on a training-loss plateau and fits vectors of 512 entries or more "
-        "on their own frame (their history's 16 leading directions; seconds at 7B shapes); 'full' fits every "
-        "vector at full length (the default before frames; hours at 7B shapes on a CPU); 'reference' is the "
-        "paper's schedule.",
+        help="Predictor settings: 'auto' fits the networks on the full-length vectors and stops on a training-loss "
+        "plateau (an hour or more at 7B shapes on a CPU); 'frames' fits vectors of 512 entries or more on their own "
+        "frame, their history's 16 leading directions (seconds; less accurate on the real runs measured); "
+        "'reference' is the paper's schedule.",
     ),
     click.option(
         "--epochs",
@@ -111,7 +111,7 @@ _fit_options = [
         "--lr",
         type=click.FloatRange(min=0, min_open=True),
         default=None,
-        help="Predictor learning rate (auto, full: 1e-3; reference: 2e-5).",
+        help="Predictor learning rate (auto, frames: 1e-3; reference: 2e-5).",
     ),
     click.option(
         "--loss", type=click.Choice(["l1", "l2"]), default=None, help="Predictor loss (preset: l1)."
@@ -128,7 +128,7 @@ _fit_options = [
         type=click.IntRange(min=0),
         default=None,
         help="Width of the frame (the leading directions of a vector's own history) on which vectors of 512 entries "
-        "or more are fitted (auto: 16); 0: every vector at full length.",
+        "or more are fitted (frames: 16); 0: every vector at full length (auto).",
     ),
     click.option(
         "--seed",

@@ -56,13 +56,13 @@ def test_short_vectors_keep_the_full_networks_and_long_ones_move_within_their_hi
     traj = nextrap.open_run(tiny_run)
     feats = nextrap.compute_features(traj, 2, torch.device("cpu"))
     quick = {"epochs": 5}
-    # every vector of the tiny run is shorter than 512: the default fits exactly what `full` fits
-    auto = NExtPredictor(NExtConfig(**quick)).predict(traj, 2, feats)
-    full = NExtPredictor(NExtConfig.from_preset("full", **quick)).predict(traj, 2, feats)
-    for name, (L, R) in auto.matrices.items():
+    # every vector of the tiny run is shorter than 512: the frames preset fits exactly what the default fits
+    framed_long = NExtPredictor(NExtConfig.from_preset("frames", **quick)).predict(traj, 2, feats)
+    full = NExtPredictor(NExtConfig(**quick)).predict(traj, 2, feats)
+    for name, (L, R) in framed_long.matrices.items():
         torch.testing.assert_close(L, full.matrices[name][0], rtol=0, atol=0)
         torch.testing.assert_close(R, full.matrices[name][1], rtol=0, atol=0)
-    assert all(g["width"] == g["dim"] for g in auto.diagnostics["groups"])
+    assert all(g["width"] == g["dim"] for g in framed_long.diagnostics["groups"])
     # framed from length 2 on: each predicted u lies in the span of that module's own u history
     framed = NExtPredictor(NExtConfig(frame=4, frame_min_dim=2, **quick)).predict(traj, 2, feats)
     assert all(g["width"] == min(4, g["dim"]) for g in framed.diagnostics["groups"] if g["dim"] > 1)

@@ -156,17 +156,17 @@ def test_learning_rate_cap_falls_with_network_width():
     assert capped.group_lr(1) == capped.group_lr(8) == capped.group_lr(192) == 3e-3  # below 1.5 / 3e-3 = 500
     assert capped.group_lr(576) == pytest.approx(1.5 / 576)
     assert capped.group_lr(18944) == pytest.approx(7.918e-5, rel=1e-3)
-    for preset in ("auto", "full"):
+    for preset in ("auto", "frames"):
         assert NExtConfig.from_preset(preset).group_lr(18944) == 1e-3
     assert NExtConfig.from_preset("reference").group_lr(18944) == 2e-5
 
 
 def test_presets_are_what_their_docs_say():
-    auto, full, ref = (NExtConfig.from_preset(p) for p in ("auto", "full", "reference"))
+    auto, frames, ref = (NExtConfig.from_preset(p) for p in ("auto", "frames", "reference"))
     assert auto == NExtConfig()  # the dataclass defaults are the default preset
     fields = ("frame", "frame_min_dim", "lr", "epochs", "stop", "patience", "refit", "normalize")
-    assert tuple(getattr(auto, f) for f in fields) == (16, 512, 1e-3, 1000, "train", 100, False, True)
-    assert tuple(getattr(full, f) for f in fields) == (0, 512, 1e-3, 1000, "train", 100, False, True)
+    assert tuple(getattr(auto, f) for f in fields) == (0, 512, 1e-3, 1000, "train", 100, False, True)
+    assert tuple(getattr(frames, f) for f in fields) == (16, 512, 1e-3, 1000, "train", 100, False, True)
     assert tuple(getattr(ref, f) for f in fields) == (0, 512, 2e-5, 1000, "fixed", 0, False, False)
     with pytest.raises(ConfigError, match="frame"):
         NExtConfig(frame=-1)

@@ -14,8 +14,10 @@ What the frame leaves out (a history's weakest directions) is predicted as no mo
 
 What frames give up is the coordinate system the modules of a real model share (they all read from and
 write to one hidden space), which the full-length networks can learn from. On the real runs measured
-that cost accuracy, so NExt frames only long vectors (``NExtConfig.frame_min_dim``), where the
-full-length networks are too slow to fit on a CPU and do not converge at the default learning rate.
+that cost accuracy, a real SmolLM2-135M run's long vectors included, so frames are opt-in (the
+``frames`` preset): for runs whose full-length networks are too slow to fit on a CPU (7B shapes), where
+they also do not converge at the default learning rate. They apply to long vectors only
+(``NExtConfig.frame_min_dim``); short ones are cheap at full length.
 """
 
 from __future__ import annotations

@@ -4,13 +4,12 @@ For every vector length d (each ``u`` of modules with ``out = d``, each ``v`` wi
 sigmas as ``d = 1``, 1-D tensors of length d) one :class:`NExtNet` maps the global and local feature
 vectors at checkpoint k to the target feature at k (the rank-1 part of the next ``horizon``
 intervals). Trained on every pair with ``k + horizon <= K``, it is then fed the last checkpoint.
-By default long vectors (512 entries or more) are first described in their own frame, the few
-directions their history moves in (:mod:`nextrap.predictors.frames`), so the network is 16 numbers
-wide instead of ``d``.
+With frames (opt-in), long vectors are first described in their own frame, the few directions
+their history moves in (:mod:`nextrap.predictors.frames`), so the network is 16 numbers wide instead
+of ``d``.
 
 Its settings are :class:`~nextrap.predictors.config.NExtConfig` and its presets (``auto``, the
-default; ``full``, the paper's networks on every full-length vector; ``reference``, the paper's
-scripts), described there.
+default; ``frames``; ``reference``, the paper's scripts), described there.
 
 The report says, per group, the epochs run, the seconds, why the fit stopped, and the final loss
 relative to predicting zeros: how far the fit got.
