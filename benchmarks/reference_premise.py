@@ -10,8 +10,8 @@ Resumable: every part is one JSON file under ``--out`` (default ``benchmarks/res
 skipped when it exists, so the script can be stopped and rerun while a run is still training (parts
 whose checkpoints do not exist yet are left for a later call). The table goes to ``--out``/table-NAMES.md.
 
-    python benchmarks/reference_premise.py --run tiny=/work/runs/tiny-seed0 \\
-        --run smollm2=/work/runs/smol-seed0 --jump-from 50 --jump-from 75 --horizon 5
+    python benchmarks/reference_premise.py --run tiny=runs/tiny-seed0 \\
+        --run smollm2=runs/smol-seed0 --jump-from 50 --jump-from 75 --horizon 5
 """
 
 from __future__ import annotations
