@@ -63,6 +63,15 @@ CONFIGS = {
 }
 
 
+def _reference_run(path: Path, steps: int, save_steps: int, *options: str) -> Path:
+    """A tiny-policy run of ``steps`` GRPO steps in ``path``, trained now unless its last checkpoint is there."""
+    if not (path / f"checkpoint-{steps}").exists():
+        print(f"training the reference run {path} {' '.join(options)} (a few minutes)", file=sys.stderr)
+        cmd = [sys.executable, "-m", "nextrap", "-q", "train-reference", "-o", str(path), *options]
+        subprocess.run([*cmd, "--steps", str(steps), "--save-steps", str(save_steps)], check=True)
+    return path
+
+
 def make_runs(args: argparse.Namespace) -> dict[str, tuple[Path, int | None, int | None]]:
     """``{name: (path, holdout, horizon)}``, writing the runs that are missing."""
     from nextrap.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
@@ -75,19 +84,9 @@ def make_runs(args: argparse.Namespace) -> dict[str, tuple[Path, int | None, int
         holdout, horizon = (int(hh[0]), int(hh[1])) if len(hh) == 2 else (None, None)
         runs[name] = (Path(path), holdout, horizon)
     if "ref" in args.runs:
-        path = args.ref or root / "ref"
-        if not (path / "checkpoint-100").exists():
-            print(f"training the reference run into {path} (a few minutes)", file=sys.stderr)
-            cmd = [sys.executable, "-m", "nextrap", "-q", "train-reference", "-o", str(path)]
-            subprocess.run([*cmd, "--steps", "100", "--save-steps", "5"], check=True)
-        runs["ref"] = (path, None, None)
+        runs["ref"] = (_reference_run(args.ref or root / "ref", 100, 5), None, None)
     if "ref2e4" in args.runs:
-        path = root / "ref2e4"
-        if not (path / "checkpoint-200").exists():
-            print(f"training the lr 2e-4 reference run into {path} (a few minutes)", file=sys.stderr)
-            cmd = [sys.executable, "-m", "nextrap", "-q", "train-reference", "-o", str(path), "--lr", "2e-4"]
-            subprocess.run([*cmd, "--steps", "200", "--save-steps", "10"], check=True)
-        runs["ref2e4"] = (path, None, None)
+        runs["ref2e4"] = (_reference_run(root / "ref2e4", 200, 10, "--lr", "2e-4"), None, None)
     if "smol" in args.runs:
         path = root / "smol"
         steps = [10 * (i + 1) for i in range(8)]

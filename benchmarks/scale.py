@@ -97,8 +97,8 @@ print(json.dumps([os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024]))
 """
 
 
-def _peak(argv: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MiB) and stderr of ``argv`` started through the small launcher."""
+def _peak(argv: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of ``argv``, started through the small launcher."""
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-S", "-c", _LAUNCHER, *argv],
@@ -110,17 +110,16 @@ def _peak(argv: list[str]) -> tuple[float, float, str]:
     code, peak = json.loads(done.stdout.strip().splitlines()[-1])
     if code != 0:
         raise SystemExit(f"{' '.join(argv[1:])} failed ({code}): {done.stderr.strip()[-800:]}")
-    return seconds, peak, done.stderr
+    return seconds, peak
 
 
 def measure(args: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of ``python -m nextrap ARGS`` in its own process."""
-    seconds, peak, _ = _peak([sys.executable, "-m", "nextrap", "-q", *args])
-    return seconds, peak
+    return _peak([sys.executable, "-m", "nextrap", "-q", *args])
 
 
 # What each command imports whatever the run's size (extrapolate validates the adapter config through
-# peft, which brings transformers: about 150 MiB): its baseline, so that the ratio measures the data.
+# peft, which brings transformers: about 250 MiB more): its baseline, so that the ratio measures the data.
 IDLE_IMPORTS = {
     "scan": "import nextrap.cli, nextrap.run_headers",
     "backtest": "import torch, nextrap.cli, nextrap.backtest, safetensors.torch",

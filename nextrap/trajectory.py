@@ -80,11 +80,11 @@ class Trajectory(RunHeaders):
         ``chunk_bytes`` is capped for small runs (:func:`nextrap.memory.chunk_limit`).
         """
         groups = self.shape_groups()
-        one_checkpoint = sum((o + i) * r * 4 * len(names) for (o, i, r), names in groups.items())
-        limit = chunk_limit(chunk_bytes, one_checkpoint)
+        module_bytes = {(o, i, r): (o + i) * r * 4 for o, i, r in groups}  # one checkpoint's factors, float32
+        limit = chunk_limit(chunk_bytes, sum(module_bytes[shape] * len(names) for shape, names in groups.items()))
         chunks: list[list[str]] = []
-        for (out_f, in_f, rank), names in groups.items():
-            chunks.extend(_chunks(names, (out_f + in_f) * rank * 4 * checkpoints, limit))
+        for shape, names in groups.items():
+            chunks.extend(_chunks(names, module_bytes[shape] * checkpoints, limit))
         return chunks
 
     def load_raw(self, key: str, device: torch.device, indices: Sequence[int] | None = None) -> torch.Tensor:

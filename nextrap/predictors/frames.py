@@ -39,10 +39,6 @@ class Frames:
     basis: torch.Tensor
     kept_energy: torch.Tensor  # (items,): share of each history's energy the frame holds
 
-    @property
-    def size(self) -> int:
-        return int(self.basis.shape[-1])
-
     def project(self, rows: torch.Tensor) -> torch.Tensor:
         """``(items, n, d)`` -> coordinates ``(items, n, size)``."""
         return rows @ self.basis
