@@ -58,6 +58,7 @@ SMOL_135M = {"hidden": 576, "intermediate": 1536, "kv_dim": 192}
 CONFIGS = {
     "auto": ("auto", {}),  # the default: every vector at full length
     "frames": ("frames", {}),  # vectors of 512 entries or more on 16-wide frames
+    "frames-128": ("frames", {"frame_min_dim": 128}),  # vectors of 128 entries or more on frames
     "frames-all": ("frames", {"frame_min_dim": 2}),  # every vector but the sigmas on frames
     "reference": ("reference", {}),
 }
@@ -155,12 +156,13 @@ def bench_run(
         wall, cpu = time.perf_counter() - w0, time.process_time() - c0
         rows = [r for r in score_prediction(traj, pred, prefix - 1, targets, coefs, device) if r["kind"] == "all"]
         err = sum(r["relative_error"] for r in rows) / len(rows)
+        cosine = sum(r["cosine"] for r in rows) / len(rows)
         groups = [
             {k: g.get(k) for k in ("dim", "width", "rows", "parameters", "epochs_run", "seconds", "stop_reason")}
             for g in pred.diagnostics["groups"]
         ]
         record = {
-            "run": name, "config": label, "repeat": rep, "wall": wall, "cpu": cpu, "err": err,
+            "run": name, "config": label, "repeat": rep, "wall": wall, "cpu": cpu, "err": err, "cosine": cosine,
             "groups": groups, "checkpoints": K, "holdout": holdout, "horizon": horizon,
             "pairs": feats.pairs, "feature_seconds": feature_s, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "load": os.getloadavg()[0],
