@@ -60,6 +60,10 @@ CONFIGS = {
     "frames": ("frames", {}),  # vectors of 512 entries or more on 16-wide frames
     "frames-128": ("frames", {"frame_min_dim": 128}),  # vectors of 128 entries or more on frames
     "frames-all": ("frames", {"frame_min_dim": 2}),  # every vector but the sigmas on frames
+    "auto-res": ("auto", {"residual": True}),  # full length, plus the latest move as a skip connection
+    "frames-res": ("frames", {"residual": True}),
+    "frames-128-res": ("frames", {"frame_min_dim": 128, "residual": True}),
+    "frames-all-res": ("frames", {"frame_min_dim": 2, "residual": True}),
     "reference": ("reference", {}),
 }
 

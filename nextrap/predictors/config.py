@@ -91,6 +91,7 @@ class NExtConfig:
     weight_decay: float = 0.01
     min_lr_ratio: float = 0.1
     normalize: bool = True
+    residual: bool = False
     stop: str = "train"
     patience: int = 100
     min_improvement: float = 1e-3
@@ -166,6 +167,7 @@ PRESETS: dict[str, NExtConfig] = {
         lr_dim_scale=0.0,
         epochs=1000,
         normalize=False,
+        residual=False,
         stop="fixed",
         patience=0,
         refit=False,

@@ -48,9 +48,14 @@ class NExtNet(nn.Module):
     layer is as wide as the vectors (``n = d``, the default); a network on a narrow frame keeps a wider
     one (``inner``), else its only nonlinearity would have a handful of units. Input and output
     ``(N, d)`` float32.
+
+    ``residual`` (a nextrap option, not in the paper) adds ``gain * local`` to the output, with the
+    combiner's last layer starting at zero and ``gain`` at 1: the network starts from "the next move
+    repeats the latest one" and learns corrections to it, instead of having to learn that map through
+    its 256-wide bottleneck first.
     """
 
-    def __init__(self, dim: int, hidden: int = 256, inner: int | None = None):
+    def __init__(self, dim: int, hidden: int = 256, inner: int | None = None, residual: bool = False):
         super().__init__()
         n = inner or dim
 
@@ -66,9 +71,14 @@ class NExtNet(nn.Module):
         self.global_branch = branch(dim, n, dim)
         self.local_branch = branch(dim, n, dim)
         self.combine = branch(2 * dim, 2 * n, dim)
+        self.gain = nn.Parameter(torch.ones(())) if residual else None
+        if residual:
+            nn.init.zeros_(self.combine[-1].weight)
+            nn.init.zeros_(self.combine[-1].bias)
 
     def forward(self, global_: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
-        return self.combine(torch.cat([self.global_branch(global_), self.local_branch(local)], dim=-1))
+        out = self.combine(torch.cat([self.global_branch(global_), self.local_branch(local)], dim=-1))
+        return out if self.gain is None else out + self.gain * local
 
 
 @dataclass
@@ -222,7 +232,7 @@ def _fit(
     def make_net() -> NExtNet:
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(cfg.seed * 1_000_003 + dim)  # same group, same init, whatever else ran before
-        net = NExtNet(width, cfg.hidden, inner)
+        net = NExtNet(width, cfg.hidden, inner, cfg.residual)
         torch.random.set_rng_state(gen_state)
         net = net.to(x_g.device)
         return net
