@@ -131,6 +131,12 @@ _fit_options = [
         "or more are fitted (frames: 16); 0: every vector at full length (auto).",
     ),
     click.option(
+        "--residual/--no-residual",
+        default=None,
+        help="Add the latest move to the networks' output as a skip connection, so that they learn corrections to "
+        "'the next move repeats the latest one' (a nextrap addition; default: the preset's).",
+    ),
+    click.option(
         "--seed",
         type=click.IntRange(0, 2**63 - 1),
         default=None,
@@ -176,7 +182,7 @@ def _echo_push(result: Any) -> None:
 
 def _next_config(params: dict[str, Any]) -> NExtConfig:
     """NExt's settings from the fit options: the preset, with the options given on top."""
-    names = ("epochs", "lr", "loss", "patience", "frame", "seed")
+    names = ("epochs", "lr", "loss", "patience", "frame", "residual", "seed")
     return NExtConfig.from_preset(params["preset"], **{n: params[n] for n in names})
 
 

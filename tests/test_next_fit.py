@@ -170,3 +170,26 @@ def test_presets_are_what_their_docs_say():
     assert tuple(getattr(ref, f) for f in fields) == (0, 512, 2e-5, 1000, "fixed", 0, False, False)
     with pytest.raises(ConfigError, match="frame"):
         NExtConfig(frame=-1)
+
+
+def test_residual_network_starts_as_the_latest_move_and_learns_corrections():
+    torch.manual_seed(0)
+    net = NExtNet(5, hidden=8, residual=True)
+    x_g, x_l, _ = _problem(rows=6, dim=5)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x_g, x_l), x_l, rtol=0, atol=0)  # untrained: the latest move, exactly
+    # A target the skip alone cannot give (it needs the global input): training must move off the identity.
+    y = 0.5 * x_g + 0.3 * x_l
+    cfg = NExtConfig(epochs=400, patience=0, residual=True)
+
+    def make() -> NExtNet:
+        torch.manual_seed(0)
+        return NExtNet(5, hidden=8, residual=True)
+
+    fitted, _ = fit_network(make, x_g, x_l, y, pairs=1, settings=cfg.fit_settings())
+    with torch.no_grad():
+        start = float(group_loss(x_l, y, "l1", 1))
+        end = float(group_loss(fitted(x_g, x_l), y, "l1", 1))
+    assert end < 0.5 * start  # 20.5 -> 6.0 when written
+    plain = NExtNet(5, hidden=8)
+    assert plain.gain is None and float(group_loss(plain(x_g, x_l), x_l, "l1", 1)) > 0  # no skip without it
