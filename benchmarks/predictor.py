@@ -64,6 +64,10 @@ CONFIGS = {
     "frames-res": ("frames", {"residual": True}),
     "frames-128-res": ("frames", {"frame_min_dim": 128, "residual": True}),
     "frames-all-res": ("frames", {"frame_min_dim": 2, "residual": True}),
+    # the same, stopped when the most recent training pair, held out, stops improving
+    "auto-res-holdout": ("auto", {"residual": True, "stop": "holdout"}),
+    "frames-res-holdout": ("frames", {"residual": True, "stop": "holdout"}),
+    "frames-all-res-holdout": ("frames", {"frame_min_dim": 2, "residual": True, "stop": "holdout"}),
     "reference": ("reference", {}),
 }
 
