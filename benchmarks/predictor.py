@@ -8,9 +8,12 @@ hits both. Medians are reported, with ratios. Also reported: process CPU seconds
 the wall time an idle core would give when the machine is shared), per-group network width, epochs and
 stop reasons.
 
-Configurations: ``auto`` (the default: every vector at full length), ``frames`` (vectors of 512 entries
-or more on 16-wide frames), ``frames-all`` (every vector on a frame), ``reference`` (the paper's
-schedule). Repeat ``i`` fits with predictor seed ``i``, so the
+Configurations (``CONFIGS``): ``auto`` (the default: the latest move as a skip connection, stopping on
+the held-out pair, frames from 2048 entries), ``frames`` (the same, frames from 512 entries),
+``frames-all`` (every vector on a frame), ``plain`` (the previous default: no skip connection, stopping
+on a training-loss plateau, every vector at full length), ``plain-frames`` / ``plain-frames-all`` (the
+previous frames preset), ``residual-only`` (the skip connection without held-out stopping), ``reference``
+(the paper's schedule). Repeat ``i`` fits with predictor seed ``i``, so the
 spread of the errors over repeats is that of the networks' initialization; the table gives their mean
 and standard deviation.
 
@@ -31,8 +34,9 @@ Runs (created when missing):
 Resumable: every (run, configuration, repeat) result is appended to ``--results`` (JSON lines) as it
 is measured, and skipped when it is already there; the table is built from that file.
 
-Run: ``python benchmarks/predictor.py --runs ref ref2e4 smol --configs auto frames frames-all --repeats 5``,
-then ``--runs qwen --qwen-layers 4 --configs auto frames --repeats 3`` and ``--runs qwen --configs frames``.
+Run: ``python benchmarks/predictor.py --runs ref ref2e4 --configs auto plain --repeats 5``, then
+``--runs qwen --qwen-layers 4 --configs auto plain-frames --repeats 3`` and ``--runs qwen --configs auto``
+(the README's section "The NExt predictor fit" has the exact commands and the table).
 """
 
 from __future__ import annotations
@@ -55,19 +59,15 @@ QWEN_7B = {"hidden": 3584, "intermediate": 18944, "kv_dim": 512}
 SMOL_135M = {"hidden": 576, "intermediate": 1536, "kv_dim": 192}
 
 # name -> (preset, overrides)
+_PLAIN = {"residual": False, "stop": "train"}  # the fit before the skip connection and held-out stopping
 CONFIGS = {
-    "auto": ("auto", {}),  # the default: every vector at full length
-    "frames": ("frames", {}),  # vectors of 512 entries or more on 16-wide frames
-    "frames-128": ("frames", {"frame_min_dim": 128}),  # vectors of 128 entries or more on frames
+    "auto": ("auto", {}),  # the default: skip connection, held-out stopping, frames from 2048 entries
+    "frames": ("frames", {}),  # the same with frames from 512 entries
     "frames-all": ("frames", {"frame_min_dim": 2}),  # every vector but the sigmas on frames
-    "auto-res": ("auto", {"residual": True}),  # full length, plus the latest move as a skip connection
-    "frames-res": ("frames", {"residual": True}),
-    "frames-128-res": ("frames", {"frame_min_dim": 128, "residual": True}),
-    "frames-all-res": ("frames", {"frame_min_dim": 2, "residual": True}),
-    # the same, stopped when the most recent training pair, held out, stops improving
-    "auto-res-holdout": ("auto", {"residual": True, "stop": "holdout"}),
-    "frames-res-holdout": ("frames", {"residual": True, "stop": "holdout"}),
-    "frames-all-res-holdout": ("frames", {"frame_min_dim": 2, "residual": True, "stop": "holdout"}),
+    "plain": ("auto", {**_PLAIN, "frame": 0}),  # the previous default: full length, training-loss plateau
+    "plain-frames": ("frames", _PLAIN),  # the previous frames preset
+    "plain-frames-all": ("frames", {**_PLAIN, "frame_min_dim": 2}),
+    "residual-only": ("auto", {"stop": "train", "frame": 0}),  # the skip connection, training-loss plateau
     "reference": ("reference", {}),
 }
 
@@ -227,7 +227,7 @@ def main() -> None:
     p.add_argument("--qwen-checkpoints", type=int, default=16)
     p.add_argument("--qwen-holdout", type=int, default=None, help="default: the backtest's")
     p.add_argument("--qwen-horizon", type=int, default=None, help="default: the backtest's")
-    p.add_argument("--configs", nargs="+", default=["auto", "frames"], choices=sorted(CONFIGS))
+    p.add_argument("--configs", nargs="+", default=["auto", "plain"], choices=sorted(CONFIGS))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument(

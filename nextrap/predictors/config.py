@@ -5,18 +5,19 @@ without importing torch.
 
 NExt's three presets:
 
-* ``auto`` (default) runs the paper's networks on the full-length vectors, rescales each group's
-  inputs and targets to unit RMS entries, trains with lr 1e-3 for at most 1000 epochs and stops when
-  the training loss plateaus (100 epochs without a 0.1% improvement). Minutes on a CPU for a small
-  model, an hour or more at 7B shapes, where at this learning rate it does not converge either.
-* ``frames`` is ``auto`` with vectors of 512 entries or more described in their own frame, the 16
-  leading directions of their history (:mod:`nextrap.predictors.frames`), so those networks are 16
-  numbers wide whatever the model: seconds at 7B shapes, and better than ``auto`` on planted runs, but
-  worse on the real runs measured, a real SmolLM2-135M run among them (README, "The NExt predictor
-  fit"). Opt-in, for runs too large to fit otherwise.
-* ``reference`` reproduces the paper's scripts: raw features, AdamW lr 2e-5, cosine to 0.1 lr over
-  exactly 1000 full-batch epochs, L1 loss summed over entries. Tuned for 7B-sized vectors; on small
-  models it stays far from converged (see docs/method.md).
+* ``auto`` (default) runs the paper's networks with two nextrap changes that make the fit both faster and
+  better on real runs: a skip connection from the latest move (``residual``: the network starts from
+  "the next move repeats the latest one" and learns corrections), and stopping when the most recent
+  training pair, held out, stops improving (``stop = "holdout"``), so a correction is kept only as far as
+  it predicts a pair it was not trained on. Inputs and targets are rescaled to unit RMS per group, lr
+  1e-3, at most 1000 epochs. Vectors of 2048 entries or more (7B-class hidden and intermediate sizes)
+  are fitted on their own 16-wide frame (:mod:`nextrap.predictors.frames`), where full-length
+  networks would take minutes per epoch on a CPU; shorter ones at full length.
+* ``frames`` is ``auto`` with vectors of 512 entries or more on frames: several times faster on
+  mid-sized models (SmolLM2-135M: 6 s instead of 23), somewhat less accurate there.
+* ``reference`` reproduces the paper's scripts: raw features, no skip connection, AdamW lr 2e-5, cosine
+  to 0.1 lr over exactly 1000 full-batch epochs, L1 loss summed over entries. Tuned for 7B-sized vectors;
+  on small models it stays far from converged (see docs/method.md).
 
 ``benchmarks/predictor.py`` compares them (fit time and backtest error, side by side).
 """
@@ -80,8 +81,8 @@ class NExtConfig:
     """
 
     preset: str = "auto"
-    frame: int = 0
-    frame_min_dim: int = 512
+    frame: int = 16
+    frame_min_dim: int = 2048
     lr: float = 1e-3
     lr_dim_scale: float = 0.0
     epochs: int = 1000
@@ -91,8 +92,8 @@ class NExtConfig:
     weight_decay: float = 0.01
     min_lr_ratio: float = 0.1
     normalize: bool = True
-    residual: bool = False
-    stop: str = "train"
+    residual: bool = True
+    stop: str = "holdout"
     patience: int = 100
     min_improvement: float = 1e-3
     refit: bool = False
@@ -156,10 +157,10 @@ class NExtConfig:
 
 
 PRESETS: dict[str, NExtConfig] = {
-    # The default: the paper's networks on full-length vectors, unit-RMS groups, lr 1e-3, training-loss plateau.
+    # The default: skip connection, held-out-pair stopping, unit-RMS groups, lr 1e-3, frames from 2048 entries.
     "auto": NExtConfig(),
-    # Vectors of 512 entries or more on 16-wide frames: seconds at 7B shapes, less accurate on real runs.
-    "frames": NExtConfig(preset="frames", frame=16),
+    # Frames from 512 entries: faster on mid-sized models, a little less accurate there.
+    "frames": NExtConfig(preset="frames", frame_min_dim=512),
     "reference": NExtConfig(
         preset="reference",
         frame=0,
