@@ -96,9 +96,10 @@ _fit_options = [
         type=click.Choice(sorted(PRESETS)),
         default="auto",
         show_default=True,
-        help="Predictor settings: 'auto' fits the networks on the full-length vectors and stops on a training-loss "
-        "plateau (an hour or more at 7B shapes on a CPU); 'frames' fits vectors of 512 entries or more on their own "
-        "frame, their history's 16 leading directions (seconds; less accurate on the real runs measured); "
+        help="Predictor settings: 'auto' learns corrections to 'the next move repeats the latest one' and stops when "
+        "the most recent pair, held out, stops improving; vectors of 2048 entries or more are fitted on their own "
+        "frame, their history's 16 leading directions (seconds to a minute on a CPU, 7B shapes included); "
+        "'frames' frames vectors from 512 entries (faster on mid-sized models, a little less accurate); "
         "'reference' is the paper's schedule.",
     ),
     click.option(
@@ -120,15 +121,15 @@ _fit_options = [
         "--patience",
         type=click.IntRange(min=0),
         default=None,
-        help="Stop after this many epochs without a 0.1% improvement of the training loss (default 100); 0 never "
-        "stops early.",
+        help="Stop after this many epochs without a 0.1% improvement of the held-out pair's loss (auto, frames; "
+        "default 100); 0 never stops early.",
     ),
     click.option(
         "--frame",
         type=click.IntRange(min=0),
         default=None,
-        help="Width of the frame (the leading directions of a vector's own history) on which vectors of 512 entries "
-        "or more are fitted (frames: 16); 0: every vector at full length (auto).",
+        help="Width of the frame (the leading directions of a vector's own history) on which long vectors are "
+        "fitted (auto, frames: 16); 0: every vector at full length.",
     ),
     click.option(
         "--residual/--no-residual",
