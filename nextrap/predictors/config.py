@@ -77,7 +77,9 @@ class NExtConfig:
     stopping whatever the rule. ``frame`` is the width of each vector's frame (0: the networks see the
     full-length vectors), used for vectors of ``frame_min_dim`` entries or more; on a frame the
     networks' ReLU layer is ``inner`` units wide (on full-length vectors it is as wide as the vectors,
-    as in the paper). ``threads`` (0: torch's setting) and ``precision`` only change speed.
+    as in the paper). ``residual`` adds the latest move to the networks' output as a skip connection
+    (:class:`~nextrap.predictors.next.NExtNet`). ``threads`` (0: torch's setting) and ``precision`` only
+    change speed.
     """
 
     preset: str = "auto"

@@ -4,9 +4,10 @@ For every vector length d (each ``u`` of modules with ``out = d``, each ``v`` wi
 sigmas as ``d = 1``, 1-D tensors of length d) one :class:`NExtNet` maps the global and local feature
 vectors at checkpoint k to the target feature at k (the rank-1 part of the next ``horizon``
 intervals). Trained on every pair with ``k + horizon <= K``, it is then fed the last checkpoint.
-With frames (opt-in), long vectors are first described in their own frame, the few directions
-their history moves in (:mod:`nextrap.predictors.frames`), so the network is 16 numbers wide instead
-of ``d``.
+Long vectors (2048 entries or more by default) are first described in their own frame, the few
+directions their history moves in (:mod:`nextrap.predictors.frames`), so the network is 16 numbers wide
+instead of ``d``. By default the network also gets the latest move as a skip connection and stops when
+the held-out most recent pair stops improving.
 
 Its settings are :class:`~nextrap.predictors.config.NExtConfig` and its presets (``auto``, the
 default; ``frames``; ``reference``, the paper's scripts), described there.
