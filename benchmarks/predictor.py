@@ -125,7 +125,7 @@ def bench_run(
 ) -> None:
     """Measure every (configuration, repeat) of run ``name`` not yet in ``args.results``; append each."""
     import nextrap
-    from nextrap.backtest import BacktestOptions, score_prediction
+    from nextrap.backtest import BacktestOptions, fit_prefix_length, score_prediction
     from nextrap.predictors import NExtConfig, NExtPredictor
     from nextrap.runs import resolve_horizon
 
@@ -141,9 +141,8 @@ def bench_run(
     device = torch.device(args.device)
     traj = nextrap.open_run(path)
     K = len(traj.headers)
-    opts = BacktestOptions(holdout=holdout, horizon=horizon)
-    holdout = opts.holdout if opts.holdout is not None else min(5, K - 4)
-    prefix = K - holdout
+    prefix = fit_prefix_length(traj, BacktestOptions(holdout=holdout, horizon=horizon))  # as `nextrap backtest`
+    holdout = K - prefix
     fit = traj.prefix(prefix)
     horizon, _ = resolve_horizon(prefix, horizon)
     horizon_steps = fit.steps[-1] - fit.steps[-1 - horizon]

@@ -32,7 +32,7 @@ from nextrap.progress import Progress, no_progress
 from nextrap.runs import DEFAULT_HORIZON, MIN_PAIRS, resolve_horizon
 from nextrap.trajectory import DEFAULT_CHUNK_BYTES, SharedFeatures, Trajectory
 
-__all__ = ["BacktestOptions", "BacktestResult", "backtest", "score_prediction"]
+__all__ = ["BacktestOptions", "BacktestResult", "backtest", "fit_prefix_length", "score_prediction"]
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def backtest(
     """Hold out the last checkpoints, fit every method on the rest, and score the predictions."""
     options = options or BacktestOptions()
     device = device or torch.device("cpu")
-    prefix = _fit_prefix_length(trajectory, options)
+    prefix = fit_prefix_length(trajectory, options)
     K = len(trajectory.headers)
     fit = trajectory.prefix(prefix)
     horizon, note = resolve_horizon(prefix, options.horizon)
@@ -290,7 +290,7 @@ def backtest(
     )
 
 
-def _fit_prefix_length(trajectory: Trajectory, options: BacktestOptions) -> int:
+def fit_prefix_length(trajectory: Trajectory, options: BacktestOptions) -> int:
     """How many checkpoints the methods are fitted on (the rest are held out); at least 3."""
     K = len(trajectory.headers)
     if options.observe_until is not None:
