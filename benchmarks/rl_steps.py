@@ -189,6 +189,8 @@ def plot(results: dict[int, dict[str, ArmResult]], config: ProtocolConfig, path:
     names += [n for n in results[seeds[0]] if n.startswith("cycles ")]
     for name in names:
         curves = [results[s][name] for s in seeds if name in results[s]]
+        if not curves:  # an arm left out (--arms)
+            continue
         xs = [x for x in grid if x <= curves[0].trained_steps and x >= min(curves[0].curve)]
         ys = [[accuracy_at(c.curve, x) for c in curves] for x in xs]
         mean = [sum(y) / len(y) for y in ys]
