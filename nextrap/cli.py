@@ -464,7 +464,8 @@ def _summary(result: Any) -> str:
             f"  predictor d={g['dim']:<6} {g['vectors']:>5} vectors  {g['epochs_run']:>5} epochs  "
             f"{g.get('seconds', 0.0):>6.1f} s ({g.get('stop_reason', '?')})  "
             f"loss {g['relative_loss']:.3f} of predicting zeros"
-            + ("" if g["converged"] else "  (not converged)")
+            # A held-out stop ends on purpose short of fitting the training pairs; only an exhausted budget warns.
+            + ("  (ran out of epochs)" if g.get("stop_reason") == "max_epochs" else "")
         )
     if "median_explained_variance" in rep.predictor:
         p = rep.predictor
