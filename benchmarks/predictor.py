@@ -59,15 +59,18 @@ QWEN_7B = {"hidden": 3584, "intermediate": 18944, "kv_dim": 512}
 SMOL_135M = {"hidden": 576, "intermediate": 1536, "kv_dim": 192}
 
 # name -> (preset, overrides)
-_PLAIN = {"residual": False, "stop": "train"}  # the fit before the skip connection and held-out stopping
+_PLAIN = {"residual": False, "stop": "train", "patience": 100}  # the fit before the skip connection and held-out stopping
 CONFIGS = {
-    "auto": ("auto", {}),  # the default: skip connection, held-out stopping, frames from 2048 entries
+    "auto": ("auto", {}),  # the default: skip connection, held-out stopping (patience 30), frames from 2048 entries
     "frames": ("frames", {}),  # the same with frames from 512 entries
     "frames-all": ("frames", {"frame_min_dim": 2}),  # every vector but the sigmas on frames
+    "auto-p100": ("auto", {"patience": 100}),  # the held-out rule with patience 100 (this round's first default)
+    "frames-p100": ("frames", {"patience": 100}),
+    "frames-all-p100": ("frames", {"frame_min_dim": 2, "patience": 100}),
     "plain": ("auto", {**_PLAIN, "frame": 0}),  # the previous default: full length, training-loss plateau
     "plain-frames": ("frames", _PLAIN),  # the previous frames preset
     "plain-frames-all": ("frames", {**_PLAIN, "frame_min_dim": 2}),
-    "residual-only": ("auto", {"stop": "train", "frame": 0}),  # the skip connection, training-loss plateau
+    "residual-only": ("auto", {"stop": "train", "frame": 0, "patience": 100}),  # skip connection, training-loss plateau
     "reference": ("reference", {}),
 }
 

@@ -122,7 +122,7 @@ _fit_options = [
         type=click.IntRange(min=0),
         default=None,
         help="Stop after this many epochs without a 0.1% improvement of the held-out pair's loss (auto, frames; "
-        "default 100); 0 never stops early.",
+        "default 30); 0 never stops early.",
     ),
     click.option(
         "--frame",

@@ -165,8 +165,8 @@ def test_presets_are_what_their_docs_say():
     auto, frames, ref = (NExtConfig.from_preset(p) for p in ("auto", "frames", "reference"))
     assert auto == NExtConfig()  # the dataclass defaults are the default preset
     fields = ("frame", "frame_min_dim", "lr", "epochs", "stop", "patience", "refit", "normalize", "residual")
-    assert tuple(getattr(auto, f) for f in fields) == (16, 2048, 1e-3, 1000, "holdout", 100, False, True, True)
-    assert tuple(getattr(frames, f) for f in fields) == (16, 512, 1e-3, 1000, "holdout", 100, False, True, True)
+    assert tuple(getattr(auto, f) for f in fields) == (16, 2048, 1e-3, 1000, "holdout", 30, False, True, True)
+    assert tuple(getattr(frames, f) for f in fields) == (16, 512, 1e-3, 1000, "holdout", 30, False, True, True)
     assert tuple(getattr(ref, f) for f in fields) == (0, 2048, 2e-5, 1000, "fixed", 0, False, False, False)
     with pytest.raises(ConfigError, match="frame"):
         NExtConfig(frame=-1)

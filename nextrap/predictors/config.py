@@ -96,7 +96,7 @@ class NExtConfig:
     normalize: bool = True
     residual: bool = True
     stop: str = "holdout"
-    patience: int = 100
+    patience: int = 30
     min_improvement: float = 1e-3
     refit: bool = False
     threads: int = 0
