@@ -14,7 +14,7 @@ NExt's three presets:
   are fitted on their own 16-wide frame (:mod:`nextrap.predictors.frames`), where full-length
   networks would take minutes per epoch on a CPU; shorter ones at full length.
 * ``frames`` is ``auto`` with vectors of 512 entries or more on frames: several times faster on
-  mid-sized models (SmolLM2-135M: 6-11 CPU-s instead of 23-74), somewhat less accurate there.
+  mid-sized models (SmolLM2-135M: 2-7 CPU-s instead of 9-28), somewhat less accurate there.
 * ``reference`` reproduces the paper's scripts: raw features, no skip connection, AdamW lr 2e-5, cosine
   to 0.1 lr over exactly 1000 full-batch epochs, L1 loss summed over entries. Tuned for 7B-sized vectors;
   on small models it stays far from converged (see docs/method.md).
