@@ -13,8 +13,15 @@ Differences to the plain run are paired by seed: mean and 95% t interval (scipy)
 or gains accuracy, only where its interval excludes zero. Finished arms are never rerun, so the
 benchmark resumes after an interruption; ``--seeds`` can grow later.
 
+Runs train without evaluating; the checkpoints the statistics use are scored afterwards, once each
+(``--eval-every`` trained steps, the jump point, the budget and the end; cached in each seed's
+``evaluations.json``).
+
     python benchmarks/rl_steps.py --seeds 0 1 2 3 4 --out bench-data/rl_steps
-    python benchmarks/rl_steps.py --policy smollm2 --steps 80 --save-steps 5 --seeds 0 1 2 3 4
+    # the pretrained policy (SmolLM2-135M-Instruct): the real-LLM setting of benchmarks/results/rl_steps-smollm2*
+    python benchmarks/rl_steps.py --policy smollm2 --dtype bfloat16 --lr 5e-5 --prompts 8 --group-size 4 \
+        --steps 80 --save-steps 5 --horizon 3 --eval-size 640 --eval-every 10 --out bench-data/smol-protocol \
+        --arms restart "linear c=2" "next c=1.5 keep" "auto c=2" --seeds 0 1 2 3 4
 """
 
 from __future__ import annotations
@@ -41,7 +48,10 @@ TARGETS = (0.9, 0.95, 1.0)
 
 
 def _config(args: argparse.Namespace) -> ProtocolConfig:
-    warm = SmolLM2Config(task=args.task or "add2") if args.policy == "smollm2" else WarmStartConfig(task=args.task or "sort")
+    if args.policy == "smollm2":
+        warm = SmolLM2Config(task=args.task or "add2", dtype=args.dtype)
+    else:
+        warm = WarmStartConfig(task=args.task or "sort")
     grpo = GRPOConfig(
         steps=args.steps,
         save_steps=args.save_steps,
@@ -51,6 +61,7 @@ def _config(args: argparse.Namespace) -> ProtocolConfig:
         eval_size=args.eval_size,
         temperature=args.temperature or (0.7 if args.policy == "smollm2" else 1.0),
         warm=warm,
+        device=args.device,
     )
     return ProtocolConfig(
         grpo=grpo,
@@ -58,6 +69,7 @@ def _config(args: argparse.Namespace) -> ProtocolConfig:
         coefs=tuple(args.coef),
         methods=tuple(args.methods),
         cycle_methods=tuple(args.cycle_methods),
+        eval_every=args.eval_every,
     )
 
 
@@ -231,7 +243,10 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--group-size", type=int, default=8)
-    p.add_argument("--eval-size", type=int, default=512)
+    p.add_argument("--eval-size", type=int, default=512, help="held-out problems per scored checkpoint")
+    p.add_argument("--eval-every", type=int, default=None, help="trained steps between scored checkpoints [save steps]")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="smollm2: the base's dtype")
+    p.add_argument("--device", default="cpu", help="where the policy runs (cpu, cuda, auto)")
     p.add_argument("--temperature", type=float, default=None, help="sampling [default: tiny 1.0, smollm2 0.7]")
     p.add_argument("--horizon", type=int, default=5, help="in checkpoint intervals")
     p.add_argument("--coef", type=float, nargs="+", default=[1.0, 1.5, 2.0])

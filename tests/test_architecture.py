@@ -59,6 +59,7 @@ ORDER = [
     "reference.weights",
     "reference.smollm2",
     "reference.grpo",
+    "reference.evaluation",
     "reference.endtoend",
     "reference.cycles",
     "reference.protocols",

@@ -372,3 +372,64 @@ def test_cli_says_how_to_fetch_missing_weights(tmp_path, monkeypatch):
     assert out.exit_code == 1
     assert "python -m nextrap fetch-policy smollm2" in out.output
     assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------- the steps-saved protocol on this policy
+
+
+def test_protocol_on_the_chat_policy_scores_what_it_claims(fetched, tmp_path):
+    """The real-LLM benchmark's mechanics on the SmolLM2 code paths (tiny GGUF): runs train without
+    evaluating, the scored checkpoints are exactly the grid and the table's steps, each score is the
+    adapter's own held-out accuracy, the jump arms start where nextrap says, and a rerun trains nothing."""
+    from nextrap.reference.protocols import ProtocolConfig, run_seed
+
+    warm = SmolLM2Config(max_new_tokens=4)
+    config = ProtocolConfig(
+        grpo=GRPOConfig(steps=8, save_steps=1, prompts_per_step=2, group_size=2, lr=1e-3, eval_size=4, warm=warm),
+        horizon=2,
+        coefs=(1.5, 2.0),
+        methods=("linear", "next"),
+        eval_every=2,
+    )
+    assert (config.observe, config.resume, config.budget, config.length) == (3, 2, 5, 8)
+    arms = ["restart", "linear c=2", "next c=1.5 keep"]
+    out = tmp_path / "seed-0"
+    results = run_seed(config, 0, out, arms)
+
+    def score(folder) -> float:
+        return evaluate_adapter(folder, warm, size=4)
+
+    plain = results["plain"].curve
+    scored = {0, 2, 4, 6, 8} | {config.observe, config.relex_observe, config.budget, config.length}
+    assert set(plain) == scored
+    assert plain[0] == score(None)
+    for step in scored - {0}:
+        assert plain[step] == score(out / "plain" / f"checkpoint-{step}")
+    state = json.loads((out / "plain" / "checkpoint-8" / "trainer_state.json").read_text())
+    assert not [e for e in state["log_history"] if "eval_accuracy" in e]  # no evaluation while training
+
+    restart = results["restart"].curve
+    assert restart[5] == score(out / "arms" / "restart" / "checkpoint-5") and restart[3] == plain[3]
+    assert set(restart) == {s for s in plain if s < 3} | {3, 4, 5}
+
+    linear = results["linear c=2"]
+    assert linear.virtual_step == 3 + 2 * 2  # c horizons of 2 checkpoint intervals past the observed step
+    jumped = out / "arms" / "linear_c2"
+    assert linear.accuracy_after_jump == score(jumped / "jump")
+    assert _steps(jumped / "resumed") == [8, 9]
+    assert linear.curve[5] == score(jumped / "resumed" / "checkpoint-9")
+
+    kept = out / "arms" / "next_c1.5_keep" / "resumed"
+    before = torch.load(out / "plain" / "checkpoint-3" / "optimizer.pt", weights_only=True)["state"]
+    first = kept / f"checkpoint-{_steps(kept)[0]}"  # one step after the jump
+    after = torch.load(first / "optimizer.pt", weights_only=True)["state"]
+    assert all(int(after[k]["step"]) == int(before[k]["step"]) + 1 for k in before)  # AdamW kept its moments
+
+    stamp = (out / "evaluations.json").stat().st_mtime_ns
+    again = run_seed(config, 0, out, arms)
+    assert (out / "evaluations.json").stat().st_mtime_ns == stamp  # every score came from the cache
+    assert again["linear c=2"].curve == linear.curve and again["plain"].curve == plain
+
+
+def _steps(folder) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*"))

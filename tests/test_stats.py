@@ -25,6 +25,8 @@ def test_paired_difference_matches_a_hand_computed_t_interval():
     assert d.excludes_zero is False  # 0.2 - 0.248 < 0
     tight = paired_difference([0.7, 0.71, 0.72], [0.5, 0.5, 0.5])
     assert tight.excludes_zero and tight.low > 0.15
+    same = paired_difference([0.75, 0.75, 0.75], [0.5, 0.5, 0.5])  # no spread: a point, not NaN
+    assert same.low == same.high == pytest.approx(0.25) and same.excludes_zero
 
 
 def test_one_seed_has_no_interval_and_bad_pairs_fail():

@@ -7,6 +7,7 @@ imported inside the commands, so listing them costs nothing.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -45,6 +46,13 @@ _reference_options = [
         default=0,
         show_default=True,
         help="Seed of the base model and its warm start.",
+    ),
+    click.option(
+        "--device",
+        default="cpu",
+        show_default=True,
+        help="Where the policy runs: cpu, cuda, cuda:N, mps or auto. Sampling draws stay on the CPU's "
+        "generator, so a seed names the same problems and draws on every device; on cuda use --dtype bfloat16.",
     ),
 ]
 
@@ -188,6 +196,7 @@ def train_reference(
     task: str | None,
     dtype: str,
     base_seed: int,
+    device: str,
     seed: int,
     lr: float | None,
     group_size: int | None,
@@ -207,11 +216,12 @@ def train_reference(
     from nextrap.reference.grpo import RUN_INFO
 
     if resume and (output / RUN_INFO).is_file():
-        _resume(ctx, output, steps)
+        _resume(ctx, output, steps, device)
         return
     config = _grpo_config(
         steps, save_steps, policy, task, dtype, base_seed, seed, lr, group_size, prompts, kl_coef, rank, eval_size
     )
+    config = replace(config, device=device)
     if start_step is None:
         start_step = _recorded_virtual_step(init_adapter) if init_adapter else 0
         if start_step:
@@ -231,13 +241,12 @@ def train_reference(
     _echo_training(result, start_step, output)
 
 
-def _resume(ctx: click.Context, output: Path, steps: int) -> None:
-    """``--resume`` of a run that exists: its recorded settings, only ``--steps`` may change."""
-    from dataclasses import replace
-
+def _resume(ctx: click.Context, output: Path, steps: int, device: str) -> None:
+    """``--resume`` of a run that exists: its recorded settings, only ``--steps`` (and the device) may change."""
     from nextrap.reference import load_run_config, train
 
     config, recorded_init, start_step = load_run_config(output)
+    config = replace(config, device=device)
     init_adapter = Path(recorded_init) if recorded_init else None
     if ctx.get_parameter_source("steps") != click.core.ParameterSource.DEFAULT:
         config = replace(config, steps=steps)
@@ -339,6 +348,7 @@ def evaluate_reference(
     task: str | None,
     dtype: str,
     base_seed: int,
+    device: str,
     size: int,
     as_json: bool,
 ) -> None:
@@ -346,7 +356,7 @@ def evaluate_reference(
     from nextrap.reference import adapter_policy, evaluate_adapter
 
     warm = warm_config(task, base_seed, policy or adapter_policy(adapter_dir), dtype)
-    acc = evaluate_adapter(adapter_dir, warm, size)
+    acc = evaluate_adapter(adapter_dir, warm, size, device)
     if as_json:
         click.echo(
             json.dumps({"adapter": str(adapter_dir), "task": warm.task, "size": size, "accuracy": acc})

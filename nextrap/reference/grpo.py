@@ -31,9 +31,10 @@ from peft import PeftModel, get_peft_model
 
 import nextrap.reference.smollm2 as smollm2
 from nextrap.atomic import atomic_directory, check_output
+from nextrap.devices import resolve_device
 from nextrap.errors import ConfigError, InputNotFoundError
 from nextrap.reference.model import ModelSpec, encode, lora_config
-from nextrap.reference.policy import accuracy, answer_logprobs, generate
+from nextrap.reference.policy import accuracy, answer_logprobs, generate, model_device
 from nextrap.reference.smollm2 import SmolLM2Config
 from nextrap.reference.tasks import get_task
 from nextrap.reference.warmstart import WarmStartConfig, load_base
@@ -77,6 +78,9 @@ class GRPOConfig:
     seed: int = 0
     eval_size: int = 256
     warm: WarmStartConfig | SmolLM2Config = field(default_factory=WarmStartConfig)
+    # where the model runs (cpu, cuda, cuda:N, mps, auto); the random draws stay on the CPU generator,
+    # so a run may be resumed on another device (not part of the settings a resume must repeat)
+    device: str = "cpu"
 
     @property
     def policy(self) -> str:
@@ -128,13 +132,18 @@ class TrainResult:
 
 
 def load_policy(
-    warm: WarmStartConfig, adapter: str | os.PathLike | None, trainable: bool, progress: bool = False
+    warm: WarmStartConfig,
+    adapter: str | os.PathLike | None,
+    trainable: bool,
+    progress: bool = False,
+    device: str = "cpu",
 ):
-    """The base model with ``adapter`` loaded (or a fresh LoRA when None), and the tokenizer."""
+    """The base model with ``adapter`` loaded (or the bare base when None) on ``device``, and the tokenizer."""
     if isinstance(warm, SmolLM2Config):
         base, tokenizer = smollm2.load_base(warm)
     else:
         base, tokenizer, _ = load_base(warm, progress)
+    base = base.to(resolve_device(device))
     if adapter is None:
         return base, tokenizer
     adapter = Path(adapter)
@@ -147,13 +156,16 @@ def load_policy(
             f"{adapter} was trained on base {recorded!r}, these settings give {warm.base_id!r}; "
             "pass the --policy, --task and --base-seed the adapter was trained with"
         )
-    return PeftModel.from_pretrained(base, adapter, is_trainable=trainable), tokenizer
+    model = PeftModel.from_pretrained(base, adapter, is_trainable=trainable)
+    return model.to(resolve_device(device)), tokenizer
 
 
-def evaluate_adapter(adapter, warm: WarmStartConfig | SmolLM2Config | None = None, size: int = 512) -> float:
+def evaluate_adapter(
+    adapter, warm: WarmStartConfig | SmolLM2Config | None = None, size: int = 512, device: str = "cpu"
+) -> float:
     """Greedy exact-match accuracy of ``adapter`` (a PEFT folder; None = the base) on the held-out problems."""
     warm = warm or WarmStartConfig()
-    model, tokenizer = load_policy(warm, adapter, trainable=False)
+    model, tokenizer = load_policy(warm, adapter, trainable=False, device=device)
     if isinstance(warm, SmolLM2Config):
         return smollm2.accuracy(model, tokenizer, warm, warm.get_task().test_set(size))
     task = get_task(warm.task)
@@ -276,12 +288,13 @@ def _starting_policy(config: GRPOConfig, saved: dict[int, Path], init_adapter, p
     """``(peft model, tokenizer)`` to train: the last saved checkpoint when resuming, else the base
     with ``init_adapter`` or with a fresh LoRA (seeded by ``config.seed``)."""
     if saved:
-        return load_policy(config.warm, saved[max(saved)], True, progress)
+        return load_policy(config.warm, saved[max(saved)], True, progress, config.device)
     if init_adapter is None:
         base, tokenizer = load_policy(config.warm, None, True, progress)
-        torch.manual_seed(config.seed)  # LoRA A init
-        return get_peft_model(base, lora_config(config.rank, config.alpha)), tokenizer
-    return load_policy(config.warm, init_adapter, True, progress)
+        torch.manual_seed(config.seed)  # LoRA A init, on the CPU whatever the device: the same init everywhere
+        model = get_peft_model(base, lora_config(config.rank, config.alpha))
+        return model.to(resolve_device(config.device)), tokenizer
+    return load_policy(config.warm, init_adapter, True, progress, config.device)
 
 
 def _write_run_info(
@@ -311,8 +324,9 @@ def _restore_training_state(
     """Load the last checkpoint's optimizer and schedule state: its log and the first step to train."""
     last_saved = max(saved)
     state = json.loads((saved[last_saved] / "trainer_state.json").read_text())
-    opt.load_state_dict(torch.load(saved[last_saved] / "optimizer.pt", weights_only=True))
-    sched.load_state_dict(torch.load(saved[last_saved] / "scheduler.pt", weights_only=True))
+    # saved on any device, loaded onto the CPU; AdamW moves its state next to the parameters
+    opt.load_state_dict(torch.load(saved[last_saved] / "optimizer.pt", weights_only=True, map_location="cpu"))
+    sched.load_state_dict(torch.load(saved[last_saved] / "scheduler.pt", weights_only=True, map_location="cpu"))
     logger.info("resuming %s after step %d", output, last_saved)
     return list(state["log_history"]), last_saved + 1
 
@@ -345,7 +359,7 @@ def _load_moments(opt: torch.optim.Optimizer, folder: Path) -> None:
     path = folder / "optimizer.pt"
     if not path.is_file():
         raise InputNotFoundError(f"{folder}: no optimizer.pt to take AdamW's moments from; give a checkpoint folder")
-    state = torch.load(path, weights_only=True)
+    state = torch.load(path, weights_only=True, map_location="cpu")
     try:
         opt.load_state_dict(state)
     except (ValueError, KeyError) as exc:
@@ -355,8 +369,8 @@ def _load_moments(opt: torch.optim.Optimizer, folder: Path) -> None:
 def _check_same_run(output: Path, config: GRPOConfig, init_adapter, start_step: int) -> None:
     """Refuse to resume ``output`` with settings other than the ones it was started with."""
     recorded, recorded_init, recorded_start = load_run_config(output)
-    mine = {**asdict(config), "steps": None, "init_adapter": str(init_adapter) if init_adapter else None}
-    theirs = {**asdict(recorded), "steps": None, "init_adapter": recorded_init}
+    mine = {**asdict(config), "steps": None, "device": None, "init_adapter": str(init_adapter) if init_adapter else None}
+    theirs = {**asdict(recorded), "steps": None, "device": None, "init_adapter": recorded_init}
     differ = sorted(k for k in mine if mine[k] != theirs.get(k))
     if differ or start_step != recorded_start or config.policy != recorded.policy:
         raise ConfigError(
@@ -378,6 +392,7 @@ def _grpo_step(model, tokenizer, task, config: GRPOConfig, opt, sched, params, s
     problems = task.sample(gen, config.prompts_per_step, exclude)
     chat = isinstance(config.warm, SmolLM2Config)
     prompts, answers, mask, rewards, logprobs_of = _rollout(model, tokenizer, task, config, problems, gen)
+    rewards = rewards.to(prompts.device)
     grouped = rewards.view(-1, config.group_size)
     adv = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1, 1)
     # With one update per step the old policy is the current one: the ratio is 1 and its forward pass
@@ -423,8 +438,10 @@ def _rollout(model, tokenizer, task, config: GRPOConfig, problems, gen: torch.Ge
             model, tokenizer, config.warm, problems, config.group_size, config.temperature, gen
         )
         return prompts, answers, mask, rewards, smollm2.answer_logprobs
-    prompts = encode(tokenizer, [p for p, _ in problems]).repeat_interleave(config.group_size, 0)
+    device = model_device(model)
+    prompts = encode(tokenizer, [p for p, _ in problems]).repeat_interleave(config.group_size, 0).to(device)
     targets = encode(tokenizer, [a for _, a in problems], bos=False).repeat_interleave(config.group_size, 0)
+    targets = targets.to(device)
     answers = generate(model, prompts, task.answer_len, config.temperature, gen)
     rewards = (answers == targets).all(1).float()
     return prompts, answers, None, rewards, answer_logprobs
@@ -443,7 +460,7 @@ def _policy_loss(
     old policy is the current one (ratio 1, gradient of ``logp``)."""
     ratio = torch.exp(logp - (logp.detach() if old is None else old))
     objective = torch.minimum(ratio * adv, ratio.clamp(1 - config.clip, 1 + config.clip) * adv)
-    kl = torch.zeros(())
+    kl = torch.zeros((), device=logp.device)
     if ref is not None:
         kl_tokens = torch.exp(ref - logp) - (ref - logp) - 1
     if mask is None:

@@ -12,7 +12,21 @@ from torch import nn
 from nextrap.reference.model import encode
 from nextrap.reference.tasks import Task
 
-__all__ = ["accuracy", "answer_logprobs", "generate"]
+__all__ = ["accuracy", "answer_logprobs", "draw", "generate", "model_device"]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s parameters: where its inputs go."""
+    return next(model.parameters()).device
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row of ``probs`` ``(n, V)``, drawn on ``generator``'s device, returned on ``probs``'.
+
+    The generator stays on the CPU wherever the model runs, so a seed names the same stream of draws.
+    """
+    where = generator.device if generator is not None else probs.device
+    return torch.multinomial(probs.to(where), 1, generator=generator)[:, 0].to(probs.device)
 
 
 @torch.no_grad()
@@ -34,7 +48,7 @@ def generate(
         if temperature == 0:
             nxt = logits.argmax(-1)
         else:
-            nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
+            nxt = draw(torch.softmax(logits / temperature, -1), generator)
         ids = torch.cat([ids, nxt[:, None]], 1)
     return ids[:, prompt_ids.shape[1] :]
 
@@ -56,8 +70,8 @@ def accuracy(
     correct = 0
     for i in range(0, len(problems), batch):
         chunk = problems[i : i + batch]
-        prompts = encode(tokenizer, [p for p, _ in chunk])
-        answers = encode(tokenizer, [a for _, a in chunk], bos=False)
+        prompts = encode(tokenizer, [p for p, _ in chunk]).to(model_device(model))
+        answers = encode(tokenizer, [a for _, a in chunk], bos=False).to(prompts.device)
         pred = generate(model, prompts, task.answer_len, temperature=0)
         correct += int((pred == answers).all(1).sum())
     model.train(was_training)

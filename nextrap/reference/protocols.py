@@ -2,7 +2,7 @@
 
 Proportions follow the papers, scaled to the plain run's length ``L`` (the NExt paper: L = 400):
 
-* ``plain``: GRPO for ``L`` steps, a checkpoint (and a held-out evaluation) every ``save_steps``.
+* ``plain``: GRPO for ``L`` steps, a checkpoint every ``save_steps``.
 * ``restart``: the plain run's checkpoint at ``observe`` (3/8 L: 150 of 400), trained ``resume``
   (L/4: 100) more steps with a fresh optimizer and no jump: the control, since every jump restarts AdamW.
 * ``<method> c=<c>`` (NExt's protocol, for every method): extrapolate the checkpoints up to ``observe``
@@ -15,7 +15,10 @@ Proportions follow the papers, scaled to the plain run's length ``L`` (the NExt 
   (250, 400, 500) and evaluate, with no training; ``relex@<5/8 L> +train``: then train up to the budget.
 * ``cycles <method>``: RL-Extra's schedule: train L/8 steps, jump L/8 ahead, repeat, for the budget.
 
-An arm's curve maps RL steps actually trained to held-out accuracy. Each arm trains in its own
+An arm's curve maps RL steps actually trained to held-out accuracy. Runs train without evaluating; the
+checkpoints the statistics use are scored afterwards (:class:`~nextrap.reference.evaluation.EvaluationCache`,
+``evaluations.json`` beside the seed's runs): every ``eval_every`` trained steps, the jump point, the
+budget and the end, on ``grpo.eval_size`` held-out problems. Each arm trains in its own
 folder under ``arms/`` and is recorded in ``arms/<arm>.json`` once finished; a recorded arm is never recomputed, and the plain run resumes from its
 last checkpoint, so an interrupted benchmark continues where it stopped.
 """
@@ -35,7 +38,8 @@ from nextrap.errors import ConfigError
 from nextrap.extrapolate import ExtrapolateOptions
 from nextrap.reference.cycles import train_cycles
 from nextrap.reference.endtoend import jump_from
-from nextrap.reference.grpo import GRPOConfig, TrainResult, evaluate_adapter, train
+from nextrap.reference.evaluation import EvaluationCache
+from nextrap.reference.grpo import GRPOConfig, TrainResult, train
 
 __all__ = ["ArmResult", "ProtocolConfig", "arm_folder", "run_seed"]
 
@@ -56,9 +60,17 @@ class ProtocolConfig:
     auto: bool = True
     relex_targets: tuple[float, ...] = (0.625, 1.0, 1.25)
     cycle_methods: tuple[str, ...] = ("linear", "next", "relex")
+    eval_every: int | None = None  # trained steps between scored checkpoints [default: save_steps]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "coefs", tuple(float(c) for c in self.coefs))
+        if self.grpo.eval_size < 1:
+            raise ConfigError(f"protocol: grpo.eval_size must be >= 1 (curves need held-out accuracy), got {self.grpo.eval_size}")
+        every = self.eval_every
+        if every is not None and (every < 1 or every % self.grpo.save_steps):
+            raise ConfigError(
+                f"protocol: eval_every must be a positive multiple of save_steps ({self.grpo.save_steps}), got {every}"
+            )
         if self.observe // self.grpo.save_steps < self.horizon + 1:
             raise ConfigError(
                 f"protocol: observing {self.observe} steps gives {self.observe // self.grpo.save_steps} "
@@ -92,6 +104,11 @@ class ProtocolConfig:
     @property
     def horizon_steps(self) -> int:
         return self.horizon * self.grpo.save_steps
+
+    def scored(self, trained: int) -> bool:
+        """Whether the checkpoint after ``trained`` RL steps is evaluated: on the grid or a step the table uses."""
+        every = self.eval_every or self.grpo.save_steps
+        return trained % every == 0 or trained in (self.observe, self.relex_observe, self.budget, self.length)
 
     @property
     def relex_observe(self) -> int:
@@ -147,29 +164,39 @@ def arm_folder(arm: str) -> str:
     return arm.replace(" ", "_").replace("=", "").replace("@", "at").replace("+", "")
 
 
-def _resumed_curve(plain: TrainResult, split: int, resumed: TrainResult, start: float) -> dict[int, float]:
-    """The plain run up to ``split``, then the resumed run, by steps trained (``split + s - start``)."""
-    before = {s: a for s, a in plain.eval_accuracy().items() if s < split}
-    after = {split + round(s - start): a for s, a in resumed.eval_accuracy().items()}
-    return {**before, **after}
-
-
 class _Seed:
     """The arms of one seed, computed on demand against that seed's plain run."""
 
     def __init__(self, config: ProtocolConfig, seed: int, out: Path, progress: bool) -> None:
         self.config, self.out, self.progress = config, out, progress
         self.grpo = replace(config.grpo, seed=seed)
-        self.plain = train(out / "plain", self.grpo, resume=True, progress=progress)
+        self.evals = EvaluationCache(
+            out / "evaluations.json", self.grpo.warm, self.grpo.eval_size, self.grpo.device
+        )
+        self.plain = train(out / "plain", replace(self.grpo, eval_size=0), resume=True, progress=progress)
+        self.plain_curve = {0: self.evals.accuracy(None)} | {
+            s: self.evals.accuracy(p) for s, p in self.plain.checkpoints.items() if config.scored(s)
+        }
 
     def _train(self, folder: Path, steps: int, init: Path, start: int, **extra: Any) -> TrainResult:
-        grpo = replace(self.grpo, steps=steps, **extra.pop("config", {}))
+        grpo = replace(self.grpo, steps=steps, eval_size=0, **extra.pop("config", {}))
         return train(folder, grpo, init_adapter=init, start_step=start, overwrite=True, progress=self.progress, **extra)
+
+    def _resumed_curve(self, split: int, resumed: TrainResult, start: float, at_split: float) -> dict[int, float]:
+        """The plain curve before ``split``, ``at_split`` there (the adapter the arm resumed from), then the
+        resumed run's scored checkpoints, by steps trained (``split + s - start``)."""
+        before = {s: a for s, a in self.plain_curve.items() if s < split}
+        after = {}
+        for step, folder in resumed.checkpoints.items():
+            trained = split + round(step - start)
+            if self.config.scored(trained):
+                after[trained] = self.evals.accuracy(folder)
+        return {**before, split: at_split, **after}
 
     def restart(self, folder: Path) -> ArmResult:
         c = self.config
         resumed = self._train(folder, c.resume, self.plain.checkpoints[c.observe], c.observe)
-        curve = _resumed_curve(self.plain, c.observe, resumed, c.observe)
+        curve = self._resumed_curve(c.observe, resumed, c.observe, self.plain_curve[c.observe])
         return ArmResult("restart", curve, c.budget, curve[c.observe], c.observe)
 
     def jump(self, folder: Path, method: str, coef: float, variant: str | None = None) -> ArmResult:
@@ -188,7 +215,7 @@ class _Seed:
         elif variant == "warmup":
             extra["config"] = {"warmup_steps": c.grpo.save_steps}
         resumed = self._train(folder / "resumed", c.resume, result.output, virtual, **extra)
-        curve = _resumed_curve(self.plain, c.observe, resumed, virtual)
+        curve = self._resumed_curve(c.observe, resumed, virtual, self.evals.accuracy(result.output))
         name = f"{method} c={coef:g}" + (f" {variant}" if variant else "")
         return ArmResult(
             name,
@@ -207,14 +234,14 @@ class _Seed:
             folder / "jump",
             ExtrapolateOptions(coefs=None, to_steps=(to_step,), method="relex"),
         )
-        curve = {s: a for s, a in self.plain.eval_accuracy().items() if s <= c.relex_observe}
+        acc = self.evals.accuracy(result.output)
         if not then_train:
-            acc = evaluate_adapter(result.output, self.grpo.warm, self.grpo.eval_size)
             # no step is trained after the prediction: the curve ends at the observation
+            curve = {s: a for s, a in self.plain_curve.items() if s <= c.relex_observe}
             return ArmResult(f"relex@{to_step}", curve, c.relex_observe, acc, to_step)
         steps = c.budget - c.relex_observe
         resumed = self._train(folder / "resumed", steps, result.output, to_step)
-        curve = _resumed_curve(self.plain, c.relex_observe, resumed, to_step)
+        curve = self._resumed_curve(c.relex_observe, resumed, to_step, acc)
         return ArmResult(f"relex@{to_step} +train", curve, c.budget, curve[c.relex_observe], to_step)
 
     def cycles(self, folder: Path, method: str) -> ArmResult:
@@ -257,7 +284,7 @@ def run_seed(
     out = Path(out)
     state = _Seed(config, seed, out, progress)
     results = {
-        "plain": ArmResult("plain", state.plain.eval_accuracy(), config.length),
+        "plain": ArmResult("plain", state.plain_curve, config.length),
     }
     for name in config.arm_names() if arms is None else arms:
         folder = out / "arms" / arm_folder(name)

@@ -20,6 +20,7 @@ from torch import nn
 
 from nextrap.errors import ConfigError
 from nextrap.reference.chat import ChatTask, get_chat_task
+from nextrap.reference.policy import draw, model_device
 from nextrap.reference.weights import require_weights
 
 __all__ = [
@@ -112,19 +113,20 @@ def generate(
 ) -> torch.Tensor:
     """Answers ``(n, A)`` int64, ``A <= max_new_tokens``, sampled with a KV cache; temperature 0 is greedy.
 
-    A row that wrote ``stop_id`` is padded with it; generation ends early when every row has.
+    A row that wrote ``stop_id`` is padded with it; generation ends early when every row has. The model
+    runs on ``prompt_ids``' device; the random draws use ``generator`` on its own device (the CPU), so
+    a seed gives the same samples wherever the model runs, up to the device's arithmetic.
     """
     with torch.inference_mode():
         out = model(input_ids=prompt_ids, use_cache=True, logits_to_keep=1)
-        done = torch.zeros(len(prompt_ids), dtype=torch.bool)
+        done = torch.zeros(len(prompt_ids), dtype=torch.bool, device=prompt_ids.device)
         tokens = []
         for i in range(max_new_tokens):
             logits = out.logits[:, -1].float()
             if temperature == 0:
                 nxt = logits.argmax(-1)
             else:
-                probs = torch.softmax(logits / temperature, -1)
-                nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
+                nxt = draw(torch.softmax(logits / temperature, -1), generator)
             nxt = torch.where(done, torch.full_like(nxt, stop_id), nxt)
             tokens.append(nxt)
             done |= nxt == stop_id
@@ -173,8 +175,9 @@ def rollout(
     task = cfg.get_task()
     stop = _stop_id(tokenizer)
     prompts = encode_prompts(tokenizer, task, [q for q, _ in problems]).repeat_interleave(group_size, 0)
+    prompts = prompts.to(model_device(model))
     answers = generate(model, prompts, cfg.max_new_tokens, stop, temperature, generator)
-    texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
+    texts = tokenizer.batch_decode(answers.cpu(), skip_special_tokens=True)
     targets = [a for _, a in problems for _ in range(group_size)]
     rewards = torch.tensor([task.reward(t, a) for t, a in zip(texts, targets, strict=True)])
     return prompts, answers, answer_mask(answers, stop), rewards
@@ -189,9 +192,9 @@ def accuracy(
     task, stop, correct = cfg.get_task(), _stop_id(tokenizer), 0
     for i in range(0, len(problems), batch):
         chunk = problems[i : i + batch]
-        prompts = encode_prompts(tokenizer, task, [q for q, _ in chunk])
+        prompts = encode_prompts(tokenizer, task, [q for q, _ in chunk]).to(model_device(model))
         answers = generate(model, prompts, cfg.max_new_tokens, stop, temperature=0)
-        texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
+        texts = tokenizer.batch_decode(answers.cpu(), skip_special_tokens=True)
         correct += sum(task.reward(t, a) for t, (_, a) in zip(texts, chunk, strict=True))
     model.train(was_training)
     return correct / max(1, len(problems))

@@ -94,6 +94,7 @@ def paired_difference(
     mean = sum(diffs) / n
     if n < 2:
         return PairedDifference(n, mean, -math.inf, math.inf, confidence, diffs)
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-    return PairedDifference(n, mean, mean - half, mean + half, confidence, diffs)
+    if len(set(diffs)) == 1:  # no spread: scipy warns about precision and returns the point anyway
+        return PairedDifference(n, mean, mean, mean, confidence, diffs)
+    interval = stats.ttest_1samp(diffs, 0.0).confidence_interval(confidence)
+    return PairedDifference(n, mean, float(interval.low), float(interval.high), confidence, diffs)
