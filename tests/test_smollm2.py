@@ -433,3 +433,31 @@ def test_protocol_on_the_chat_policy_scores_what_it_claims(fetched, tmp_path):
 
 def _steps(folder) -> list[int]:
     return sorted(int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*"))
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_script_runs_the_protocol_per_seed_and_tabulates(fetched, tmp_path):
+    """benchmarks/smollm2_gpu.py on the CPU with a tiny setting: one process per seed, then the table."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "benchmarks" / "smollm2_gpu.py"
+    tiny = ["--policy", "smollm2", "--steps", "8", "--save-steps", "1", "--prompts", "2", "--group-size", "2",
+            "--horizon", "2", "--eval-size", "4", "--eval-every", "2", "--lr", "1e-3",
+            "--arms", "restart", "linear c=2", "--coef", "2"]  # fmt: skip
+    results = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, str(script), "--device", "cpu", "--seeds", "0", "1", "--parallel", "2",
+         "--out", str(tmp_path / "out"), "--results", str(results), "--", *tiny],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((results / "device.json").read_text())
+    assert record["device_name"] == "cpu" and record["cut"] == [] and set(record["seconds_per_seed"]) == {"0", "1"}
+    raw = json.loads((results / "rl_steps-smollm2.json").read_text())
+    assert set(raw) == {"0", "1"} and all({"plain", "restart", "linear c=2"} <= set(arms) for arms in raw.values())
+    # what the table says is what each seed's records hold
+    for seed in (0, 1):
+        arm = json.loads((tmp_path / "out" / f"seed-{seed}" / "arms" / "linear_c2.json").read_text())
+        assert raw[str(seed)]["linear c=2"]["curve"] == arm["curve"]
+    assert "linear c=2 (n=2)" in (results / "rl_steps-smollm2.txt").read_text()
