@@ -47,6 +47,7 @@ __all__ = [
     "evaluate_adapter",
     "load_policy",
     "load_run_config",
+    "saved_checkpoints",
     "train",
 ]
 
@@ -194,7 +195,8 @@ def load_run_config(output: str | os.PathLike) -> tuple[GRPOConfig, str | None, 
     return config, info.get("init_adapter"), int(info.get("start_step", 0))
 
 
-def _saved_checkpoints(output: Path) -> dict[int, Path]:
+def saved_checkpoints(output: Path) -> dict[int, Path]:
+    """A run folder's complete checkpoints (``checkpoint-N`` with a ``trainer_state.json``), by step."""
     found = {}
     for folder in output.glob("checkpoint-*"):
         step = folder.name.removeprefix("checkpoint-")
@@ -230,7 +232,7 @@ def train(
         raise ConfigError(f"start_step must be >= 0, got {start_step}")
     output, resuming = _checked_output(Path(output), config, init_adapter, start_step, overwrite, resume)
     task = _task(config)
-    saved = _saved_checkpoints(output) if resuming else {}
+    saved = saved_checkpoints(output) if resuming else {}
     model, tokenizer = _starting_policy(config, saved, init_adapter, progress)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -377,7 +379,7 @@ def _check_same_run(output: Path, config: GRPOConfig, init_adapter, start_step: 
             f"{output}: was started with other settings ({', '.join(differ) or 'policy/start step'}); "
             "resume it with the settings in its nextrap_reference.json, or train into a new folder"
         )
-    if start_step + config.steps < max(_saved_checkpoints(output), default=0):
+    if start_step + config.steps < max(saved_checkpoints(output), default=0):
         raise ConfigError(
             f"{output}: already trained past step {start_step + config.steps}; ask for more steps to resume"
         )
