@@ -241,6 +241,23 @@ def test_cached_generation_matches_full_forward_passes(fetched):
         torch.testing.assert_close(smollm2.answer_logprobs(model, prompts, got), expected_lp)
 
 
+def test_shared_prefix_prefill_gives_the_plain_answers_and_logits(fetched):
+    """Reading the prompts' common prefix once (one row, its KV cache repeated over the batch) is the same
+    computation as reading every prompt whole: same greedy answers, same next-token logits."""
+    model, tokenizer = smollm2.load_base(SmolLM2Config())
+    task = get_chat_task("add2")
+    prompts = smollm2.encode_prompts(tokenizer, task, [q for q, _ in task.test_set(6)])
+    shared = int((prompts == prompts[:1]).all(0).long().cumprod(0).sum())
+    assert 2 <= shared < prompts.shape[1]  # the template and "What is " are common, the numbers are not
+    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    plain = smollm2.generate(model, prompts, 6, stop, temperature=0)
+    assert torch.equal(smollm2.generate(model, prompts, 6, stop, temperature=0, share_prefix=True), plain)
+    with torch.no_grad():
+        whole = model(input_ids=prompts).logits[:, -1]
+        split = smollm2._prefill(model, prompts, share_prefix=True).logits[:, -1]
+    torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-5)
+
+
 def _small(steps: int, **kw) -> GRPOConfig:
     settings = dict(save_steps=1, prompts_per_step=2, group_size=2, lr=1e-3, eval_size=4)
     return GRPOConfig(steps=steps, warm=SmolLM2Config(max_new_tokens=4), **{**settings, **kw})

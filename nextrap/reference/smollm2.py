@@ -110,15 +110,22 @@ def generate(
     stop_id: int,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    share_prefix: bool = False,
 ) -> torch.Tensor:
     """Answers ``(n, A)`` int64, ``A <= max_new_tokens``, sampled with a KV cache; temperature 0 is greedy.
 
     A row that wrote ``stop_id`` is padded with it; generation ends early when every row has. The model
     runs on ``prompt_ids``' device; the random draws use ``generator`` on its own device (the CPU), so
     a seed gives the same samples wherever the model runs, up to the device's arithmetic.
+
+    ``share_prefix``: the leading tokens every prompt shares (the chat template's system turn and the
+    question's first words: 30 of SmolLM2's 46 prompt tokens) go through the model once, for one row, and
+    their KV cache is repeated over the batch: about half an evaluation's work. The same arithmetic up to
+    rounding (a greedy answer can differ where two tokens tie to the last bit); GRPO's sampling keeps the
+    plain path so that runs stay comparable with earlier ones.
     """
     with torch.inference_mode():
-        out = model(input_ids=prompt_ids, use_cache=True, logits_to_keep=1)
+        out = _prefill(model, prompt_ids, share_prefix)
         done = torch.zeros(len(prompt_ids), dtype=torch.bool, device=prompt_ids.device)
         tokens = []
         for i in range(max_new_tokens):
@@ -135,6 +142,18 @@ def generate(
             out = model(input_ids=nxt[:, None], use_cache=True, logits_to_keep=1, **_cache_of(out))
         answers = torch.stack(tokens, 1)
     return answers.clone()  # a normal tensor: inference tensors cannot enter a later backward pass
+
+
+def _prefill(model: nn.Module, prompt_ids: torch.Tensor, share_prefix: bool) -> Any:
+    """The model's output (logits of the last position, KV cache) after reading every prompt."""
+    same = (prompt_ids == prompt_ids[:1]).all(0).long().cumprod(0)
+    shared = min(int(same.sum()), prompt_ids.shape[1] - 1)  # at least one token is read per row
+    if not share_prefix or shared < 2 or len(prompt_ids) < 2:
+        return model(input_ids=prompt_ids, use_cache=True, logits_to_keep=1)
+    head = model(input_ids=prompt_ids[:1, :shared], use_cache=True, logits_to_keep=1)
+    cache = _cache_of(head)
+    next(iter(cache.values())).batch_repeat_interleave(len(prompt_ids))
+    return model(input_ids=prompt_ids[:, shared:], use_cache=True, logits_to_keep=1, **cache)
 
 
 def _cache_of(out: Any) -> dict[str, Any]:
@@ -193,7 +212,7 @@ def accuracy(
     for i in range(0, len(problems), batch):
         chunk = problems[i : i + batch]
         prompts = encode_prompts(tokenizer, task, [q for q, _ in chunk]).to(model_device(model))
-        answers = generate(model, prompts, cfg.max_new_tokens, stop, temperature=0)
+        answers = generate(model, prompts, cfg.max_new_tokens, stop, temperature=0, share_prefix=True)
         texts = tokenizer.batch_decode(answers.cpu(), skip_special_tokens=True)
         correct += sum(task.reward(t, a) for t, (_, a) in zip(texts, chunk, strict=True))
     model.train(was_training)
