@@ -77,6 +77,8 @@ class BacktestResult:
     notes: list[str]
     # per method that trains networks (NExt): one entry per group (epochs, seconds, why it stopped)
     predictor_fits: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # the run's files and folders, which a plot of this result may not touch (nextrap.inputs)
+    inputs: tuple[Any, ...] = field(default=(), repr=False, compare=False)
 
     def summary(self, kind: str = "all") -> dict[str, list[dict[str, Any]]]:
         """``{method: [score per held-out checkpoint]}`` for one module kind."""
@@ -87,7 +89,7 @@ class BacktestResult:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items()}
+        return {k: v for k, v in asdict(self).items() if k != "inputs"}
 
     def table(self) -> str:
         """The scores over all modules, then the mean relative error per module kind."""
@@ -287,6 +289,7 @@ def backtest(
         recommendation=rec,
         notes=notes,
         predictor_fits=fits,
+        inputs=trajectory.discovery.input_paths,
     )
 
 

@@ -107,7 +107,8 @@ def extrapolate(
     device = resolve_device(options.device)
     if write.format == "trl":
         _check_outside_run(Path(output), traj)  # first: its message names the rotation hazard
-    output = check_output(output, write.overwrite, traj.discovery.input_paths)
+    inputs = [*traj.discovery.input_paths, *write.input_paths()]
+    output = check_output(output, write.overwrite, inputs)
     # Held from here to the rename, so a second writer of the same output fails now, not after the work.
     with output_lock(output):
         traj = open_run(traj, force=options.force, chunk_bytes=options.chunk_bytes, progress=wrap)
@@ -118,7 +119,7 @@ def extrapolate(
         prediction = predictor.predict(traj, plan.horizon, features, device, wrap)
         features.release()  # large on big models; not needed past this point
         plan.notes.extend(_frozen_notes(traj, prediction))
-        with atomic_directory(output, write.overwrite, traj.discovery.input_paths) as tmp:
+        with atomic_directory(output, write.overwrite, inputs) as tmp:
             entries = [
                 _write_output(tmp, traj, prediction, plan, target, options, writer, device)
                 for target in wrap(plan.targets, "writing adapters")

@@ -76,11 +76,15 @@ class Discovery:
 
     @property
     def input_paths(self) -> tuple[Path, ...]:
-        """Every folder and file this run was read from: no output may touch them."""
+        """Every folder and file this run was read from: no output may touch them (:mod:`nextrap.inputs`).
+
+        A checkpoint's parent folder counts too (as named, and where its links lead): a new folder
+        there would be taken for a checkpoint by the next scan, and would sit among the user's own.
+        """
         paths = [self.root] if self.root else []
         for c in self.checkpoints:
-            paths += [c.path, c.weights]
-        return tuple(paths)
+            paths += [c.path, c.weights, c.path.parent, Path(os.path.realpath(c.path)).parent]
+        return tuple(dict.fromkeys(paths))
 
     def to_dict(self) -> dict:
         return {

@@ -99,6 +99,12 @@ class OutputOptions:
         """What one output is: ``peft``, ``trl`` or ``merged`` (the report's ``format`` of each output)."""
         return "merged" if self.merge else self.format
 
+    def input_paths(self) -> tuple[Path, ...]:
+        """What the writer reads besides the run: the base model's folder with ``merge`` (a Hub id reads nothing here)."""
+        if self.merge and self.base_model and Path(self.base_model).exists():
+            return (Path(self.base_model),)
+        return ()
+
     def check_base_model(self) -> None:
         """Fail before any work when ``base_model`` is neither a folder nor shaped like a Hub id."""
         path = self.base_model

@@ -12,6 +12,8 @@ ORDER = [
     "version",
     "lazy",
     "errors",
+    "files",
+    "inputs",
     "peft_format",
     "memory",
     "cli_support",

@@ -101,21 +101,27 @@ def test_lock_is_reentrant_in_one_process_and_exclusive_across_open_files(tmp_pa
 def test_stale_hidden_folders_of_dead_writers_are_removed_and_reported(
     tiny_run: Path, tmp_path: Path, caplog
 ):
-    from nextrap.atomic import _host
+    from nextrap.atomic import MARKER, _host
 
     out = tmp_path / "out"
-    dead = tmp_path / f".out.tmp-{_host()}-{_dead_pid()}-abc123"
+    pid = _dead_pid()
+    dead = tmp_path / f".out.tmp-{_host()}-{pid}-abc123"
     alive = tmp_path / f".out.old-{_host()}-{os.getpid()}-abc123"
-    elsewhere = tmp_path / f".out.tmp-otherhost-{_dead_pid()}-abc123"
+    elsewhere = tmp_path / f".out.tmp-otherhost-{pid}-abc123"
     unnamed = tmp_path / ".out.tmp-norecord"
-    for folder in (dead, alive, elsewhere, unnamed):
+    # A user's own folder that happens to carry such a name, without the marker nextrap writes: never removed.
+    users = tmp_path / f".out.tmp-{_host()}-{pid}-mine"
+    for folder in (dead, alive, elsewhere, unnamed, users):
         folder.mkdir()
         (folder / "partial.safetensors").write_bytes(b"x" * 10)
+    for folder, (host, owner) in {dead: (_host(), pid), alive: (_host(), os.getpid()), elsewhere: ("otherhost", pid)}.items():
+        (folder / MARKER).write_text(json.dumps({"pid": owner, "host": host}))
     with caplog.at_level(logging.WARNING, logger="nextrap"):
         code, lines = _cli(["extrapolate", str(tiny_run), "-o", str(out), *LINEAR])
     assert code == 0, lines
     assert not dead.exists()  # its writer died
     assert alive.exists() and elsewhere.exists() and unnamed.exists()  # alive, another host's, unknown: kept
+    assert (users / "partial.safetensors").exists()  # no marker: not nextrap's, kept
     assert any("removed" in r.message and str(dead) in r.message for r in caplog.records)
 
 
