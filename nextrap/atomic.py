@@ -151,8 +151,8 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     identity: list = []
-    # filelock (>= 3.20.1) opens the lock file with O_NOFOLLOW, creates it with O_EXCL and never truncates
-    # it: a link planted under the lock's name fails the open and its target is left alone.
+    # filelock opens the lock file with O_NOFOLLOW, creates it with O_EXCL and never truncates it: a link
+    # planted under the lock's name fails the open and its target is left alone (tests/test_attacks.py).
     held = FileLock(
         lock, blocking=False, thread_local=False, fallback_to_soft=False, on_acquired=_write_owner(lock, identity)
     )
