@@ -31,6 +31,7 @@ from nextrap.predictors import METHODS, NExtConfig, Prediction, RelexConfig, mak
 from nextrap.progress import Progress, no_progress
 from nextrap.runs import DEFAULT_HORIZON, MIN_PAIRS, resolve_horizon
 from nextrap.trajectory import DEFAULT_CHUNK_BYTES, SharedFeatures, Trajectory
+from nextrap.validate import check_types
 
 __all__ = ["BacktestOptions", "BacktestResult", "backtest", "fit_prefix_length", "score_prediction"]
 
@@ -54,6 +55,7 @@ class BacktestOptions:
     observe_until: int | None = None
 
     def __post_init__(self) -> None:
+        check_types(self)
         object.__setattr__(self, "methods", tuple(self.methods))
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
@@ -256,6 +258,11 @@ def backtest(
 ) -> BacktestResult:
     """Hold out the last checkpoints, fit every method on the rest, and score the predictions."""
     options = options or BacktestOptions()
+    if not isinstance(trajectory, Trajectory) or not isinstance(options, BacktestOptions):
+        raise ConfigError(
+            f"backtest: expected a Trajectory (nextrap.open_run) and BacktestOptions, got {type(trajectory).__name__} "
+            f"and {type(options).__name__}"
+        )
     device = device or torch.device("cpu")
     prefix = fit_prefix_length(trajectory, options)
     K = len(trajectory.headers)

@@ -15,7 +15,14 @@ from typing import Any
 
 import click
 
-from nextrap.cli_support import error_line, handle_errors, options_from, stack, values_for
+from nextrap.cli_support import (
+    error_line,
+    handle_errors,
+    options_from,
+    raise_on_termination,
+    stack,
+    values_for,
+)
 from nextrap.options import ExtrapolateOptions
 from nextrap.predictors.config import PRESETS, NExtConfig, RelexConfig
 from nextrap.predictors.registry import METHODS
@@ -42,6 +49,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj.update(debug=debug, progress=not quiet and sys.stderr.isatty())
+    raise_on_termination(ctx)  # SIGTERM/SIGHUP clean up like Ctrl-C
     if verbose < 2 and ctx.invoked_subcommand != "push":
         _quiet_transformers_progress()
     if verbose < 2:

@@ -30,31 +30,25 @@ _Identity = tuple[int, int]
 
 
 def real_path(path: str | os.PathLike) -> Path:
-    """``path`` made absolute (``..`` taken as written, as the writers do) with every existing link resolved.
+    """``path`` made absolute (``..`` taken as written, as the writers do) with every link resolved.
 
-    The part that does not exist yet is appended as given. A link loop, or a path through a file,
-    raises :class:`UnsafeOutputError` (one line), never a traceback.
+    A link whose target does not exist is followed to that target, and the part that does not exist yet
+    is appended as given, so the result is where the kernel would go. A link loop, or a path through a
+    file, raises :class:`UnsafeOutputError` (one line), never a traceback.
     """
-    head = Path(os.path.abspath(path))
-    tail: list[str] = []
-    while True:
-        try:
-            return Path(os.path.realpath(head, strict=True), *reversed(tail))
-        except FileNotFoundError:
-            if head.parent == head:
-                return Path(head, *reversed(tail))
-            tail.append(head.name)
-            head = head.parent
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise UnsafeOutputError(
-                    f"{path}: goes through a loop of symbolic links; fix or remove the link, or choose another path"
-                ) from None
-            if exc.errno == errno.ENOTDIR:
-                raise UnsafeOutputError(
-                    f"{path}: a part of it is a file, not a folder; choose another path"
-                ) from None
-            raise
+    absolute = os.path.abspath(path)
+    try:
+        return Path(os.path.realpath(absolute, strict=True))
+    except (FileNotFoundError, PermissionError):
+        return Path(os.path.realpath(absolute))  # the missing or unreadable rest as written
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeOutputError(
+                f"{path}: goes through a loop of symbolic links; fix or remove the link, or choose another path"
+            ) from None
+        if exc.errno == errno.ENOTDIR:
+            raise UnsafeOutputError(f"{path}: a part of it is a file, not a folder; choose another path") from None
+        raise
 
 
 def _identity(path: Path) -> _Identity | None:

@@ -22,12 +22,14 @@ from nextrap.cli_support import cli
 from nextrap.errors import ConfigError
 from nextrap.peft_format import looks_like_hub_id
 from nextrap.trainer_checkpoint import OPTIMIZER_POLICIES
+from nextrap.validate import check_types
 
 if TYPE_CHECKING:
     import torch
 
     from nextrap.headers import AdapterConfig
     from nextrap.layouts import CheckpointRef
+    from nextrap.run_headers import RunHeaders
 
 __all__ = ["FORMATS", "NewAdapter", "OutputOptions", "OutputWriter", "writer_for"]
 
@@ -77,6 +79,7 @@ class OutputOptions:
     )
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.format not in FORMATS:
             raise ConfigError(f"format {self.format!r}: expected one of {list(FORMATS)}")
         if self.merge and not self.base_model:
@@ -134,6 +137,10 @@ class NewAdapter:
 class OutputWriter(Protocol):
     kind: str
 
+    def check(self, run: RunHeaders) -> None:
+        """Fail before any work when ``run``'s adapters cannot be written this way (headers only)."""
+        ...
+
     def write(self, folder: Path, adapter: NewAdapter) -> tuple[Path, list[str]]:
         """Write ``adapter`` into the existing, empty ``folder``; returns the adapter's folder and notes."""
         ...
@@ -141,6 +148,9 @@ class OutputWriter(Protocol):
 
 class PeftWriter:
     kind = "peft"
+
+    def check(self, run: RunHeaders) -> None:
+        pass
 
     def write(self, folder: Path, adapter: NewAdapter) -> tuple[Path, list[str]]:
         from nextrap.adapters import write_adapter
@@ -153,6 +163,9 @@ class PeftWriter:
 class TrlWriter:
     optimizer: str
     kind: str = "trl"
+
+    def check(self, run: RunHeaders) -> None:
+        pass
 
     def write(self, folder: Path, adapter: NewAdapter) -> tuple[Path, list[str]]:
         from nextrap.adapters import write_adapter
@@ -169,6 +182,11 @@ class TrlWriter:
 class MergedWriter:
     base_model: str
     kind: str = "merged"
+
+    def check(self, run: RunHeaders) -> None:
+        from nextrap.merge import check_base_model_fits
+
+        check_base_model_fits(self.base_model, run.modules.values(), str(run.refs[-1].path))
 
     def write(self, folder: Path, adapter: NewAdapter) -> tuple[Path, list[str]]:
         from nextrap.adapters import write_adapter

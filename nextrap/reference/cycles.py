@@ -21,7 +21,8 @@ from nextrap.atomic import atomic_directory, check_output
 from nextrap.callbacks import JumpSchedule
 from nextrap.errors import ConfigError
 from nextrap.extrapolate import ExtrapolateOptions, extrapolate
-from nextrap.reference.grpo import GRPOConfig, TrainResult, train
+from nextrap.files import write_new
+from nextrap.reference.grpo import GRPOConfig, TrainResult, start_inputs, train
 from nextrap.writers import OutputOptions
 
 __all__ = ["CYCLES_REPORT", "CycleResult", "train_cycles"]
@@ -68,7 +69,7 @@ def train_cycles(
             f"jump cycles: the first cycle ({schedule.train_steps} steps, a checkpoint every {config.save_steps}) "
             "would hold one checkpoint; a jump needs 2: make --jump-every at least twice --save-steps"
         )
-    inputs = [init_adapter] if init_adapter else []
+    inputs = start_inputs(init_adapter)
     output = check_output(output, overwrite, inputs)
     records: list[dict[str, Any]] = []
     with atomic_directory(output, overwrite, inputs) as tmp:
@@ -94,7 +95,7 @@ def train_cycles(
             "grpo": asdict(config),
             "cycles": records,
         }
-        (tmp / CYCLES_REPORT).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        write_new(tmp / CYCLES_REPORT, json.dumps(report, indent=2, default=str) + "\n")
     # paths inside the report are relative; the folder is now in place
     return CycleResult(output=output, cycles=records)
 
