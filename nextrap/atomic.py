@@ -32,7 +32,7 @@ import shutil
 import socket
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -51,7 +51,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# lock file -> [FileLock, depth, (dev, ino) of the file locked]: re-entrant within one process
+# lock file -> [its FileLock, depth]: re-entrant within one process
 _HELD: dict[Path, list] = {}
 # Written into every hidden folder nextrap makes: only folders holding it are ever removed as stale.
 MARKER = ".nextrap-writer.json"
@@ -95,7 +95,7 @@ def _lock_path(dest: Path) -> Path:
     return dest.parent / f"{_stem(dest)}.lock"
 
 
-def _write_owner(lock: Path, identity: list) -> object:
+def _write_owner(lock: Path, identity: list) -> Callable[[int], None]:
     """The callback ``filelock`` runs once it holds ``lock``: record who holds it, in the file it locked.
 
     Only a plain file with one name is written to (``filelock`` opened it without following links; a
