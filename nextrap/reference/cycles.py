@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -146,9 +148,14 @@ def _jump_after_cycle(
     jump_options = replace(options, coefs=None, to_steps=(step + schedule.jump_steps,))
     if jump_options.method == "linear" and jump_options.horizon is None:
         jump_options = replace(jump_options, horizon=len(paths) - 1)
-    jump = extrapolate(
-        None, folder, jump_options, OutputOptions(hash_inputs=False), checkpoints=paths, steps=steps
-    )
+    # The previous jump (an input now) lies beside this one, and a checkpoint's folder is an input too
+    # (nextrap.inputs): the jump is written into scratch space, then moved into this output under construction.
+    with tempfile.TemporaryDirectory(prefix="nextrap-jump-") as scratch:
+        jump = extrapolate(
+            None, Path(scratch) / folder.name, jump_options, OutputOptions(hash_inputs=False), checkpoints=paths,
+            steps=steps,
+        )  # fmt: skip
+        shutil.move(str(jump.output), str(folder))
     record = {
         "from_step": step,
         "to_step": step + schedule.jump_steps,
@@ -156,4 +163,4 @@ def _jump_after_cycle(
         "method": jump.report.method,
         "path": folder.name,
     }
-    return jump.output, record
+    return folder, record
