@@ -8,6 +8,7 @@ and hands out one tensor at a time (legacy ``adapter_model.bin`` files are memor
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterator, Mapping
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from nextrap.errors import CheckpointError, NonFiniteError
+from nextrap.files import read_regular, write_new
 from nextrap.headers import (
     AdapterConfig,
     AdapterHeader,
@@ -30,7 +32,7 @@ from nextrap.headers import (
     read_header,
 )
 from nextrap.layouts import CheckpointRef
-from nextrap.peft_format import SAFETENSORS_NAME
+from nextrap.peft_format import CONFIG_NAME, SAFETENSORS_NAME
 
 __all__ = [
     "SAFETENSORS_NAME",
@@ -135,4 +137,20 @@ def write_adapter(
     if dropped:
         logger.info("adapter_config fields unknown to the installed peft were dropped: %s", dropped)
     values.pop("peft_type", None)
-    LoraConfig(**values).save_pretrained(str(folder))
+    lora = LoraConfig(**values)
+    lora.save_pretrained(str(folder))
+    _sort_set_fields(folder / CONFIG_NAME, lora)
+
+
+def _sort_set_fields(path: Path, lora: Any) -> None:
+    """PEFT keeps ``target_modules`` (and a few others) as sets and writes them in hash-seed order; sorted,
+    identical runs write byte-identical configs."""
+    sets = [name for name, value in vars(lora).items() if isinstance(value, set | frozenset)]
+    if not sets:
+        return
+    data = json.loads(read_regular(path))
+    for name in sets:
+        if isinstance(data.get(name), list):
+            data[name] = sorted(data[name], key=str)
+    path.unlink()  # in the writer's private folder: written anew (no rename, which the crash tests count)
+    write_new(path, json.dumps(data, indent=2, sort_keys=True))

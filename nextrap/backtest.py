@@ -31,6 +31,7 @@ from nextrap.predictors import METHODS, NExtConfig, Prediction, RelexConfig, mak
 from nextrap.progress import Progress, no_progress
 from nextrap.runs import DEFAULT_HORIZON, MIN_PAIRS, resolve_horizon
 from nextrap.trajectory import DEFAULT_CHUNK_BYTES, SharedFeatures, Trajectory
+from nextrap.validate import check_types
 
 __all__ = ["BacktestOptions", "BacktestResult", "backtest", "fit_prefix_length", "score_prediction"]
 
@@ -54,6 +55,7 @@ class BacktestOptions:
     observe_until: int | None = None
 
     def __post_init__(self) -> None:
+        check_types(self)
         object.__setattr__(self, "methods", tuple(self.methods))
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
@@ -77,6 +79,8 @@ class BacktestResult:
     notes: list[str]
     # per method that trains networks (NExt): one entry per group (epochs, seconds, why it stopped)
     predictor_fits: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # the run's files and folders, which a plot of this result may not touch (nextrap.inputs)
+    inputs: tuple[Any, ...] = field(default=(), repr=False, compare=False)
 
     def summary(self, kind: str = "all") -> dict[str, list[dict[str, Any]]]:
         """``{method: [score per held-out checkpoint]}`` for one module kind."""
@@ -87,7 +91,7 @@ class BacktestResult:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items()}
+        return {k: v for k, v in asdict(self).items() if k != "inputs"}
 
     def table(self) -> str:
         """The scores over all modules, then the mean relative error per module kind."""
@@ -254,6 +258,11 @@ def backtest(
 ) -> BacktestResult:
     """Hold out the last checkpoints, fit every method on the rest, and score the predictions."""
     options = options or BacktestOptions()
+    if not isinstance(trajectory, Trajectory) or not isinstance(options, BacktestOptions):
+        raise ConfigError(
+            f"backtest: expected a Trajectory (nextrap.open_run) and BacktestOptions, got {type(trajectory).__name__} "
+            f"and {type(options).__name__}"
+        )
     device = device or torch.device("cpu")
     prefix = fit_prefix_length(trajectory, options)
     K = len(trajectory.headers)
@@ -287,6 +296,7 @@ def backtest(
         recommendation=rec,
         notes=notes,
         predictor_fits=fits,
+        inputs=trajectory.discovery.input_paths,
     )
 
 

@@ -29,6 +29,7 @@ from nextrap.errors import ConfigError, MismatchError
 from nextrap.extrapolate import ExtrapolateOptions, ExtrapolationResult, extrapolate
 from nextrap.peft_format import CONFIG_NAME, SAFETENSORS_NAME
 from nextrap.predictors import NExtConfig
+from nextrap.validate import check_types
 from nextrap.writers import OutputOptions
 
 __all__ = ["Jump", "JumpCycles", "JumpSchedule", "TrajectoryRecorder", "extrapolate_into"]
@@ -64,10 +65,12 @@ class TrajectoryRecorder:
         keep: int | None = None,
         adapter_name: str = "default",
     ):
-        if every < 1:
-            raise ConfigError(f"TrajectoryRecorder.every must be >= 1, got {every}")
-        if keep is not None and keep < 2:
-            raise ConfigError(f"TrajectoryRecorder.keep must be >= 2 (or None), got {keep}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ConfigError(f"TrajectoryRecorder.every must be a whole number >= 1, got {every!r}")
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 2):
+            raise ConfigError(f"TrajectoryRecorder.keep must be a whole number >= 2 (or None), got {keep!r}")
+        if not isinstance(adapter_name, str):
+            raise ConfigError(f"TrajectoryRecorder.adapter_name must be a string, got {adapter_name!r}")
         self.every, self.in_memory, self.keep, self.adapter_name = every, in_memory, keep, adapter_name
         self._owned = folder is None and not in_memory
         self.folder = (
@@ -96,11 +99,11 @@ class TrajectoryRecorder:
             raise ConfigError(f"recorded steps must increase: got {step} after {self._steps[-1]}")
         from peft.utils import get_peft_model_state_dict
 
+        config = _peft_config(model, self.adapter_name, "TrajectoryRecorder.record").to_dict()
         tensors = {
             k: v.detach().to("cpu", copy=True).contiguous()
             for k, v in get_peft_model_state_dict(model, adapter_name=self.adapter_name).items()
         }
-        config = model.peft_config[self.adapter_name].to_dict()
         if self.in_memory:
             self._memory.append(_Snapshot(step, tensors, config))
         else:
@@ -142,6 +145,22 @@ class TrajectoryRecorder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _peft_config(model: Any, adapter_name: str, where: str) -> Any:
+    """``model``'s PEFT config of ``adapter_name``, or a :class:`ConfigError` saying what the model lacks."""
+    configs = getattr(model, "peft_config", None)
+    if not isinstance(configs, dict):
+        raise ConfigError(
+            f"{where}: {type(model).__name__} has no LoRA adapter (no peft_config); wrap it with "
+            "peft.get_peft_model(model, LoraConfig(...)) first"
+        )
+    if adapter_name not in configs:
+        raise ConfigError(
+            f"{where}: the model has no adapter named {adapter_name!r} (it has {sorted(configs)}); pass "
+            "adapter_name= one of them"
+        )
+    return configs[adapter_name]
 
 
 def _write_adapter_folder(folder: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> None:
@@ -189,6 +208,11 @@ def extrapolate_into(
     temporary folder, then removed). ``rank_policy="grow"`` is refused: the model's parameters keep
     their shapes.
     """
+    if options is not None and not isinstance(options, ExtrapolateOptions):
+        raise ConfigError(f"extrapolate_into: options must be an ExtrapolateOptions, got {type(options).__name__}")
+    if not isinstance(recorder, TrajectoryRecorder):
+        raise ConfigError(f"extrapolate_into: recorder must be a TrajectoryRecorder, got {type(recorder).__name__}")
+    _peft_config(model, recorder.adapter_name, "extrapolate_into")
     if options is not None and options.rank_policy != "keep":
         raise ConfigError(
             f"extrapolate_into loads the jump into the model's existing parameters, whose rank is fixed: "
@@ -226,6 +250,7 @@ def _load_in_place(model: torch.nn.Module, tensors: dict[str, torch.Tensor], ada
     """
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
+    _peft_config(model, adapter_name, "extrapolate_into")
     current = get_peft_model_state_dict(model, adapter_name=adapter_name)
     missing = [k for k in tensors if k not in current]
     if missing:
@@ -261,6 +286,7 @@ class JumpSchedule:
     reset_optimizer: bool = True
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.train_steps < 1 or self.record_every < 1:
             raise ConfigError(
                 f"jump schedule: train_steps ({self.train_steps}) and record_every ({self.record_every}) must be >= 1"

@@ -1,12 +1,12 @@
 """The model card (README.md with YAML metadata) that goes with a published extrapolated adapter.
 
-Pure text from the adapter's config and nextrap's report: what the adapter is (source run, method,
+Text from the adapter's config and nextrap's report (the metadata through huggingface_hub's
+``ModelCardData``, imported when a card is made): what the adapter is (source run, method,
 coefficient, horizon, virtual step, backtest scores where known) and how to resume from it.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from nextrap.peft_format import looks_like_hub_id
@@ -19,23 +19,26 @@ def _is_hub_id(name: str | None) -> bool:
     return looks_like_hub_id(name) and "/" in name
 
 
-def _yaml_list(items: list[str]) -> str:
-    return "\n".join(f"- {json.dumps(x)}" for x in items)
-
-
 def model_card(
     repo_id: str,
     adapter_config: dict[str, Any],
     report: Report | None,
     subfolders: list[str] | None = None,
 ) -> str:
-    """README.md text. ``subfolders``: adapters published side by side (one per coefficient), if any."""
+    """README.md text. ``subfolders``: adapters published side by side (one per coefficient), if any.
+
+    The YAML metadata is written by huggingface_hub's own ``ModelCardData`` (the fields the Hub reads:
+    ``library_name``, ``base_model``, ``tags``), so it is valid for the Hub by construction.
+    """
+    from huggingface_hub import ModelCardData
+
     base = adapter_config.get("base_model_name_or_path")
-    meta = ["library_name: peft"]
-    if _is_hub_id(base):
-        meta.append(f"base_model: {json.dumps(base)}")
-    meta.append("tags:\n" + _yaml_list(["nextrap", "lora", "peft", "rlvr", "extrapolation"]))
-    lines = ["---", *meta, "---", "", f"# {repo_id.split('/')[-1]}", ""]
+    metadata = ModelCardData(
+        library_name="peft",
+        base_model=base if _is_hub_id(base) else None,
+        tags=["nextrap", "lora", "peft", "rlvr", "extrapolation"],
+    )
+    lines = ["---", metadata.to_yaml(), "---", "", f"# {repo_id.split('/')[-1]}", ""]
     lines.append(
         "A LoRA adapter written by nextrap: the checkpoints of an RL "
         "(RLVR) run were extrapolated along their predicted trajectory, so that training can resume further "

@@ -15,7 +15,14 @@ from typing import Any
 
 import click
 
-from nextrap.cli_support import error_line, handle_errors, options_from, stack, values_for
+from nextrap.cli_support import (
+    error_line,
+    handle_errors,
+    options_from,
+    raise_on_termination,
+    stack,
+    values_for,
+)
 from nextrap.options import ExtrapolateOptions
 from nextrap.predictors.config import PRESETS, NExtConfig, RelexConfig
 from nextrap.predictors.registry import METHODS
@@ -42,6 +49,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj.update(debug=debug, progress=not quiet and sys.stderr.isatty())
+    raise_on_termination(ctx)  # SIGTERM/SIGHUP clean up like Ctrl-C
     if verbose < 2 and ctx.invoked_subcommand != "push":
         _quiet_transformers_progress()
     if verbose < 2:
@@ -147,6 +155,8 @@ _fit_options = [
 
 
 # --horizon and --device come from ExtrapolateOptions' fields, shared by every command that fits a predictor.
+_plot_overwrite_option = click.option("--overwrite", is_flag=True, help="Replace existing plot files.")
+
 _with_fit_options = stack([*_fit_options, options_from(ExtrapolateOptions, only=["horizon", "device"])])
 
 
@@ -261,10 +271,11 @@ def extrapolate(ctx: click.Context, output: Path, as_json: bool, push_to_hub: st
 
     hub = {k: params.pop(k) for k in ("private", "revision", "token", "hub_endpoint")}
     if push_to_hub:
-        from nextrap.hub import check_repo_id, check_revision, resolve_token
+        from nextrap.hub import check_online, check_repo_id, check_revision, resolve_token
 
-        check_repo_id(push_to_hub)  # a bad id or branch fails before the work, not after it
+        check_repo_id(push_to_hub)  # a bad id or branch, offline mode, no token: fail before the work, not after it
         check_revision(hub["revision"])
+        check_online()
         hub["token"] = resolve_token(hub["token"])
     options = ExtrapolateOptions(
         **values_for(ExtrapolateOptions, params),
@@ -323,6 +334,7 @@ def extrapolate(ctx: click.Context, output: Path, as_json: bool, push_to_hub: st
 @_with_relex_options
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write a PNG of the scores here.")
+@_plot_overwrite_option
 @_force_option
 @click.pass_context
 @handle_errors
@@ -337,10 +349,10 @@ def backtest(
     methods: tuple[str, ...],
     as_json: bool,
     plot: Path | None,
+    overwrite: bool,
     **params: Any,
 ) -> None:
     """Hold out the last checkpoints, fit each method on the rest, score it, and recommend one."""
-    from nextrap.atomic import check_outside_inputs
     from nextrap.backtest import BacktestOptions
     from nextrap.backtest import backtest as run_backtest
     from nextrap.devices import resolve_device
@@ -358,16 +370,16 @@ def backtest(
     if plot is not None:
         from nextrap.plots import check_plot_path
 
-        check_plot_path(plot)
+        check_plot_path(plot, overwrite=overwrite)
     traj = open_run(run_dir, list(checkpoints) or None, list(steps) or None, adapter_name, verify=False)
     if plot is not None:
-        check_outside_inputs(plot, traj.discovery.input_paths)
+        check_plot_path(plot, traj.discovery.input_paths, overwrite)
     traj = open_run(traj, force=params["force"], progress=progress_bar(ctx.obj["progress"]))
     result = run_backtest(traj, options, resolve_device(params["device"]), progress_bar(ctx.obj["progress"]))
     if plot is not None:
         from nextrap.plots import plot_backtest
 
-        plot_backtest(result, plot)
+        plot_backtest(result, plot, overwrite)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
@@ -383,6 +395,7 @@ def backtest(
 )
 @options_from(ExtrapolateOptions, only=["device"])
 @click.option("--json", "as_json", is_flag=True, help="Print per-kind medians as JSON.")
+@_plot_overwrite_option
 @_force_option
 @click.pass_context
 @handle_errors
@@ -395,23 +408,20 @@ def inspect(
     plot: Path | None,
     device: str,
     as_json: bool,
+    overwrite: bool,
     force: bool,
 ) -> None:
     """How rank-1 the run's updates are, and how straight their rank-1 coefficient moves."""
-    from nextrap.atomic import check_outside_inputs
     from nextrap.devices import resolve_device
     from nextrap.diagnostics import diagnose
-    from nextrap.errors import OutputExistsError
     from nextrap.progress import progress_bar
     from nextrap.runs import open_run
 
     traj = open_run(run_dir, list(checkpoints) or None, list(steps) or None, adapter_name, verify=False)
     if plot is not None:
-        from nextrap.plots import require_matplotlib
+        from nextrap.plots import check_plot_folder, require_matplotlib
 
-        check_outside_inputs(plot, traj.discovery.input_paths)
-        if plot.exists() and not plot.is_dir():
-            raise OutputExistsError(f"{plot}: is a file; --plot takes a folder for the PNG files")
+        check_plot_folder(plot, traj.discovery.input_paths, overwrite)
         require_matplotlib()  # fail before the work when matplotlib is missing
     traj = open_run(traj, force=force, progress=progress_bar(ctx.obj["progress"]))
     diag = diagnose(traj, resolve_device(device), progress=progress_bar(ctx.obj["progress"]))
@@ -419,7 +429,7 @@ def inspect(
     if plot is not None:
         from nextrap.plots import plot_diagnostics
 
-        paths = plot_diagnostics(diag, plot)
+        paths = plot_diagnostics(diag, plot, overwrite)
     if as_json:
         click.echo(json.dumps({"steps": list(diag.steps), "summary": diag.summary()}, indent=2))
         return

@@ -22,7 +22,16 @@ import click
 
 from nextrap.errors import NextrapError
 
-__all__ = ["cli", "error_line", "handle_errors", "options_from", "stack", "values_for"]
+__all__ = [
+    "Terminated",
+    "cli",
+    "error_line",
+    "handle_errors",
+    "options_from",
+    "raise_on_termination",
+    "stack",
+    "values_for",
+]
 
 _Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -113,11 +122,43 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             click.echo(f"error: {error_line(exc)}", err=True)
             ctx.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted: nothing was written", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            click.echo(f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'}: nothing was written", err=True)
+            ctx.exit(128 + exc.signum if isinstance(exc, Terminated) else 130)
 
     return wrapper
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, so that it unwinds as on Ctrl-C: every ``finally`` and
+    ``except BaseException`` runs, and temporary folders and locks are removed."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def raise_on_termination(ctx: click.Context) -> None:
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` while the command runs (restored when it ends).
+
+    Their default action kills the process where it stands, leaving ``.NAME.tmp-*`` folders and the lock
+    behind; a ``KeyboardInterrupt`` unwinds instead. Only the main thread may set handlers.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated(signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        number = getattr(signal, name, None)
+        if number is None:
+            continue
+        previous = signal.signal(number, handler)
+        ctx.call_on_close(lambda number=number, previous=previous: signal.signal(number, previous))
 
 
 # What to do about an OS error, by errno: the line names the path and the cause, this says the fix.

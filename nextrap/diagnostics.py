@@ -51,6 +51,8 @@ class Diagnostics:
     grams: dict[str, list[list[float]]] = field(default_factory=dict)
     step_lengths: dict[str, list[float]] = field(default_factory=dict)
     displacement: dict[str, float] = field(default_factory=dict)
+    # the run's files and folders, which plots of these diagnostics may not touch (nextrap.inputs)
+    inputs: tuple[Any, ...] = field(default=(), repr=False, compare=False)
 
     def kinds(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -138,7 +140,11 @@ def diagnose(
 ) -> Diagnostics:
     """Rank-1 shares and coefficient curves of every LoRA module along the run."""
     device = device or torch.device("cpu")
-    diag = Diagnostics(steps=trajectory.steps, rank=min(m.rank for m in trajectory.modules.values()))
+    diag = Diagnostics(
+        steps=trajectory.steps,
+        rank=min(m.rank for m in trajectory.modules.values()),
+        inputs=trajectory.discovery.input_paths,
+    )
     steps = torch.tensor(trajectory.steps, dtype=torch.float64)
     for names in progress(trajectory.module_chunks(len(trajectory.steps), chunk_bytes), "diagnostics"):
         B, A = trajectory.load_factors(names, device)

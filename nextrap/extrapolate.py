@@ -27,7 +27,7 @@ from nextrap.adapters import torch_dtype
 from nextrap.atomic import atomic_directory, check_output, output_lock
 from nextrap.devices import resolve_device
 from nextrap.errors import ConfigError, LayoutError, NonFiniteError
-from nextrap.layouts import Discovery
+from nextrap.layouts import MAX_STEP, Discovery
 from nextrap.options import ExtrapolateOptions
 from nextrap.predictors import Prediction, make_predictor
 from nextrap.progress import Progress, progress_bar
@@ -99,6 +99,11 @@ def extrapolate(
     complete or not at all.
     """
     options, write = options or ExtrapolateOptions(), write or OutputOptions()
+    if not isinstance(options, ExtrapolateOptions) or not isinstance(write, OutputOptions):
+        raise ConfigError(
+            f"extrapolate: options must be an ExtrapolateOptions and write an OutputOptions, got "
+            f"{type(options).__name__} and {type(write).__name__}"
+        )
     _check_combination(options, write)
     writer = writer_for(write)
     wrap = progress if callable(progress) else progress_bar(bool(progress))
@@ -107,7 +112,9 @@ def extrapolate(
     device = resolve_device(options.device)
     if write.format == "trl":
         _check_outside_run(Path(output), traj)  # first: its message names the rotation hazard
-    output = check_output(output, write.overwrite, traj.discovery.input_paths)
+    inputs = [*traj.discovery.input_paths, *write.input_paths()]
+    output = check_output(output, write.overwrite, inputs)
+    writer.check(traj)  # e.g. a base model to merge onto that lacks the run's layers: before the work
     # Held from here to the rename, so a second writer of the same output fails now, not after the work.
     with output_lock(output):
         traj = open_run(traj, force=options.force, chunk_bytes=options.chunk_bytes, progress=wrap)
@@ -118,7 +125,7 @@ def extrapolate(
         prediction = predictor.predict(traj, plan.horizon, features, device, wrap)
         features.release()  # large on big models; not needed past this point
         plan.notes.extend(_frozen_notes(traj, prediction))
-        with atomic_directory(output, write.overwrite, traj.discovery.input_paths) as tmp:
+        with atomic_directory(output, write.overwrite, inputs) as tmp:
             entries = [
                 _write_output(tmp, traj, prediction, plan, target, options, writer, device)
                 for target in wrap(plan.targets, "writing adapters")
@@ -154,7 +161,14 @@ def _plan(traj: Trajectory, options: ExtrapolateOptions) -> _Plan:
             notes.append(f"coefficient {coef:g} writes {where} (extrapolation uses c > 0)")
     horizon_steps = traj.steps[-1] - traj.steps[-1 - horizon]
     targets = options.resolve_coefs(traj.steps[-1], horizon_steps)  # bad --to-step fails before the work
+    for target in targets:
+        _check_jump(traj, target, horizon_steps)
     notes.extend(_far_notes(traj, targets, horizon_steps))
+    if options.method in ("relex", "relex-anchored", "auto") and options.relex.rank > len(traj.headers):
+        notes.append(
+            f"--relex-rank {options.relex.rank} is more than the run's {len(traj.headers)} checkpoints: RELEX keeps "
+            f"{len(traj.headers)} temporal components (all there are)"
+        )
     overrides = {}
     if options.rank_policy == "grow":
         overrides = traj.config.grown({m.name: (m.rank, m.scaling) for m in traj.modules.values()})
@@ -260,6 +274,30 @@ def _span_ratio(traj: Trajectory, jump_steps: float) -> float | None:
     """The jump's length over the steps the checkpoints span (None when they span none)."""
     span = traj.steps[-1] - traj.steps[0]
     return jump_steps / span if span > 0 else None
+
+
+# The longest jump nextrap makes, in observed spans: RELEX, the farthest-reaching method published, jumps
+# 7-20x; a thousand times is no extrapolation any more, only a number that overflows or misleads.
+MAX_JUMP_SPANS = 1000
+
+
+def _check_jump(traj: Trajectory, target: tuple[float, int | None], horizon_steps: int) -> None:
+    """Refuse, before the work, a jump that lands outside the steps a run can have, or absurdly far ahead."""
+    coef, to_step = target
+    asked = f"--to-step {to_step}" if to_step is not None else f"--coef {coef:g}"
+    virtual = traj.steps[-1] + coef * horizon_steps
+    ratio = _span_ratio(traj, coef * horizon_steps)
+    if ratio is not None and abs(ratio) > MAX_JUMP_SPANS:
+        raise ConfigError(
+            f"{asked}: jumps {coef * horizon_steps:g} steps, {abs(ratio):.3g}x the observed span (steps "
+            f"{traj.steps[0]}..{traj.steps[-1]}); nextrap jumps at most {MAX_JUMP_SPANS}x it: use a smaller --coef "
+            "or an earlier --to-step"
+        )
+    if not 0 <= virtual <= MAX_STEP:
+        raise ConfigError(
+            f"{asked}: lands at step {virtual:g}, outside the steps a run can have [0, {MAX_STEP}]; use a smaller "
+            "--coef or an earlier --to-step"
+        )
 
 
 def _far_notes(traj: Trajectory, targets: list[tuple[float, int | None]], horizon_steps: int) -> list[str]:

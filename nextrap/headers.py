@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from nextrap.errors import CheckpointError
+from nextrap.files import read_regular
 from nextrap.layouts import CheckpointRef
 from nextrap.peft_format import (
     CONFIG_NAME,
@@ -178,7 +179,7 @@ def read_config(folder: Path) -> AdapterConfig:
     """
     path = Path(folder) / CONFIG_NAME
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(read_regular(path))
     except FileNotFoundError:
         raise CheckpointError(
             f"{path}: missing; an adapter folder needs {CONFIG_NAME} next to its weights"
@@ -265,8 +266,9 @@ class AdapterHeader:
 
 # ------------------------------------------------------------------------------------------ dtypes
 
-# safetensors' dtype codes -> torch's names. Codes not listed (F8_E4M3, U16, ...) are kept as they are
-# and refused as not floating point: nextrap's math reads float32, float16, bfloat16 and float64.
+# safetensors' dtype codes -> torch's names. Codes not listed (F8_E4M3, U16, ...) are kept as they are and
+# refused: F8_* as an unsupported float type, the others as not floating point (nextrap's math reads float32,
+# float16, bfloat16 and float64).
 SAFETENSORS_DTYPES = {
     "F64": "float64",
     "F32": "float32",
@@ -285,6 +287,15 @@ _CODE_BITS = {
     "BOOL": 8, "U8": 8, "I8": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
     "F64": 64, "I64": 64, "U64": 64,
 }  # fmt: skip
+
+
+# What nextrap's math reads; other floating-point types (8-, 6-, 4-bit) are named as unsupported.
+SUPPORTED_FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def _is_low_precision_float(name: str) -> bool:
+    """A floating-point dtype nextrap does not read: torch's float8_* names, safetensors' F8_*/F6_*/F4 codes."""
+    return name.startswith("float") or re.match(r"^F\d", name) is not None
 
 
 def is_float_dtype(name: str) -> bool:
@@ -506,9 +517,14 @@ def read_header(ref: CheckpointRef) -> AdapterHeader:
             f"{ref.weights}: holds no tensors at step {ref.step}: a ZeRO-3 placeholder or a failed save; "
             "gather the weights before saving"
         )
-    not_float = [k for k, d in dtypes.items() if not is_float_dtype(d)]
-    if not_float:
-        key = not_float[0]
+    unsupported = [k for k, d in dtypes.items() if d not in SUPPORTED_FLOAT_DTYPES]
+    if unsupported:
+        key = unsupported[0]
+        if _is_low_precision_float(dtypes[key]):
+            raise CheckpointError(
+                f"{ref.weights}: tensor {key} at step {ref.step}: dtype {dtypes[key]} is not supported "
+                f"(nextrap reads {', '.join(SUPPORTED_FLOAT_DTYPES)}); save the adapter in one of these"
+            )
         raise CheckpointError(
             f"{ref.weights}: tensor {key} is {dtypes[key]} at step {ref.step}; LoRA "
             "weights are floating point (float32, float16, bfloat16, float64): is this file an adapter?"

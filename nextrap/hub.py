@@ -12,16 +12,19 @@ import json
 import logging
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nextrap.card import model_card
-from nextrap.errors import ConfigError, HubError, InputNotFoundError
-from nextrap.peft_format import ADAPTER_FILES, CONFIG_NAME
+from nextrap.errors import ConfigError, HubError, InputNotFoundError, UnsafeOutputError
+from nextrap.headers import read_header
+from nextrap.layouts import CheckpointRef
+from nextrap.peft_format import BIN_NAME, CONFIG_NAME, SAFETENSORS_NAME
 from nextrap.report import REPORT_NAME, Report
 
-__all__ = ["PushPlan", "PushResult", "check_repo_id", "check_revision", "plan_push", "push"]
+__all__ = ["PushPlan", "PushResult", "check_online", "check_repo_id", "check_revision", "plan_push", "push"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,14 +55,63 @@ class PushResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _adapter_files(folder: Path) -> dict[str, Path]:
-    files = {name: folder / name for name in ADAPTER_FILES if (folder / name).is_file()}
-    if CONFIG_NAME not in files or len(files) < 2:
-        raise InputNotFoundError(
-            f"{folder}: no PEFT adapter here (need adapter_config.json and adapter_model.safetensors); "
-            "give the folder nextrap extrapolate wrote"
+def _published_file(root: Path, path: Path) -> Path:
+    """``path`` if it is a regular file that, every link resolved, lies inside ``root`` (resolved); else an error.
+
+    Push publishes nothing else: a link out of the folder (to another adapter, to any file on the disk)
+    or a special file under an adapter's file name stops the push before anything is contacted.
+    """
+    real = Path(os.path.realpath(path))
+    if not real.is_relative_to(root):
+        raise UnsafeOutputError(
+            f"{path}: links to {real}, outside the folder being published; nextrap publishes only files inside "
+            "it: copy the file into the folder, or remove the link"
         )
+    mode = os.stat(real).st_mode
+    if not stat.S_ISREG(mode):
+        raise UnsafeOutputError(f"{path}: not a regular file; nextrap publishes only regular files")
+    return path
+
+
+def _adapter_files(root: Path, folder: Path) -> dict[str, Path]:
+    """The two files of the PEFT adapter in ``folder``, checked: inside ``root``, regular, a safetensors adapter."""
+    config, weights = folder / CONFIG_NAME, folder / SAFETENSORS_NAME
+    if not (config.is_file() and weights.is_file()):
+        legacy = (folder / BIN_NAME).is_file()
+        raise InputNotFoundError(
+            f"{folder}: no PEFT adapter here (need {CONFIG_NAME} and {SAFETENSORS_NAME}"
+            + (f"; {BIN_NAME} is a pickle, which nextrap does not publish: re-save it as safetensors" if legacy else "")
+            + "); give the folder nextrap extrapolate wrote"
+        )
+    files = {SAFETENSORS_NAME: _published_file(root, weights), CONFIG_NAME: _published_file(root, config)}
+    # The same checks as for a run's checkpoints: a JSON config, a safetensors header of LoRA factor pairs.
+    read_header(CheckpointRef(step=0, path=folder, weights=weights, layout="explicit", step_source="published"))
     return files
+
+
+def _adapter_folders(folder: Path) -> list[str]:
+    """Subfolders (relative paths, up to two levels, links not followed) that hold an adapter config, sorted.
+
+    Found on disk, never taken from the report: a report's paths could name anything (``../other``).
+    """
+    found = []
+    for here, dirs, _ in os.walk(folder, followlinks=False):
+        rel = Path(here).relative_to(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if len(rel.parts) >= 2:
+            dirs[:] = []
+        if rel.parts and (Path(here) / CONFIG_NAME).is_file():
+            found.append(rel.as_posix())
+            dirs[:] = []
+    return sorted(found)
+
+
+def _report_file(report: Report) -> Path:
+    """The report's own file, published beside the adapter: a regular file, not a link."""
+    path = Path(report.folder) / REPORT_NAME
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise UnsafeOutputError(f"{path}: not a regular file (a link?); nextrap publishes only regular files")
+    return path
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -76,21 +128,32 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-# git check-ref-format, which the Hub applies to branch names: no "..", "@{", control characters,
-# spaces or any of ~^:?*[\; no part starting with "." or ending with ".lock"; not "@"; no "//".
-_BAD_REF = re.compile(r"\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|//|^/|/$|\.$|\.lock(/|$)|(^|/)\.")
+# git check-ref-format --branch, which the Hub applies to branch names: no "..", "@{", control characters,
+# spaces or any of ~^:?*[\; no part starting with "." or ending with ".lock"; not "@"; no "//"; and, as a
+# branch, not starting with "-" (it would read as an option) and not "HEAD".
+_BAD_REF = re.compile(r"\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|//|^/|/$|\.$|\.lock(/|$)|(^|/)\.|^-")
 
 
 def check_revision(revision: str | None) -> str | None:
     """``revision`` if it is a valid branch name (git's rules; ``refs/pr/N`` too), else :class:`ConfigError`."""
     if revision is None:
         return None
-    if not revision or revision == "@" or len(revision.encode()) > 255 or _BAD_REF.search(revision):
+    bad = not revision or revision in ("@", "HEAD") or len(revision.encode()) > 255 or _BAD_REF.search(revision)
+    if bad:
         raise ConfigError(
             f"revision {revision!r} is not a valid branch name (git's rules: no '..', spaces, ~^:?*[\\, "
-            "no part starting with '.' or ending with '.lock'); choose another --revision"
+            "no part starting with '.' or ending with '.lock', not starting with '-', not HEAD); choose another "
+            "--revision"
         )
     return revision
+
+
+def check_online() -> None:
+    """Fail before any work when huggingface_hub's offline mode (``HF_HUB_OFFLINE=1``) would refuse the push."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise HubError("offline mode is on (HF_HUB_OFFLINE=1): nothing can be pushed; unset it and try again")
 
 
 def plan_push(
@@ -104,6 +167,10 @@ def plan_push(
 
     The folder must be one nextrap wrote (its ``nextrap.json`` beside or above it), so that a raw
     checkpoint or a whole run is not published as an extrapolation; ``any_adapter`` lifts that.
+    What is published is found on disk and checked, never read from the report's paths: only
+    ``adapter_config.json`` + ``adapter_model.safetensors`` of each adapter folder (the folder itself, or
+    its subfolders up to two levels), each a regular file that lies inside the folder with every link
+    resolved and that reads as a LoRA adapter, plus the report itself and the generated card.
     """
     folder = Path(adapter_dir)
     check_repo_id(repo_id)
@@ -118,22 +185,20 @@ def plan_push(
             f"{folder}: not written by nextrap extrapolate (no {REPORT_NAME} in it or its parent); give the "
             "output folder of nextrap extrapolate, or pass --any-adapter to publish another adapter folder"
         )
-    if report is not None and report.folder == folder:  # nextrap's output folder: its report lists the adapters
-        subfolders = [entry.path for entry in report.outputs if entry.path != "."]
-    else:
-        subfolders = sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / CONFIG_NAME).is_file())
+    root = Path(os.path.realpath(folder))
     files: dict[str, Path] = {}
+    subfolders: list[str] = []
     if (folder / CONFIG_NAME).is_file():
-        files.update(_adapter_files(folder))
-        subfolders = []
-    elif subfolders:
-        for sub in subfolders:
-            files.update({f"{sub}/{k}": v for k, v in _adapter_files(folder / sub).items()})
+        files.update(_adapter_files(root, folder))
     else:
-        _adapter_files(folder)  # raises the "no adapter here" error
+        subfolders = _adapter_folders(folder)
+        if not subfolders:
+            _adapter_files(root, folder)  # raises the "no adapter here" error
+        for sub in subfolders:
+            files.update({f"{sub}/{k}": v for k, v in _adapter_files(root, folder / sub).items()})
     if report is not None:
-        files[REPORT_NAME] = report.folder / REPORT_NAME
-    config_path = folder / CONFIG_NAME if not subfolders else folder / subfolders[0] / CONFIG_NAME
+        files[REPORT_NAME] = _report_file(report)
+    config_path = files[CONFIG_NAME] if not subfolders else files[f"{subfolders[0]}/{CONFIG_NAME}"]
     card = model_card(repo_id, json.loads(config_path.read_text()), report, subfolders or None)
     return PushPlan(repo_id=repo_id, revision=revision, private=private, files=files, card=card)
 
@@ -170,11 +235,13 @@ def push(
     plan = plan_push(adapter_dir, repo_id, revision, private, any_adapter)
     if dry_run:
         return PushResult(plan=plan, dry_run=True)
+    check_online()
     secret = resolve_token(token)
     from huggingface_hub import CommitOperationAdd, HfApi
 
     api = api or HfApi(endpoint=endpoint)
     where = f"{repo_id}" + (f"@{revision}" if revision else "")
+    failure: HubError | None = None
     try:
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True, token=secret)
         created_branch = False
@@ -193,7 +260,11 @@ def push(
             token=secret,
         )
     except Exception as exc:  # every Hub failure becomes one clear line; the token never appears in it
-        raise _hub_error(exc, where, getattr(api, "endpoint", endpoint), secret) from exc
+        failure = _hub_error(exc, where, getattr(api, "endpoint", endpoint), secret)
+    if failure is not None:
+        # Raised outside the except block, with no cause or context: the Hub's own exception (whose text may
+        # echo the request's Authorization header) must not reach a traceback, not even with --debug.
+        raise failure
     return PushResult(
         plan=plan,
         dry_run=False,

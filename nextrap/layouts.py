@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nextrap.errors import CheckpointError, InputNotFoundError, LayoutError
+from nextrap.files import read_regular
 from nextrap.peft_format import CONFIG_NAME, WEIGHT_FILES
 
 __all__ = [
@@ -76,11 +77,15 @@ class Discovery:
 
     @property
     def input_paths(self) -> tuple[Path, ...]:
-        """Every folder and file this run was read from: no output may touch them."""
+        """Every folder and file this run was read from: no output may touch them (:mod:`nextrap.inputs`).
+
+        A checkpoint's parent folder counts too (as named, and where its links lead): a new folder
+        there would be taken for a checkpoint by the next scan, and would sit among the user's own.
+        """
         paths = [self.root] if self.root else []
         for c in self.checkpoints:
-            paths += [c.path, c.weights]
-        return tuple(paths)
+            paths += [c.path, c.weights, c.path.parent, Path(os.path.realpath(c.path)).parent]
+        return tuple(dict.fromkeys(paths))
 
     def to_dict(self) -> dict:
         return {
@@ -181,17 +186,28 @@ def _walk(root: Path, notes: list[str]) -> tuple[list[Path], list[Path]]:
 MAX_STEP = 10**12
 
 
-def _json_step(path: Path, key: str) -> int | None:
-    """The integer ``key`` of the JSON file ``path``; None when the file or key is absent or unparsable.
+def _json_step(path: Path, key: str, notes: list[str]) -> int | None:
+    """The integer ``key`` of the JSON record ``path``; None when the file or the key is absent.
 
-    A value that is there but is no valid step (1e999, -3, 2.5, "x") raises :class:`CheckpointError`
-    naming the file and field: guessing past a damaged record would mislabel the checkpoint.
+    A record that is there but unreadable (a folder, a FIFO, a device, a huge file, bad bytes, a list)
+    adds a note and is passed over: the step then comes from the folder name. A value that is there but
+    is no valid step (1e999, -3, 2.5, "x") raises :class:`CheckpointError` naming the file and field:
+    guessing past a damaged record would mislabel the checkpoint.
     """
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):
+        data = json.loads(read_regular(path))
+    except FileNotFoundError:
         return None
-    if not isinstance(data, dict) or data.get(key) is None:
+    except OSError as exc:
+        notes.append(f"{path}: cannot read it ({exc.strerror or exc}); the step comes from the folder name")
+        return None
+    except (ValueError, RecursionError):
+        notes.append(f"{path}: not valid JSON; the step comes from the folder name")
+        return None
+    if not isinstance(data, dict):
+        notes.append(f"{path}: a JSON {type(data).__name__}, not an object; the step comes from the folder name")
+        return None
+    if data.get(key) is None:
         return None
     value = data[key]
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
@@ -212,7 +228,7 @@ def _recorded_step(match: _Match, notes: list[str]) -> tuple[int, str]:
     }.get(match.layout)
     if record is None:
         return match.step, "folder name"
-    recorded = _json_step(match.step_dir / record[0], record[1])
+    recorded = _json_step(match.step_dir / record[0], record[1], notes)
     if recorded is None:
         return match.step, "folder name"
     if recorded != match.step:
@@ -345,9 +361,18 @@ def _checkpoint_refs(matches: dict[Path, _Match], notes: list[str]) -> dict[int,
 
 def _read_int(path: Path) -> int | None:
     try:
-        return int(path.read_text().strip())
+        return int(read_regular(path, limit=4096).strip())
     except (OSError, ValueError):
         return None
+
+
+def _given_step(value: object, folder: Path) -> int:
+    """A step given for an explicit checkpoint: a whole number in [0, MAX_STEP], as a recorded one must be."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or value != int(value):
+        raise LayoutError(f"--step {value!r} for {folder}: expected a whole number of steps")
+    if not 0 <= value <= MAX_STEP:
+        raise LayoutError(f"--step {value!r} for {folder}: expected a step in [0, {MAX_STEP}]")
+    return int(value)
 
 
 def from_explicit(paths: Sequence[str | os.PathLike], steps: Sequence[int] | None) -> Discovery:
@@ -371,9 +396,9 @@ def from_explicit(paths: Sequence[str | os.PathLike], steps: Sequence[int] | Non
         if path.is_file() and path.name in WEIGHT_FILES:
             weights = path
         if steps is not None:
-            step, source = int(steps[i]), "given"
+            step, source = _given_step(steps[i], folder), "given"
         else:
-            recorded = _json_step(folder / "trainer_state.json", "global_step")
+            recorded = _json_step(folder / "trainer_state.json", "global_step", notes)
             number = _LAST_NUMBER.search(folder.name)
             if recorded is not None:
                 step, source = recorded, "trainer_state.json global_step"

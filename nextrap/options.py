@@ -13,9 +13,11 @@ import click
 
 from nextrap.cli_support import cli
 from nextrap.errors import ConfigError
+from nextrap.layouts import MAX_STEP
 from nextrap.memory import DEFAULT_CHUNK_BYTES
 from nextrap.predictors.config import NExtConfig, RelexConfig
 from nextrap.predictors.registry import METHODS, method_help
+from nextrap.validate import check_types
 
 __all__ = ["DEVICE_OPTION", "FORCE_OPTION", "HORIZON_OPTION", "RANK_POLICIES", "ExtrapolateOptions"]
 
@@ -89,10 +91,14 @@ class ExtrapolateOptions:
     force: bool = field(default=False, metadata=FORCE_OPTION)
 
     def __post_init__(self) -> None:
+        check_types(self)
         to_steps = tuple(int(t) for t in self.to_steps)
         object.__setattr__(self, "to_steps", to_steps)
         if to_steps and self.coefs:
             raise ConfigError("give either coefficients (--coef) or target steps (--to-step), not both")
+        if any(not 0 <= t <= MAX_STEP for t in to_steps):
+            bad = next(t for t in to_steps if not 0 <= t <= MAX_STEP)
+            raise ConfigError(f"--to-step {bad}: expected a step in [0, {MAX_STEP}], as a run's steps are")
         if len(set(to_steps)) != len(to_steps):
             raise ConfigError(f"to_steps = {list(to_steps)}: a step is given twice")
         coefs = tuple(float(c) for c in self.coefs) if self.coefs is not None else ((1.0,) if not to_steps else ())

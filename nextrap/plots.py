@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from nextrap.atomic import atomic_file
+from nextrap.atomic import atomic_file, check_outside_inputs
 from nextrap.backtest import BacktestResult
 from nextrap.diagnostics import Diagnostics
 from nextrap.errors import ConfigError, OutputExistsError
 
-__all__ = ["check_plot_path", "plot_backtest", "plot_diagnostics", "require_matplotlib"]
+__all__ = ["DIAGNOSTIC_PLOTS", "check_plot_folder", "check_plot_path", "plot_backtest", "plot_diagnostics", "require_matplotlib"]
+
+DIAGNOSTIC_PLOTS = ("rank1_share.png", "coefficients.png")
 
 
-def check_plot_path(path: str | os.PathLike) -> Path:
-    """Fail before any work unless ``path`` names a ``.png`` file whose parent is (or can be) a folder."""
+def check_plot_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), overwrite: bool = True) -> Path:
+    """Fail before any work unless ``path`` names a ``.png`` file whose parent is (or can be) a folder,
+    outside ``inputs``, and not an existing file unless ``overwrite``."""
     path = Path(path)
+    check_outside_inputs(path, inputs)
     if path.is_dir():
         raise OutputExistsError(
             f"{path}: is a folder; --plot takes a file name such as {path / 'backtest.png'}"
@@ -33,6 +38,8 @@ def check_plot_path(path: str | os.PathLike) -> Path:
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise PermissionError(errno.EACCES, "Permission denied (cannot write there)", str(parent))
             break
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise OutputExistsError(f"{path}: already exists; choose another file name or pass --overwrite")
     return path
 
 
@@ -49,10 +56,15 @@ def require_matplotlib() -> Any:
     return plt
 
 
-def plot_backtest(result: BacktestResult, path: str | os.PathLike) -> Path:
-    """Relative error (left) and cosine (right) against the held-out step, one line per method."""
+def plot_backtest(result: BacktestResult, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Relative error (left) and cosine (right) against the held-out step, one line per method.
+
+    ``path`` may not touch the run's files (:mod:`nextrap.inputs`), and an existing file is replaced only
+    with ``overwrite``.
+    """
     plt = require_matplotlib()
     path = Path(path)
+    check_plot_path(path, result.inputs, overwrite)
     fig, (ax_err, ax_cos) = plt.subplots(1, 2, figsize=(10, 4))
     for method, rows in result.summary().items():
         steps = [r["step"] for r in rows]
@@ -63,20 +75,20 @@ def plot_backtest(result: BacktestResult, path: str | os.PathLike) -> Path:
     ax_cos.set(xlabel="held-out step", ylabel="cosine with the true update", title="direction")
     ax_err.legend()
     fig.tight_layout()
-    check_plot_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_file(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-    finally:
-        plt.close(fig)
+    _save(plt, fig, path, result.inputs, overwrite)
     return path
 
 
-def plot_diagnostics(diag: Diagnostics, folder: str | os.PathLike) -> list[Path]:
-    """``rank1_share.png`` (median share per module kind along the run) and ``coefficients.png``."""
+def plot_diagnostics(diag: Diagnostics, folder: str | os.PathLike, overwrite: bool = False) -> list[Path]:
+    """``rank1_share.png`` (median share per module kind along the run) and ``coefficients.png`` in ``folder``.
+
+    ``folder`` may not touch the run's files (:mod:`nextrap.inputs`); existing plots in it are replaced only
+    with ``overwrite``.
+    """
     plt = require_matplotlib()
     folder = Path(folder)
+    check_plot_folder(folder, diag.inputs, overwrite)
     folder.mkdir(parents=True, exist_ok=True)
     steps = list(diag.steps)
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -92,8 +104,8 @@ def plot_diagnostics(diag: Diagnostics, folder: str | os.PathLike) -> list[Path]
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    share_path = folder / "rank1_share.png"
-    _save(plt, fig, share_path)
+    share_path = folder / DIAGNOSTIC_PLOTS[0]
+    _save(plt, fig, share_path, diag.inputs, overwrite)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for _kind, names in sorted(diag.kinds().items()):
@@ -104,14 +116,26 @@ def plot_diagnostics(diag: Diagnostics, folder: str | os.PathLike) -> list[Path]
     ax.set(xlabel="step", ylabel="u^T dW_t v (scaled to max 1)", title="rank-1 coefficient along the run")
     ax.legend(fontsize=6)
     fig.tight_layout()
-    coef_path = folder / "coefficients.png"
-    _save(plt, fig, coef_path)
+    coef_path = folder / DIAGNOSTIC_PLOTS[1]
+    _save(plt, fig, coef_path, diag.inputs, overwrite)
     return [share_path, coef_path]
 
 
-def _save(plt: Any, fig: Any, path: Path) -> None:
+def check_plot_folder(folder: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), overwrite: bool = True) -> Path:
+    """Fail before any work unless ``folder`` can take the diagnostics' PNG files (see :func:`plot_diagnostics`)."""
+    folder = Path(folder)
+    check_outside_inputs(folder, inputs)
+    if folder.exists() and not folder.is_dir():
+        raise OutputExistsError(f"{folder}: is a file; --plot takes a folder for the PNG files")
+    taken = [name for name in DIAGNOSTIC_PLOTS if (folder / name).exists() or (folder / name).is_symlink()]
+    if taken and not overwrite:
+        raise OutputExistsError(f"{folder / taken[0]}: already exists; choose another folder or pass --overwrite")
+    return folder
+
+
+def _save(plt: Any, fig: Any, path: Path, inputs: Iterable[str | os.PathLike], overwrite: bool) -> None:
     try:
-        with atomic_file(path) as tmp:
+        with atomic_file(path, inputs, overwrite) as tmp:
             fig.savefig(tmp, dpi=110, format="png")
     finally:
         plt.close(fig)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nextrap.errors import CheckpointError
+from nextrap.files import read_regular, write_new
 
 __all__ = ["REPORT_NAME", "SCHEMA_VERSION", "OutputEntry", "Report"]
 
@@ -81,8 +82,7 @@ class Report:
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/nextrap.json`` (the caller makes it atomic); returns its path."""
         path = Path(folder) / REPORT_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
-        return path
+        return write_new(path, json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], folder: Path | None = None) -> Report:
@@ -105,7 +105,7 @@ class Report:
         folder = Path(folder)
         path = folder / REPORT_NAME
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(read_regular(path))
         except FileNotFoundError:
             raise CheckpointError(f"{folder}: no {REPORT_NAME}; give a folder nextrap extrapolate wrote") from None
         except (OSError, ValueError) as exc:

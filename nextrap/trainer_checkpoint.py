@@ -11,9 +11,12 @@ loadable). With ``"reset"`` they are left out and the Trainer starts a fresh opt
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
+from nextrap.files import read_regular, write_new
 from nextrap.layouts import CheckpointRef
 
 __all__ = ["OPTIMIZER_POLICIES", "STATE_FILES", "write_trainer_state"]
@@ -29,24 +32,26 @@ def write_trainer_state(folder: Path, last: CheckpointRef, virtual_step: int, op
     notes = []
     source = last.path
     state_path = source / "trainer_state.json"
-    if state_path.is_file():
+    if os.path.lexists(state_path):
         try:
-            state = json.loads(state_path.read_text())
-        except (ValueError, RecursionError):
-            state = None  # replaced by a minimal state below, with a note
+            state = json.loads(read_regular(state_path))
+        except (OSError, ValueError, RecursionError):
+            state = None  # a folder, a FIFO, bad bytes: replaced by a minimal state below, with a note
     else:
         state = {"log_history": [], "best_metric": None, "best_model_checkpoint": None}
         notes.append(f"{source} has no trainer_state.json: wrote a minimal one (step counter only)")
     if not isinstance(state, dict):
         state = {"log_history": []}
-        notes.append(f"{state_path}: not a JSON object; wrote a minimal trainer_state.json (step counter only)")
+        notes.append(
+            f"{state_path}: not a readable JSON object; wrote a minimal trainer_state.json (step counter only)"
+        )
     state["global_step"] = virtual_step
     max_steps = state.get("max_steps")
     if isinstance(max_steps, int | float) and not isinstance(max_steps, bool) and max_steps < virtual_step:
         state["max_steps"] = virtual_step
-    (folder / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
+    write_new(folder / "trainer_state.json", json.dumps(state, indent=2) + "\n")
     if optimizer == "keep":
-        present = [name for name in STATE_FILES if (source / name).is_file()]
+        present = [name for name in STATE_FILES if _regular(source / name)]
         if len(present) == len(STATE_FILES):
             for name in STATE_FILES:
                 shutil.copy2(source / name, folder / name)
@@ -56,6 +61,15 @@ def write_trainer_state(folder: Path, last: CheckpointRef, virtual_step: int, op
                 "will start a fresh optimizer and schedule"
             )
     for extra in source.iterdir():
-        if extra.name in _EXTRA_FILES or (extra.name.startswith("rng_state_") and extra.suffix == ".pth"):
+        named = extra.name in _EXTRA_FILES or (extra.name.startswith("rng_state_") and extra.suffix == ".pth")
+        if named and _regular(extra):
             shutil.copy2(extra, folder / extra.name)
     return notes
+
+
+def _regular(path: Path) -> bool:
+    """A regular file (links followed): a FIFO or device under a trainer file's name is not copied (it would hang)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False

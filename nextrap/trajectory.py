@@ -374,6 +374,7 @@ def check_run(
         return traj
     K = len(traj.headers)
     sq_dist = torch.zeros(K - 1, dtype=torch.float64)
+    sq_skip = torch.zeros(max(K - 2, 0), dtype=torch.float64)  # from each checkpoint to the one after next
     sq_norm = torch.zeros(K, dtype=torch.float64)
     jobs: list[tuple[str, list[str]]] = [("lora", c) for c in traj.module_chunks(K, chunk_bytes)]
     jobs.extend(("raw", [key]) for key in traj.raw)
@@ -384,9 +385,13 @@ def check_run(
             sq_norm += lowrank.frobenius_norm(B, A).double().square().sum(0)
             moved = lowrank.difference(B[:, 1:], A[:, 1:], 1.0, B[:, :-1], A[:, :-1], 1.0)
             sq_dist += lowrank.frobenius_norm(*moved).double().square().sum(0)
+            if K > 2:
+                skipped = lowrank.difference(B[:, 2:], A[:, 2:], 1.0, B[:, :-2], A[:, :-2], 1.0)
+                sq_skip += lowrank.frobenius_norm(*skipped).double().square().sum(0)
         else:
             X = traj.load_raw(names[0], cpu).double().flatten(1)
             sq_dist += (X[1:] - X[:-1]).square().sum(1)
+            sq_skip += (X[2:] - X[:-2]).square().sum(1)
     distances = tuple(float(d) for d in sq_dist.sqrt())
     norms = tuple(float(n) for n in sq_norm.sqrt())
     if not all(map(_finite, distances + norms)):
@@ -395,7 +400,8 @@ def check_run(
             "float64; the weights are far out of any trained range"
         )
     jumps, notes = _find_jumps(traj.steps, distances)
-    if jumps and not force:
+    notes += _alternation(traj.steps, distances, tuple(float(d) for d in sq_skip.sqrt()))
+    if notes and not force:
         raise MismatchError(notes[0] + "; remove the other run's checkpoints, or pass --force to go on")
     if not any(n > 0 for n in norms) and not any(d > 0 for d in distances):
         notes.append("the run never moved: every checkpoint holds a zero update, so every method predicts zero")
@@ -405,6 +411,19 @@ def check_run(
 
 def _finite(x: float) -> bool:
     return x == x and abs(x) != float("inf")
+
+
+def _alternation(steps: Sequence[int], distances: Sequence[float], skips: Sequence[float]) -> list[str]:
+    """A note when the checkpoints alternate between two runs: every checkpoint is closer to the one after
+    next (its own run's) than to either neighbour (the other run's). One run moving on does the opposite;
+    at least 3 such triples are needed to say so."""
+    if len(skips) < 3 or not all(s < min(a, b) for s, a, b in zip(skips, distances, distances[1:], strict=False)):
+        return []
+    return [
+        f"steps {', '.join(map(str, steps[:4:2]))}, ... and {', '.join(map(str, steps[1:4:2]))}, ...: every checkpoint "
+        "is closer to the one two steps on than to its neighbours, as when the checkpoints of two runs alternate "
+        "(two runs mixed in one folder?)"
+    ]
 
 
 def _find_jumps(steps: Sequence[int], distances: Sequence[float]) -> tuple[list[int], list[str]]:

@@ -26,6 +26,7 @@ from nextrap import lowrank
 from nextrap.adapters import open_adapter, read_header, torch_dtype, write_adapter
 from nextrap.atomic import atomic_directory, check_output
 from nextrap.errors import ConfigError
+from nextrap.files import write_new
 from nextrap.layouts import from_explicit
 
 __all__ = ["TruncationResult", "truncate_adapter"]
@@ -84,7 +85,7 @@ def truncate_adapter(
     }
     with atomic_directory(output, overwrite, discovery.input_paths) as tmp:
         write_adapter(tmp, tensors, header.config)
-        (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+        write_new(tmp / REPORT_NAME, json.dumps(report, indent=2) + "\n")
     return TruncationResult(output=output, report=report)
 
 

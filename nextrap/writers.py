@@ -22,12 +22,14 @@ from nextrap.cli_support import cli
 from nextrap.errors import ConfigError
 from nextrap.peft_format import looks_like_hub_id
 from nextrap.trainer_checkpoint import OPTIMIZER_POLICIES
+from nextrap.validate import check_types
 
 if TYPE_CHECKING:
     import torch
 
     from nextrap.headers import AdapterConfig
     from nextrap.layouts import CheckpointRef
+    from nextrap.run_headers import RunHeaders
 
 __all__ = ["FORMATS", "NewAdapter", "OutputOptions", "OutputWriter", "writer_for"]
 
@@ -77,6 +79,7 @@ class OutputOptions:
     )
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.format not in FORMATS:
             raise ConfigError(f"format {self.format!r}: expected one of {list(FORMATS)}")
         if self.merge and not self.base_model:
@@ -98,6 +101,12 @@ class OutputOptions:
     def kind(self) -> str:
         """What one output is: ``peft``, ``trl`` or ``merged`` (the report's ``format`` of each output)."""
         return "merged" if self.merge else self.format
+
+    def input_paths(self) -> tuple[Path, ...]:
+        """What the writer reads besides the run: the base model's folder with ``merge`` (a Hub id reads nothing here)."""
+        if self.merge and self.base_model and Path(self.base_model).exists():
+            return (Path(self.base_model),)
+        return ()
 
     def check_base_model(self) -> None:
         """Fail before any work when ``base_model`` is neither a folder nor shaped like a Hub id."""
@@ -128,6 +137,10 @@ class NewAdapter:
 class OutputWriter(Protocol):
     kind: str
 
+    def check(self, run: RunHeaders) -> None:
+        """Fail before any work when ``run``'s adapters cannot be written this way (headers only)."""
+        ...
+
     def write(self, folder: Path, adapter: NewAdapter) -> tuple[Path, list[str]]:
         """Write ``adapter`` into the existing, empty ``folder``; returns the adapter's folder and notes."""
         ...
@@ -135,6 +148,9 @@ class OutputWriter(Protocol):
 
 class PeftWriter:
     kind = "peft"
+
+    def check(self, run: RunHeaders) -> None:
+        pass
 
     def write(self, folder: Path, adapter: NewAdapter) -> tuple[Path, list[str]]:
         from nextrap.adapters import write_adapter
@@ -147,6 +163,9 @@ class PeftWriter:
 class TrlWriter:
     optimizer: str
     kind: str = "trl"
+
+    def check(self, run: RunHeaders) -> None:
+        pass
 
     def write(self, folder: Path, adapter: NewAdapter) -> tuple[Path, list[str]]:
         from nextrap.adapters import write_adapter
@@ -163,6 +182,11 @@ class TrlWriter:
 class MergedWriter:
     base_model: str
     kind: str = "merged"
+
+    def check(self, run: RunHeaders) -> None:
+        from nextrap.merge import check_base_model_fits
+
+        check_base_model_fits(self.base_model, run.modules.values(), str(run.refs[-1].path))
 
     def write(self, folder: Path, adapter: NewAdapter) -> tuple[Path, list[str]]:
         from nextrap.adapters import write_adapter

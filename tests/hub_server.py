@@ -22,6 +22,9 @@ class HubState:
     repos: dict[str, dict] = field(default_factory=dict)  # repo_id -> {"private", "branches", "commits"}
     requests: list[tuple[str, str]] = field(default_factory=list)
     fail_commit_with: int | None = None
+    # When set, every API call fails with this status and an error text that echoes the request's headers,
+    # Authorization included, as a careless or hostile endpoint might: the token must still never be shown.
+    echo_headers_with: int | None = None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -59,6 +62,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body()
         if path == "/api/validate-yaml":
             self._send(200, {"errors": [], "warnings": []})
+            return
+        if self.state.echo_headers_with:
+            echoed = "; ".join(f"{k}: {v}" for k, v in self.headers.items())
+            self._send(self.state.echo_headers_with, {"error": f"request refused ({echoed})"})
             return
         if not self._authorized():
             return

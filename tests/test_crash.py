@@ -150,7 +150,7 @@ def _random_kills(run: Path, tmp_path: Path, rounds: int, seed: int) -> None:
     run_before = _fingerprint(run)
     out, plot = tmp_path / "out", tmp_path / "plots" / "bt.png"
     extrapolate = ["extrapolate", str(run), "-o", str(out), "--method", "linear", "--overwrite"]
-    backtest = ["backtest", str(run), "--method", "linear", "--plot", str(plot)]
+    backtest = ["backtest", str(run), "--method", "linear", "--plot", str(plot), "--overwrite"]
     push = ["push", str(out), "me/adapter", "--dry-run"]
     duration = _timed(extrapolate)  # one whole life, to spread the kills over
     _cli(backtest)

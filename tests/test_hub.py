@@ -200,3 +200,53 @@ def test_cli_push_and_extrapolate_push_to_hub(adapter: Path, tmp_path: Path, mon
 def test_live_push(adapter: Path):  # pragma: no cover - needs the real Hub
     result = push(adapter, os.environ["NEXTRAP_LIVE_HUB_REPO"], private=True, revision="nextrap-live-test")
     assert result.commit_url
+
+
+def _fixed_report():
+    """A report with every field the card reads, fixed: the card's text depends on nothing else."""
+    from nextrap.report import OutputEntry, Report
+    entries = [
+        OutputEntry(coef=1.0, path="coef-1.0", virtual_step=150.0, rank=8, max_relative_truncation_error=1.5e-3),
+        OutputEntry(coef=2.0, path="coef-2.0", virtual_step=200.0, rank=8, max_relative_truncation_error=3.25e-3),
+    ]
+    return Report(
+        nextrap_version="0.1.0",
+        created="2026-12-04T00:00:00+0000",
+        inputs={"root": "runs/grpo", "layout": "trl", "checkpoints": [{"step": s} for s in range(10, 101, 10)]},
+        options={},
+        device="cpu",
+        method="next",
+        horizon={"intervals": 5, "steps": 50},
+        last_step=100,
+        spacing={"median": 10.0, "spread": 0.0},
+        predictor={},
+        outputs=entries,
+        notes=["coefficient 2 jumps 100 steps, 1.1x the observed span"],
+        backtest={
+            "recommendation": {"text": "next beats staying at held-out step 100"},
+            "scores": [{"method": "next", "step": 100, "coef": 1.0, "relative_error": 0.4125, "cosine": 0.9031}],
+        },
+    )
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.mark.parametrize(
+    ("golden", "args"),
+    [
+        ("model_card_report.md", ("alice/jump", {"base_model_name_or_path": "Qwen/Qwen2.5-0.5B", "r": 8, "lora_alpha": 16},
+                                  "report", ["coef-1.0", "coef-2.0"])),
+        ("model_card_bare.md", ("solo", {"base_model_name_or_path": "./local/base", "r": 4, "lora_alpha": 8}, None, None)),
+    ],
+)  # fmt: skip
+def test_card_says_what_it_said_before(golden: str, args):
+    """The card's YAML now comes from huggingface_hub's ModelCardData: the same metadata, the same text."""
+    from nextrap.card import model_card
+
+    repo_id, config, report, subfolders = args
+    card = model_card(repo_id, config, _fixed_report() if report else None, subfolders)
+    before = (GOLDEN / golden).read_text()
+    new, old = ModelCard(card), ModelCard(before)
+    assert new.data.to_dict() == old.data.to_dict()
+    assert new.text == old.text

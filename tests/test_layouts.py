@@ -182,5 +182,6 @@ def test_layouts_imports_no_torch():
         "dataclasses",
         "pathlib",
         "nextrap.errors",
+        "nextrap.files",  # safe reads of trainer records: stdlib-only as well
         "nextrap.peft_format",  # PEFT's file names and rules: stdlib-only as well
     }, modules

@@ -30,6 +30,7 @@ from typing import Any
 
 from nextrap.cli_support import cli
 from nextrap.errors import ConfigError
+from nextrap.validate import check_types
 
 __all__ = [
     "PRECISIONS",
@@ -104,6 +105,7 @@ class NExtConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_types(self)
         checks = [
             (self.preset in PRESET_NAMES, "preset", f"one of {list(PRESET_NAMES)}"),
             (self.frame >= 0, "frame", ">= 0 (0: the networks see the full-length vectors)"),
@@ -191,6 +193,7 @@ class RelexConfig:
     )
 
     def __post_init__(self) -> None:
+        check_types(self)
         check_relex_options(self.rank, self.window, "denoised")
 
 

@@ -328,10 +328,24 @@ def _train_cycles(ctx, output, config, jump_every, jump_steps, max_jumps, method
 
 
 def _recorded_virtual_step(adapter: Path) -> int:
-    """The virtual step nextrap.json records for an adapter nextrap wrote (itself or a coef-<c>/ subfolder)."""
+    """The virtual step nextrap.json records for an adapter nextrap wrote (itself or a coef-<c>/ subfolder).
+
+    A recorded step that is no step a run can reach (1e300, -5, NaN) is refused, naming the report.
+    """
+    from nextrap.errors import CheckpointError
+    from nextrap.layouts import MAX_STEP
+
     report = Report.find(adapter)
     entry = report.entry_for(adapter) if report is not None else None
-    return entry.step if entry is not None else 0
+    if entry is None:
+        return 0
+    step = entry.virtual_step
+    if isinstance(step, bool) or not isinstance(step, int | float) or not 0 <= step <= MAX_STEP:
+        raise CheckpointError(
+            f"{report.folder}/nextrap.json: virtual_step = {step!r} for {adapter}; expected a step in [0, {MAX_STEP}]; "
+            "pass --start-step N, or fix the report"
+        )
+    return entry.step
 
 
 @click.command("evaluate-reference")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,8 @@ from nextrap.atomic import atomic_directory, check_output
 from nextrap.callbacks import JumpSchedule
 from nextrap.errors import ConfigError
 from nextrap.extrapolate import ExtrapolateOptions, extrapolate
-from nextrap.reference.grpo import GRPOConfig, TrainResult, train
+from nextrap.files import write_new
+from nextrap.reference.grpo import GRPOConfig, TrainResult, start_inputs, train
 from nextrap.writers import OutputOptions
 
 __all__ = ["CYCLES_REPORT", "CycleResult", "train_cycles"]
@@ -68,7 +71,7 @@ def train_cycles(
             f"jump cycles: the first cycle ({schedule.train_steps} steps, a checkpoint every {config.save_steps}) "
             "would hold one checkpoint; a jump needs 2: make --jump-every at least twice --save-steps"
         )
-    inputs = [init_adapter] if init_adapter else []
+    inputs = start_inputs(init_adapter)
     output = check_output(output, overwrite, inputs)
     records: list[dict[str, Any]] = []
     with atomic_directory(output, overwrite, inputs) as tmp:
@@ -94,7 +97,7 @@ def train_cycles(
             "grpo": asdict(config),
             "cycles": records,
         }
-        (tmp / CYCLES_REPORT).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        write_new(tmp / CYCLES_REPORT, json.dumps(report, indent=2, default=str) + "\n")
     # paths inside the report are relative; the folder is now in place
     return CycleResult(output=output, cycles=records)
 
@@ -145,9 +148,14 @@ def _jump_after_cycle(
     jump_options = replace(options, coefs=None, to_steps=(step + schedule.jump_steps,))
     if jump_options.method == "linear" and jump_options.horizon is None:
         jump_options = replace(jump_options, horizon=len(paths) - 1)
-    jump = extrapolate(
-        None, folder, jump_options, OutputOptions(hash_inputs=False), checkpoints=paths, steps=steps
-    )
+    # The previous jump (an input now) lies beside this one, and a checkpoint's folder is an input too
+    # (nextrap.inputs): the jump is written into scratch space, then moved into this output under construction.
+    with tempfile.TemporaryDirectory(prefix="nextrap-jump-") as scratch:
+        jump = extrapolate(
+            None, Path(scratch) / folder.name, jump_options, OutputOptions(hash_inputs=False), checkpoints=paths,
+            steps=steps,
+        )  # fmt: skip
+        shutil.move(str(jump.output), str(folder))
     record = {
         "from_step": step,
         "to_step": step + schedule.jump_steps,
@@ -155,4 +163,4 @@ def _jump_after_cycle(
         "method": jump.report.method,
         "path": folder.name,
     }
-    return jump.output, record
+    return folder, record

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nextrap.errors import ConfigError, OutputExistsError
+from nextrap.files import read_regular, replace_file
 from nextrap.reference.endtoend import final_accuracy
 from nextrap.reference.grpo import GRPOConfig
 from nextrap.reference.protocols import ArmResult, ProtocolConfig, run_seed
@@ -105,7 +106,7 @@ def run_demo(
     jump_name = f"{config.methods[0]} c={config.coefs[0]:g}"
     arms = run_seed(config, seed, output, arms=["restart", jump_name], progress=progress)
     verdict = _backtest_verdict(arms, output, config)
-    (output / RECORD).write_text(json.dumps({**record, "verdict": verdict}, indent=2, default=str) + "\n")
+    replace_file(output / RECORD, json.dumps({**record, "verdict": verdict}, indent=2, default=str) + "\n")
     return DemoResult(config, arms, jump_name, verdict)
 
 
@@ -115,7 +116,7 @@ def _prepare(output: Path, record: dict[str, Any], overwrite: bool) -> None:
     if output.exists() and not path.is_file() and any(output.iterdir()):
         raise OutputExistsError(f"{output}: exists and is not a nextrap demo folder; choose another -o")
     if path.is_file():
-        previous = json.loads(path.read_text())
+        previous = json.loads(read_regular(path))
         same = {k: previous.get(k) for k in record} == json.loads(json.dumps(record, default=str))
         if not same and not overwrite:
             raise OutputExistsError(
@@ -124,7 +125,7 @@ def _prepare(output: Path, record: dict[str, Any], overwrite: bool) -> None:
         if not same:
             shutil.rmtree(output)
     output.mkdir(parents=True, exist_ok=True)
-    (output / RECORD).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    replace_file(output / RECORD, json.dumps(record, indent=2, default=str) + "\n")
 
 
 def _backtest_verdict(arms: dict[str, ArmResult], output: Path, config: ProtocolConfig) -> dict[str, Any]:

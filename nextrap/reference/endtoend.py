@@ -20,6 +20,7 @@ from pathlib import Path
 from nextrap.atomic import check_output
 from nextrap.errors import ConfigError
 from nextrap.extrapolate import ExtrapolateOptions, ExtrapolationResult, extrapolate
+from nextrap.files import replace_file
 from nextrap.reference.grpo import GRPOConfig, TrainResult, train
 from nextrap.reference.stats import steps_to_reach
 from nextrap.writers import OutputOptions
@@ -245,7 +246,7 @@ def run_end_to_end(
         jump_steps_to_target=steps_to_reach(arm.curve, target),
         report=report,
     )
-    (output / SUMMARY).write_text(json.dumps({**report, **result.to_dict()}, indent=2) + "\n")
+    replace_file(output / SUMMARY, json.dumps({**report, **result.to_dict()}, indent=2) + "\n")
     return result
 
 

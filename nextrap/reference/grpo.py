@@ -33,11 +33,17 @@ import nextrap.reference.smollm2 as smollm2
 from nextrap.atomic import atomic_directory, check_output
 from nextrap.devices import resolve_device
 from nextrap.errors import ConfigError, InputNotFoundError
+from nextrap.files import read_regular, replace_file, write_new
+from nextrap.headers import read_header
+from nextrap.layouts import CheckpointRef, find_adapter_weights
+from nextrap.merge import check_fits
 from nextrap.reference.model import ModelSpec, encode, lora_config
 from nextrap.reference.policy import accuracy, answer_logprobs, generate, model_device
 from nextrap.reference.smollm2 import SmolLM2Config
 from nextrap.reference.tasks import get_task
 from nextrap.reference.warmstart import WarmStartConfig, load_base
+from nextrap.report import REPORT_NAME, Report
+from nextrap.validate import check_types
 
 __all__ = [
     "POLICIES",
@@ -48,6 +54,7 @@ __all__ = [
     "load_policy",
     "load_run_config",
     "saved_checkpoints",
+    "start_inputs",
     "train",
 ]
 
@@ -100,6 +107,7 @@ class GRPOConfig:
         return cls(**values)
 
     def __post_init__(self) -> None:
+        check_types(self)
         for name in ("steps", "save_steps", "prompts_per_step", "group_size", "rank", "updates_per_step"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"GRPOConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -151,14 +159,25 @@ def load_policy(
     config_path = adapter / "adapter_config.json"
     if not config_path.is_file():
         raise InputNotFoundError(f"{adapter}: no adapter_config.json; give a folder holding a PEFT adapter")
-    recorded = json.loads(config_path.read_text()).get("base_model_name_or_path")
+    header = _adapter_header(adapter)
+    recorded = header.config.base_model
     if recorded and recorded != warm.base_id:
         raise ConfigError(
             f"{adapter} was trained on base {recorded!r}, these settings give {warm.base_id!r}; "
             "pass the --policy, --task and --base-seed the adapter was trained with"
         )
+    # another architecture's adapter fails here, in one line, not as a size mismatch inside peft
+    check_fits(header.modules.values(), base, f"the {warm.base_id} base model", str(adapter))
     model = PeftModel.from_pretrained(base, adapter, is_trainable=trainable)
     return model.to(resolve_device(device)), tokenizer
+
+
+def _adapter_header(adapter: Path):
+    """The adapter's checked config and tensor header (what it changes, at which shapes)."""
+    weights = find_adapter_weights(adapter)
+    if weights is None:
+        raise InputNotFoundError(f"{adapter}: no adapter weights next to adapter_config.json; give a PEFT adapter folder")
+    return read_header(CheckpointRef(step=0, path=adapter, weights=weights, layout="explicit", step_source="given"))
 
 
 def evaluate_adapter(
@@ -190,7 +209,7 @@ def load_run_config(output: str | os.PathLike) -> tuple[GRPOConfig, str | None, 
         raise InputNotFoundError(
             f"{output}: no {RUN_INFO}; --resume continues a run train-reference wrote, give its folder"
         )
-    info = json.loads(info_path.read_text())
+    info = json.loads(read_regular(info_path))
     config = GRPOConfig.from_dict(info["config"], info.get("policy", "tiny"))
     return config, info.get("init_adapter"), int(info.get("start_step", 0))
 
@@ -230,7 +249,8 @@ def train(
     config = config or GRPOConfig()
     if start_step < 0:
         raise ConfigError(f"start_step must be >= 0, got {start_step}")
-    output, resuming = _checked_output(Path(output), config, init_adapter, start_step, overwrite, resume)
+    inputs = start_inputs(init_adapter, init_optimizer)
+    output, resuming = _checked_output(Path(output), config, init_adapter, start_step, overwrite, resume, inputs)
     task = _task(config)
     saved = saved_checkpoints(output) if resuming else {}
     model, tokenizer = _starting_policy(config, saved, init_adapter, progress)
@@ -266,8 +286,18 @@ def train(
     return TrainResult(output=output, checkpoints=checkpoints, log_history=log)
 
 
+def start_inputs(init_adapter=None, init_optimizer=None) -> list[Path]:
+    """What a run started from an adapter reads, which its output may not touch (:mod:`nextrap.inputs`):
+    the adapter, the report it takes its virtual step from, the checkpoint whose optimizer it takes."""
+    paths = [Path(p) for p in (init_adapter, init_optimizer) if p]
+    report = Report.find(init_adapter) if init_adapter else None
+    if report is not None and report.folder is not None:
+        paths.append(Path(report.folder) / REPORT_NAME)
+    return paths
+
+
 def _checked_output(
-    output: Path, config: GRPOConfig, init_adapter, start_step: int, overwrite: bool, resume: bool
+    output: Path, config: GRPOConfig, init_adapter, start_step: int, overwrite: bool, resume: bool, inputs: list
 ) -> tuple[Path, bool]:
     """``(output, resuming)``: a run to resume must have been started with the same settings; a new
     one must not overwrite anything without ``overwrite`` (nor ever its own input)."""
@@ -275,7 +305,7 @@ def _checked_output(
     if resuming:
         _check_same_run(output, config, init_adapter, start_step)
         return output, True
-    return check_output(output, overwrite, [init_adapter] if init_adapter else []), False
+    return check_output(output, overwrite, inputs), False
 
 
 def _optimizer(params: list, config: GRPOConfig, init_optimizer):
@@ -315,9 +345,7 @@ def _write_run_info(
         if output.exists():
             shutil.rmtree(output)
         output.mkdir(parents=True)
-    tmp_info = output / f".{RUN_INFO}.tmp"
-    tmp_info.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp_info, output / RUN_INFO)
+    replace_file(output / RUN_INFO, json.dumps(info, indent=2) + "\n")
 
 
 def _restore_training_state(
@@ -506,5 +534,5 @@ def _save_checkpoint(output: Path, model, opt, sched, step: int, last: int, conf
             "trial_name": None,
             "trial_params": None,
         }
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
+        write_new(tmp / "trainer_state.json", json.dumps(state, indent=2) + "\n")
     return folder

@@ -36,6 +36,7 @@ from typing import Any
 from nextrap.callbacks import JumpSchedule
 from nextrap.errors import ConfigError
 from nextrap.extrapolate import ExtrapolateOptions
+from nextrap.files import read_regular, replace_file
 from nextrap.reference.cycles import train_cycles
 from nextrap.reference.endtoend import jump_from
 from nextrap.reference.evaluation import EvaluationCache
@@ -290,15 +291,13 @@ def run_seed(
         folder = out / "arms" / arm_folder(name)
         record = folder.parent / f"{folder.name}.json"
         if record.is_file():
-            results[name] = ArmResult.from_dict(json.loads(record.read_text()))
+            results[name] = ArmResult.from_dict(json.loads(read_regular(record)))
             continue
         started = time.perf_counter()
         arm = state.compute(name, folder)
         arm.seconds = time.perf_counter() - started
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = record.with_suffix(".tmp")
-        tmp.write_text(json.dumps(arm.to_dict(), indent=2) + "\n")
-        tmp.replace(record)  # the record appears whole, after the arm's files
+        replace_file(record, json.dumps(arm.to_dict(), indent=2) + "\n")  # appears whole, after the arm's files
         results[name] = arm
         if on_arm:
             on_arm(arm)
