@@ -1,9 +1,11 @@
 """Reading verl's FSDP rank shards with torch, one tensor at a time.
 
 Each rank's ``model_world_size_W_rank_R.pt`` is a pickle. It is loaded with
-``torch.load(weights_only=True, mmap=True)`` under :func:`torch.serialization.safe_globals` holding
-exactly the classes a DTensor shard pickles (:data:`nextrap.pickle_header.DTENSOR_CLASSES`): any other
-global refuses the file, and no code from it runs. ``torch.distributed`` is never initialised: the
+``torch.load(weights_only=True, mmap=True)`` with the classes a DTensor shard pickles
+(:data:`nextrap.pickle_header.DTENSOR_CLASSES`) added to torch's allow-list for the load only: any other
+global refuses the file, and no code from it runs. (Importing ``torch.distributed.tensor`` registers
+torch's DTensor classes, ``Partial`` and ``_StridedShard`` among them, for every load; those two are
+refused below, when a tensor is put together.) ``torch.distributed`` is never initialised: the
 DeviceMesh a shard carries is only read for which rank holds which piece. A LoRA tensor is put together
 from the ranks' local pieces along the tensor dimension each ``Shard`` placement names (``Replicate``
 mesh dimensions take coordinate 0), and checked against the DTensor's global shape.
@@ -43,6 +45,22 @@ def allowed_classes() -> list[type]:
 
 
 @contextmanager
+def _allowing(classes: list[type]) -> Iterator[None]:
+    """``classes`` allowed for ``weights_only`` loads inside the block, torch's own allow-list as it was after.
+
+    (``torch.serialization.safe_globals`` removes its classes on exit even when torch had registered them
+    itself, as ``torch.distributed.tensor`` does for DTensor: that would break later DTensor loads.)
+    """
+    before = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals(classes)
+    try:
+        yield
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
+
+
+@contextmanager
 def _quiet_device_mesh() -> Iterator[None]:
     # Unpickling a DeviceMesh with no process group logs a warning about torch.compile; nothing here
     # compiles or communicates, so it is noise.
@@ -57,7 +75,7 @@ def _quiet_device_mesh() -> Iterator[None]:
 
 def _load(path: Path, step: int) -> dict[str, Any]:
     try:
-        with torch.serialization.safe_globals(allowed_classes()), _quiet_device_mesh():
+        with _allowing(allowed_classes()), _quiet_device_mesh():
             state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torch raises many types for a refused or broken pickle
         text = str(exc)
