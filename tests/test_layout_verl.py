@@ -105,7 +105,7 @@ def test_backtest_and_extrapolate_equal_the_peft_twin(tmp_path: Path):
 
 def _dense_from_shards(actor: Path) -> dict[str, torch.Tensor]:
     """``scaling * B @ A`` per module from verl's files with torch alone: each rank's local rows, concatenated."""
-    import torch.distributed.tensor  # noqa: F401  (registers DTensor for weights_only loading)
+    import torch.distributed.tensor
 
     meta = json.loads((actor / "lora_train_meta.json").read_text())
     ranks = [torch.load(actor / f"model_world_size_2_rank_{r}.pt", weights_only=True) for r in range(2)]

@@ -90,11 +90,10 @@ def _walk(root: Path, notes: list[str]) -> tuple[list[tuple[Path, str]], list[Pa
         rel = here.relative_to(root)
         if len(seen) < _MAX_SEEN and here != root:
             seen.append(rel)
-        dirnames[:] = sorted(
-            d
-            for d in dirnames
-            if not d.startswith((".", "tmp_")) and not any(lay.companion(root, here / d) for lay in LAYOUTS)
-        )
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "tmp_")))
+        companions = [d for d in dirnames if any(lay.companion(root, here / d) for lay in LAYOUTS)]
+        seen.extend(rel / d for d in companions)  # not walked into, but an error's hint may name them
+        dirnames[:] = [d for d in dirnames if d not in companions]
         if len(rel.parts) >= _MAX_DEPTH:
             dirnames[:] = []
         if here != root:
