@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DTENSOR_CLASSES", "PickledTensor", "UnsafePickle", "read_tensor_header"]
+__all__ = ["DTENSOR_CLASSES", "PickledTensor", "UnsafePickle", "read_tensor_header", "read_tensor_index"]
 
 
 class UnsafePickle(ValueError):
@@ -36,11 +36,19 @@ class UnsafePickle(ValueError):
 
 @dataclass(frozen=True)
 class PickledTensor:
-    """One tensor of the file: its (global) shape and torch's dtype name; ``dtensor`` for a DTensor shard."""
+    """One tensor of the file: its (global) shape and torch's dtype name; ``dtensor`` for a DTensor shard.
+
+    Where its data lies: ``storage`` (the archive member ``data/<storage>``, of ``dtype`` elements),
+    ``offset`` (in elements) and ``stride``; for a DTensor these describe ``local``, the rank's piece.
+    """
 
     shape: tuple[int, ...]
     dtype: str
     dtensor: bool = False
+    storage: str | None = None
+    offset: int = 0
+    stride: tuple[int, ...] = ()
+    local: PickledTensor | None = None
 
 
 # The classes a DTensor shard of an FSDP state dict pickles (torch >= 2.5 spells them under
@@ -100,12 +108,26 @@ class _DTensor(_Stand):
 @dataclass
 class _Storage:
     dtype: str
+    key: str | None = None
 
 
-def _rebuild_tensor(storage: Any, offset: Any, size: Any, *rest: Any) -> PickledTensor:
+class _OrderedDict(dict):
+    """``collections.OrderedDict``: a module's ``state_dict()`` pickles its ``_metadata`` as state, dropped here."""
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any = (), *rest: Any) -> PickledTensor:
     if not isinstance(storage, _Storage):
         raise UnsafePickle("a tensor without a storage")
-    return PickledTensor(shape=tuple(int(s) for s in size), dtype=storage.dtype)
+    return PickledTensor(
+        shape=tuple(int(s) for s in size),
+        dtype=storage.dtype,
+        storage=storage.key,
+        offset=int(offset),
+        stride=tuple(int(s) for s in stride),
+    )
 
 
 def _rebuild_parameter(data: Any, *rest: Any) -> Any:
@@ -123,14 +145,14 @@ def _rebuild_wrapper_subclass(cls: Any, dtype: Any, size: Any, *rest: Any) -> An
 
 def _rebuild_from_type_v2(func: Callable[..., Any], new_type: Any, args: Any, state: Any) -> Any:
     out = func(*args)
-    if isinstance(out, _Stand) and isinstance(state, dict):
-        out.update(state)
+    if isinstance(out, _Stand):
+        out.__setstate__(state)  # a dict, or (dict, slots) as torch's _get_obj_state gives it
     return out
 
 
 def _allowed() -> dict[tuple[str, str], Any]:
     table: dict[tuple[str, str], Any] = {
-        ("collections", "OrderedDict"): dict,
+        ("collections", "OrderedDict"): _OrderedDict,
         ("torch", "Size"): tuple,
         ("torch", "device"): lambda *a: ("device", *a),
         ("torch.serialization", "_get_layout"): lambda name: name,
@@ -157,10 +179,10 @@ class _HeaderUnpickler(pickle.Unpickler):
             raise UnsafePickle(f"{module}.{name}") from None
 
     def persistent_load(self, pid: Any) -> Any:
-        # ('storage', storage type, key, location, numel): the dtype is all a header needs.
-        if not (isinstance(pid, tuple) and len(pid) >= 2 and pid[0] == "storage" and isinstance(pid[1], _Storage)):
+        # ('storage', storage type, key, location, numel): the dtype and where the data is.
+        if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage" and isinstance(pid[1], _Storage)):
             raise UnsafePickle(f"persistent id {pid!r:.60}")
-        return pid[1]
+        return _Storage(pid[1].dtype, str(pid[2]))
 
 
 def read_tensor_header(path: Path) -> dict[str, PickledTensor]:
@@ -169,12 +191,18 @@ def read_tensor_header(path: Path) -> dict[str, PickledTensor]:
     Raises :class:`UnsafePickle` for a name outside the allow-list, ``ValueError`` for a file that is
     not a ``torch.save`` zip archive of a ``{name: tensor}`` dict, ``OSError`` when it cannot be read.
     """
+    return read_tensor_index(path)[1]
+
+
+def read_tensor_index(path: Path) -> tuple[str, dict[str, PickledTensor]]:
+    """The archive's folder prefix (storages are ``<prefix>data/<storage>``) and :func:`read_tensor_header`'s dict."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
             if len(names) != 1:
                 raise ValueError("no data.pkl in the archive: not a torch.save file")
             data = archive.read(names[0])
+            prefix = names[0][: -len("data.pkl")]
     except zipfile.BadZipFile as exc:
         raise ValueError(f"not a torch.save zip archive ({exc})") from None
     try:
@@ -190,12 +218,12 @@ def read_tensor_header(path: Path) -> dict[str, PickledTensor]:
         if not isinstance(key, str):
             raise ValueError(f"key {key!r} is not a string")
         if isinstance(value, _DTensor):
-            dtype = value.get("__dtype__")
-            if dtype not in _DTYPES:
-                raise ValueError(f"{key}: DTensor without a dtype")
-            out[key] = PickledTensor(shape=value["__shape__"], dtype=dtype, dtensor=True)
+            dtype, local = value.get("__dtype__"), value.get("_local_tensor")
+            if dtype not in _DTYPES or not isinstance(local, PickledTensor):
+                raise ValueError(f"{key}: DTensor without a dtype or a local tensor")
+            out[key] = PickledTensor(shape=value["__shape__"], dtype=dtype, dtensor=True, local=local)
         elif isinstance(value, PickledTensor):
             out[key] = value
         else:
             raise ValueError(f"{key}: a {type(value).__name__}, not a tensor")
-    return out
+    return prefix, out

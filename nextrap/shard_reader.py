@@ -5,7 +5,9 @@ Each rank's ``model_world_size_W_rank_R.pt`` is a pickle. It is loaded with
 (:data:`nextrap.pickle_header.DTENSOR_CLASSES`) added to torch's allow-list for the load only: any other
 global refuses the file, and no code from it runs. (Importing ``torch.distributed.tensor`` registers
 torch's DTensor classes, ``Partial`` and ``_StridedShard`` among them, for every load; those two are
-refused below, when a tensor is put together.) ``torch.distributed`` is never initialised: the
+refused below.) Each file is unpickled once per process (:func:`_file_index`, cached): what is kept is
+where each LoRA tensor's piece lies in the file, and a tensor is read from there when it is asked for,
+so memory holds one tensor at a time, as with safetensors. ``torch.distributed`` is never initialised: the
 DeviceMesh a shard carries is only read for which rank holds which piece. A LoRA tensor is put together
 from the ranks' local pieces along the tensor dimension each ``Shard`` placement names (``Replicate``
 mesh dimensions take coordinate 0), and checked against the DTensor's global shape.
@@ -13,11 +15,14 @@ mesh dimensions take coordinate 0), and checked against the DTensor's global sha
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import re
-from collections.abc import Iterator, Sequence
+import zipfile
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +30,8 @@ import torch
 
 from nextrap.errors import CheckpointError
 from nextrap.layouts import CheckpointRef
-from nextrap.pickle_header import DTENSOR_CLASSES
-from nextrap.shard_format import peft_key, refused_pickle
+from nextrap.pickle_header import DTENSOR_CLASSES, UnsafePickle, read_tensor_index
+from nextrap.shard_format import SHARD_FILE, peft_key, refused_pickle
 
 __all__ = ["ShardTensors", "allowed_classes", "open_shards"]
 
@@ -91,19 +96,137 @@ def _load(path: Path, step: int) -> dict[str, Any]:
     return state
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """Where one tensor of a rank's file lies and how it fits into the whole: read once per file.
+
+    ``placements`` are ``("shard", dim)`` / ``("replicate",)`` per mesh dimension and ``coord`` the rank's
+    coordinate on the DTensor's mesh (both empty for a plain tensor, held whole by every rank); the
+    rank's piece is ``shape`` elements of ``dtype`` at ``stride``, ``offset`` elements into the file's
+    bytes at ``start``.
+    """
+
+    global_shape: tuple[int, ...]
+    placements: tuple[tuple[Any, ...], ...]
+    mesh_shape: tuple[int, ...]
+    coord: tuple[int, ...] | None
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    start: int
+    offset: int
+
+
+def _placement(p: Any, where: str) -> tuple[Any, ...]:
+    kind = type(p).__name__  # Partial and _StridedShard (a Shard subclass) are not put together here
+    if kind == "Shard":
+        return ("shard", int(p.dim))
+    if kind == "Replicate":
+        return ("replicate",)
+    raise CheckpointError(
+        f"{where} has a {kind} placement; nextrap puts together Shard and Replicate placements (verl's FSDP and "
+        "HSDP meshes)"
+    )
+
+
+def _member_starts(path: Path) -> dict[str, int]:
+    """Byte offset of every stored (uncompressed) member's data in the zip file, as torch.save writes them."""
+    starts = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise CheckpointError(f"{path}: member {info.filename} is compressed; torch.save stores them plain")
+            f.seek(info.header_offset)
+            local = f.read(30)  # the local file header: name and extra-field lengths at bytes 26..29
+            starts[info.filename] = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(
+                local[28:30], "little"
+            )
+    return starts
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_index(path: Path, size: int, mtime_ns: int, step: int) -> dict[str, _Entry]:
+    """The LoRA tensors of one rank's file, by state-dict key. The file is unpickled twice, each time with
+    the allow-list: by torch (``weights_only``: the placements and the rank's mesh coordinate, however the
+    installed torch spells a DeviceMesh) and by :mod:`nextrap.pickle_header` (which storage, at which
+    offset and stride). Cached per file version, so each file is unpickled once per process."""
+    from torch.distributed.tensor import DTensor
+
+    state = _load(path, step)
+    try:
+        prefix, header = read_tensor_index(path)
+    except UnsafePickle as exc:
+        raise refused_pickle(path, step, exc.name) from None
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: not a model shard at step {step} ({exc}); re-copy it") from None
+    starts = _member_starts(path)
+    rank = int(SHARD_FILE.match(path.name)[2])
+    entries = {}
+    for key, value in state.items():
+        if peft_key(key) is None:
+            continue
+        where = f"{path}: {key} at step {step}"
+        pickled = header.get(key)
+        if isinstance(value, DTensor):
+            mesh = value.device_mesh.mesh
+            found = (mesh == rank).nonzero()
+            coord = tuple(found[0].tolist()) if len(found) == 1 else None
+            placements = tuple(_placement(p, where) for p in value.placements)
+            piece, local_shape, mesh_shape = (pickled.local if pickled else None), tuple(value.to_local().shape), tuple(mesh.shape)
+        elif isinstance(value, torch.Tensor):
+            coord, placements, piece, local_shape, mesh_shape = (), (), pickled, tuple(value.shape), ()
+        else:
+            raise CheckpointError(f"{where} is a {type(value).__name__}, not a tensor")
+        if piece is None or piece.storage is None or piece.shape != local_shape:
+            raise CheckpointError(f"{where}: the pickle and torch disagree on this tensor; re-copy the file")
+        entries[key] = _Entry(
+            global_shape=tuple(value.shape),
+            placements=placements,
+            mesh_shape=mesh_shape,
+            coord=coord,
+            dtype=value.dtype,
+            shape=piece.shape,
+            stride=piece.stride,
+            start=starts[f"{prefix}data/{piece.storage}"],
+            offset=piece.offset,
+        )
+    return entries
+
+
+def _index(path: Path, step: int) -> dict[str, _Entry]:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read the rank shard at step {step} ({exc.strerror or exc})") from None
+    return _file_index(path, st.st_size, st.st_mtime_ns, step)
+
+
+def _read_piece(path: Path, entry: _Entry) -> torch.Tensor:
+    """A rank's piece of one tensor, read from the file's bytes (nothing else of the file is read)."""
+    itemsize = entry.dtype.itemsize
+    span = 1 + sum((n - 1) * s for n, s in zip(entry.shape, entry.stride, strict=True)) if all(entry.shape) else 0
+    with open(path, "rb") as f:
+        f.seek(entry.start + entry.offset * itemsize)
+        data = bytearray(f.read(span * itemsize))
+    if len(data) != span * itemsize:
+        raise CheckpointError(f"{path}: truncated (a tensor's data runs past the end); re-copy it")
+    flat = torch.frombuffer(data, dtype=entry.dtype) if span else torch.empty(0, dtype=entry.dtype)
+    return flat.as_strided(entry.shape, entry.stride)
+
+
 class ShardTensors:
     """The LoRA tensors of one checkpoint's rank shards, by PEFT key: ``tensors[key]`` assembles one."""
 
-    def __init__(self, ref: CheckpointRef, states: Sequence[dict[str, Any]]):
+    def __init__(self, ref: CheckpointRef):
         self.ref = ref
-        self._states = states
+        self._indexes = [_index(path, ref.step) for path in ref.shards]
         self.keys: dict[str, str] = {}  # PEFT key -> state-dict key
-        for key in states[0]:
+        for key in self._indexes[0]:
             mapped = peft_key(key)
             if mapped is not None:
                 self.keys[mapped[0]] = key
-        for rank, state in enumerate(states[1:], start=1):
-            missing = [k for k in self.keys.values() if k not in state]
+        for rank, index in enumerate(self._indexes[1:], start=1):
+            missing = [k for k in self.keys.values() if k not in index]
             if missing:
                 raise CheckpointError(
                     f"{ref.shards[rank]}: no tensor {missing[0]} at step {ref.step}, which rank 0 holds; the shards "
@@ -112,69 +235,47 @@ class ShardTensors:
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Global shapes by PEFT key, from rank 0's pickle (nothing is put together)."""
-        return {key: tuple(self._states[0][name].shape) for key, name in self.keys.items()}
+        """Global shapes by PEFT key (nothing is read)."""
+        return {key: self._indexes[0][name].global_shape for key, name in self.keys.items()}
 
     def __getitem__(self, key: str) -> torch.Tensor:
         name = self.keys[key]
-        pieces = [state[name] for state in self._states]
-        from torch.distributed.tensor import DTensor
+        entries = [index[name] for index in self._indexes]
+        where = f"{self.ref.path}: {name} at step {self.ref.step}"
+        first = entries[0]
+        if not first.placements:
+            return _read_piece(self.ref.shards[0], first)  # a parameter FSDP left whole on every rank
+        sharded = [(i, p[1]) for i, p in enumerate(first.placements) if p[0] == "shard"]
+        if len({d for _, d in sharded}) != len(sharded):
+            raise CheckpointError(f"{where}: one tensor dimension sharded over two mesh dimensions; not supported")
+        grid: dict[tuple[int, ...], torch.Tensor] = {}
+        for rank, entry in enumerate(entries):
+            if entry.placements != first.placements or entry.global_shape != first.global_shape:
+                raise CheckpointError(f"{where}: rank {rank} and rank 0 disagree on its placements; different saves?")
+            if entry.coord is None or any(entry.coord[i] for i, p in enumerate(first.placements) if p[0] == "replicate"):
+                continue  # outside this tensor's mesh, or a replica of a piece taken from another rank
+            grid[tuple(entry.coord[i] for i, _ in sharded)] = _read_piece(self.ref.shards[rank], entry)
 
-        if not isinstance(pieces[0], DTensor):
-            if not isinstance(pieces[0], torch.Tensor):
-                raise CheckpointError(
-                    f"{self.ref.shards[0]}: {name} is a {type(pieces[0]).__name__}, not a tensor (step {self.ref.step})"
-                )
-            return pieces[0]  # a parameter FSDP left whole: every rank holds all of it
-        return _assemble(self.ref, name, pieces)
+        def build(prefix: tuple[int, ...], level: int) -> torch.Tensor:
+            if level == len(sharded):
+                return grid[prefix]
+            mesh_dim, tensor_dim = sharded[level]
+            parts = [build((*prefix, c), level + 1) for c in range(first.mesh_shape[mesh_dim])]
+            return torch.cat(parts, dim=tensor_dim)
 
-
-def _assemble(ref: CheckpointRef, name: str, pieces: Sequence[Any]) -> torch.Tensor:
-    """The global tensor of one DTensor from every rank's piece (rank order = file order)."""
-    first = pieces[0]
-    placements = tuple(first.placements)
-    mesh = first.device_mesh.mesh
-    where = f"{ref.path}: {name} at step {ref.step}"
-    sharded = [(i, p.dim) for i, p in enumerate(placements) if p.is_shard()]
-    unknown = [p for p in placements if type(p).__name__ not in ("Shard", "Replicate")]  # Partial, _StridedShard
-    if unknown or len({d for _, d in sharded}) != len(sharded):
-        raise CheckpointError(
-            f"{where} has placements {placements}; nextrap puts together Shard and Replicate placements, each tensor "
-            "dimension sharded once (verl's FSDP and HSDP meshes)"
-        )
-    if int(mesh.max()) >= len(pieces):
-        raise CheckpointError(f"{where}: its device mesh names rank {int(mesh.max())} but {len(pieces)} shards exist")
-    grid: dict[tuple[int, ...], torch.Tensor] = {}
-    for rank, piece in enumerate(pieces):
-        if tuple(piece.placements) != placements:
-            raise CheckpointError(f"{where}: rank {rank} has placements {tuple(piece.placements)}, rank 0 {placements}")
-        coord = (mesh == rank).nonzero()
-        if len(coord) != 1:
-            continue  # a rank outside this tensor's mesh
-        coord = coord[0].tolist()
-        if any(coord[i] for i, p in enumerate(placements) if p.is_replicate()):
-            continue  # a replica of pieces already taken
-        grid[tuple(coord[i] for i, _ in sharded)] = piece.to_local()
-
-    def build(prefix: tuple[int, ...], level: int) -> torch.Tensor:
-        if level == len(sharded):
-            return grid[prefix]
-        mesh_dim, tensor_dim = sharded[level]
-        return torch.cat([build((*prefix, c), level + 1) for c in range(mesh.shape[mesh_dim])], dim=tensor_dim)
-
-    try:
-        full = build((), 0)
-    except KeyError:
-        raise CheckpointError(f"{where}: a rank's piece is missing from the shards") from None
-    if tuple(full.shape) != tuple(first.shape):
-        raise CheckpointError(
-            f"{where}: the ranks' pieces make {list(full.shape)}, the DTensor says {list(first.shape)}; the shards "
-            "come from different saves"
-        )
-    return full
+        try:
+            full = build((), 0)
+        except KeyError:
+            raise CheckpointError(f"{where}: a rank's piece is missing from the shards") from None
+        if tuple(full.shape) != first.global_shape:
+            raise CheckpointError(
+                f"{where}: the ranks' pieces make {list(full.shape)}, the DTensor says {list(first.global_shape)}; "
+                "the shards come from different saves"
+            )
+        return full
 
 
 @contextmanager
 def open_shards(ref: CheckpointRef) -> Iterator[ShardTensors]:
-    """Load every rank's shard of ``ref`` (memory-mapped); the tensors are put together on access."""
-    yield ShardTensors(ref, [_load(path, ref.step) for path in ref.shards])
+    """The tensors of ``ref``'s rank shards; each tensor is read from the ranks' files when it is asked for."""
+    yield ShardTensors(ref)

@@ -282,5 +282,6 @@ def test_three_ranks_bfloat16_and_verl_08_full_state(tmp_path: Path):
         with open_adapter(ref) as reader:
             assert len(reader.keys()) == 2 * len(SHAPES)  # the base weights beside them are left out
             for name, (B, A) in planted_factors(SPEC, SHAPES, ref.step).items():
-                got = reader.get(f"base_model.model.{name}.lora_B.weight", dtype=None)
-                assert got.dtype == torch.bfloat16 and torch.equal(got, B.to(torch.bfloat16))
+                for part, value in (("lora_A", A), ("lora_B", B)):
+                    got = reader.get(f"base_model.model.{name}.{part}.weight", dtype=None)
+                    assert got.dtype == torch.bfloat16 and torch.equal(got, value.to(torch.bfloat16))
