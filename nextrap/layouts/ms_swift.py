@@ -6,8 +6,8 @@ checkpoint (``swift/utils/io_utils.py`` ``update_last_checkpoint_symlink``), ski
 The Megatron path (``swift/megatron/trainers/base.py``, ``save_checkpoint``) writes a PEFT adapter into
 ``checkpoint-N/`` only with ``--merge_lora false``: by default ``merge_lora`` follows
 ``save_safetensors`` (``swift/megatron/arguments/megatron_args.py``), and the checkpoint holds Megatron
-shards plus merged full weights in ``checkpoint-N-merged/``. Releases: ms-swift 3.x to 4.6.0 (read from
-the 4.6.0 wheel); folder trees in the tests are built from that source, not written by ms-swift.
+shards plus merged full weights in ``checkpoint-N-merged/``. Releases: ms-swift 4.6.0 (read from its
+wheel; earlier releases not checked); folder trees in the tests are built from that source, not written by ms-swift.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ Automodel policy saves a LoRA adapter through ``nemo_automodel``'s ``Checkpointe
 ``weights/model/`` (``adapter_model.safetensors``, ``adapter_config.json``); older policies wrote it at
 ``weights/``. ``N`` is ``total_steps``: GRPO's save state has no ``step``, and SFT's / DPO's ``step``
 counts within the epoch, so the step record read here is ``total_steps``. The Megatron policy writes
-``weights/iter_NNNNNNN/`` (Megatron format): convert it first. Releases: NeMo-RL 0.6 to 0.7 (repository
-at 2026-08-22, commit 7ea279a) with nemo_automodel 0.7.0; folder trees in the tests are built from that
+``weights/iter_NNNNNNN/`` (Megatron format): convert it first. Releases: the NeMo-RL repository at commit
+7ea279a (2026-08-22) with nemo_automodel 0.7.0; folder trees in the tests are built from that
 source, not written by NeMo-RL.
 """
 

@@ -7,8 +7,8 @@ a PEFT adapter (``adapter_model.bin`` instead of ``.safetensors`` under ZeRO-3 o
 ``openrlhf/trainer/ppo_trainer.py`` saves tag ``global_step{N}`` every ``--ckpt.save_steps`` and tag
 ``best_global_step{N}`` on each new best eval metric (on by default, ``save_best_checkpoint``): that
 folder duplicates or precedes a regular save, so it is left out with one note. ``_actor/`` and
-``_critic/`` hold no adapter and are skipped silently. Releases: OpenRLHF 0.9 to 0.11.2 (read from the
-0.11.2 wheel); folder trees in the tests are built from that source, not written by OpenRLHF.
+``_critic/`` hold no adapter and are skipped silently. Releases: OpenRLHF 0.11.2 (read from its wheel;
+earlier releases not checked); folder trees in the tests are built from that source, not written by OpenRLHF.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ FSDP2 strategy (``roll/distributed/strategy/fsdp2_strategy.py``) saves the model
 ``save_pretrained``: a PEFT adapter at the checkpoint folder's root for a LoRA run. The Megatron
 strategy (``megatron_strategy.py``) saves each adapter into ``checkpoint-N/<adapter name>/`` with its
 ``adapter_config.json`` but Megatron-format weights, which need ``mcore_adapter/tools/convert.py``
-first. Releases: ROLL 0.2 to 0.3 (repository at 2026-08-19, commit 8eb27cc); folder trees in the tests
+first. Releases: the ROLL repository at commit 8eb27cc (2026-08-19); folder trees in the tests
 are built from that source, not written by ROLL.
 """
 

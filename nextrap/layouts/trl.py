@@ -4,8 +4,8 @@ Save function: ``transformers.Trainer._save_checkpoint`` (transformers/trainer.p
 trainer (GRPOTrainer, PPOTrainer, ...) inherits: ``OUT/checkpoint-{global_step}/`` holds the PEFT adapter
 (``adapter_model.safetensors`` + ``adapter_config.json``, from ``PeftModel.save_pretrained``) and
 ``trainer_state.json`` with ``global_step``, beside ``optimizer.pt``, ``scheduler.pt`` and
-``rng_state.pth``. Releases: transformers 4.x to 5.25 with TRL 0.x to 1.16; verified by running TRL
-1.16.0's GRPOTrainer in ``tests/test_callbacks.py``.
+``rng_state.pth``. Releases: verified with TRL 1.16.0 and transformers 5.25.0, by running TRL's GRPOTrainer in
+``tests/test_callbacks.py`` (the layout is older than both).
 """
 
 from __future__ import annotations
