@@ -185,6 +185,30 @@ class _HeaderUnpickler(pickle.Unpickler):
         return _Storage(pid[1].dtype, str(pid[2]))
 
 
+def _first_member(f: io.BufferedReader) -> str | None:
+    """The name of the archive's first member when it is a stored ``data.pkl`` (torch.save writes it first),
+    with ``f`` left at its data; None otherwise. Read from the local header, without parsing the archive's
+    directory (torch writes the sizes after the data, but a pickle ends itself: no size is needed)."""
+    head = f.read(30)
+    if len(head) < 30 or head[:4] != b"PK\x03\x04" or int.from_bytes(head[8:10], "little") != 0:
+        return None
+    name_len, extra_len = int.from_bytes(head[26:28], "little"), int.from_bytes(head[28:30], "little")
+    name = f.read(name_len).decode("utf-8", "replace")
+    if not (name.endswith("/data.pkl") or name == "data.pkl"):
+        return None
+    f.seek(extra_len, 1)
+    return name
+
+
+def _unpickle(stream: Any) -> Any:
+    try:
+        return _HeaderUnpickler(stream).load()
+    except UnsafePickle:
+        raise
+    except Exception as exc:  # a damaged pickle raises many types
+        raise ValueError(f"damaged pickle ({type(exc).__name__}: {exc})") from None
+
+
 def read_tensor_header(path: Path) -> dict[str, PickledTensor]:
     """``{name: PickledTensor}`` of the top-level state dict of the ``torch.save`` file ``path``.
 
@@ -196,21 +220,20 @@ def read_tensor_header(path: Path) -> dict[str, PickledTensor]:
 
 def read_tensor_index(path: Path) -> tuple[str, dict[str, PickledTensor]]:
     """The archive's folder prefix (storages are ``<prefix>data/<storage>``) and :func:`read_tensor_header`'s dict."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-            if len(names) != 1:
-                raise ValueError("no data.pkl in the archive: not a torch.save file")
-            data = archive.read(names[0])
-            prefix = names[0][: -len("data.pkl")]
-    except zipfile.BadZipFile as exc:
-        raise ValueError(f"not a torch.save zip archive ({exc})") from None
-    try:
-        state = _HeaderUnpickler(io.BytesIO(data)).load()
-    except UnsafePickle:
-        raise
-    except Exception as exc:  # a damaged pickle raises many types
-        raise ValueError(f"damaged pickle ({type(exc).__name__}: {exc})") from None
+    with open(path, "rb") as f:
+        name = _first_member(f)
+        if name is not None:
+            state = _unpickle(f)
+    if name is None:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+                if len(names) != 1:
+                    raise ValueError("no data.pkl in the archive: not a torch.save file")
+                name, state = names[0], _unpickle(io.BytesIO(archive.read(names[0])))
+        except zipfile.BadZipFile as exc:
+            raise ValueError(f"not a torch.save zip archive ({exc})") from None
+    prefix = name[: -len("data.pkl")]
     if not isinstance(state, dict):
         raise ValueError(f"holds a {type(state).__name__}, not a state dict")
     out = {}
