@@ -46,10 +46,8 @@ def _shapes(layers: int, hidden: int, inter: int, kv: int) -> dict[str, tuple[in
     return {f"model.layers.{i}.{k}": v for i in range(layers) for k, v in per_layer.items()}
 
 
-def write_run(root: Path, size: str) -> int:
-    """A continuous run: ``A_k = A0 + 0.02 k N``, ``B_k = (k / K) B*`` per module (bases shared by shape,
-    scaled per layer so modules differ); returns the bytes of one checkpoint's weights."""
-    shapes = _shapes(*SIZES[size])
+def continuous_bases(shapes: dict[str, tuple[int, int]]) -> dict[tuple[int, int], tuple[torch.Tensor, ...]]:
+    """Per distinct (out, in): ``A0``, the direction ``A`` moves in, and ``B*`` (seeded: same every call)."""
     g = torch.Generator().manual_seed(0)
     bases = {}
     for out_f, in_f in set(shapes.values()):
@@ -58,6 +56,24 @@ def write_run(root: Path, size: str) -> int:
             torch.randn(RANK, in_f, generator=g) / in_f**0.5,
             torch.randn(out_f, RANK, generator=g) * 1e-2,
         )
+    return bases
+
+
+def continuous_factors(shapes: dict[str, tuple[int, int]], bases: dict, k: int):
+    """``(name, A_k, B_k)`` of checkpoint ``k`` (1-based) in bf16, one module at a time."""
+    for i, (name, shape) in enumerate(shapes.items()):
+        a0, noise, b = bases[shape]
+        layer_scale = 1.0 + 0.01 * (i // 7)
+        yield name, (a0 + 0.02 * k * noise).to(torch.bfloat16), (b * layer_scale * k / CHECKPOINTS).to(torch.bfloat16)
+
+
+def write_run(root: Path, size: str, layers: int | None = None) -> int:
+    """A continuous run: ``A_k = A0 + 0.02 k N``, ``B_k = (k / K) B*`` per module (bases shared by shape,
+    scaled per layer so modules differ); returns the bytes of one checkpoint's weights. ``layers`` cuts
+    the model to its first layers."""
+    full_layers, *dims = SIZES[size]
+    shapes = _shapes(layers or full_layers, *dims)
+    bases = continuous_bases(shapes)
     config = {
         "peft_type": "LORA",
         "r": RANK,
@@ -70,13 +86,9 @@ def write_run(root: Path, size: str) -> int:
         folder = root / f"checkpoint-{k * EVERY}"
         folder.mkdir(parents=True)
         tensors = {}
-        for i, (name, shape) in enumerate(shapes.items()):
-            a0, noise, b = bases[shape]
-            layer_scale = 1.0 + 0.01 * (i // 7)
-            tensors[f"base_model.model.{name}.lora_A.weight"] = (a0 + 0.02 * k * noise).to(torch.bfloat16)
-            tensors[f"base_model.model.{name}.lora_B.weight"] = (b * layer_scale * k / CHECKPOINTS).to(
-                torch.bfloat16
-            )
+        for name, A, B in continuous_factors(shapes, bases, k):
+            tensors[f"base_model.model.{name}.lora_A.weight"] = A
+            tensors[f"base_model.model.{name}.lora_B.weight"] = B
         save_file(tensors, str(folder / "adapter_model.safetensors"))
         del tensors
         (folder / "adapter_config.json").write_text(json.dumps(config))

@@ -3,7 +3,8 @@
 Headers (config, keys, shapes, dtypes) and the key, rank and scaling rules are :mod:`nextrap.headers`'
 (no torch), re-exported here. Reading is lazy: :class:`AdapterReader` opens ``adapter_model.safetensors``
 and hands out one tensor at a time (legacy ``adapter_model.bin`` files are memory-mapped with
-``weights_only=True``).
+``weights_only=True``; verl's rank shards too, each tensor put together from the ranks' pieces when it
+is asked for, see :mod:`nextrap.shard_reader`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from nextrap.headers import (
 )
 from nextrap.layouts import CheckpointRef
 from nextrap.peft_format import CONFIG_NAME, SAFETENSORS_NAME
+from nextrap.shard_format import FORMAT as SHARDS
+from nextrap.shard_reader import open_shards
 
 __all__ = [
     "SAFETENSORS_NAME",
@@ -87,7 +90,10 @@ class AdapterReader:
 def open_adapter(ref: CheckpointRef) -> Iterator[AdapterReader]:
     """Open a checkpoint's weights lazily; raise :class:`CheckpointError` for corrupt, unreadable or stub files."""
     check_weights_file(ref)
-    if ref.weights.suffix == ".safetensors":
+    if ref.format == SHARDS:
+        with open_shards(ref) as tensors:
+            yield AdapterReader(ref, tensors, tensors.shapes)
+    elif ref.weights.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
         try:

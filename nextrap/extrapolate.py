@@ -443,7 +443,9 @@ def _report(
     inputs = []
     for ref in traj.refs:
         item = {"step": ref.step, "path": str(ref.path), "weights": str(ref.weights), "step_source": ref.step_source}
-        if write.hash_inputs:
+        if ref.shards:  # verl's rank shards: every file the tensors came from
+            item["shards"] = [{"path": str(p), **({"sha256": _sha256(p)} if write.hash_inputs else {})} for p in ref.shards]
+        elif write.hash_inputs:
             item["sha256"] = _sha256(ref.weights)
         inputs.append(item)
     # per-module figures are in the outputs; keep the report's predictor section readable

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nextrap import shard_format
 from nextrap.errors import CheckpointError
 from nextrap.files import read_regular
 from nextrap.layouts import CheckpointRef
@@ -45,6 +46,7 @@ __all__ = [
     "corrupt_safetensors",
     "is_float_dtype",
     "load_bin",
+    "parse_config",
     "read_config",
     "read_header",
     "read_safetensors_header",
@@ -194,6 +196,11 @@ def read_config(folder: Path) -> AdapterConfig:
         ) from None
     except RecursionError:
         raise CheckpointError(f"{path}: nested too deeply to be an adapter config") from None
+    return parse_config(path, raw)
+
+
+def parse_config(path: Path, raw: Any) -> AdapterConfig:
+    """Check an adapter config's content (from ``path``, named in errors); see :func:`read_config`."""
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     peft_type = str(raw.get("peft_type", "LORA")).upper()
@@ -510,8 +517,13 @@ def load_bin(ref: CheckpointRef) -> dict[str, Any]:
 
 def read_header(ref: CheckpointRef) -> AdapterHeader:
     """Read ``ref``'s config and tensor header, group keys into LoRA modules and raw tensors, check them."""
-    config = read_config(ref.path)
-    shapes, dtypes = tensor_header(ref)
+    if ref.format == shard_format.FORMAT:
+        check_weights_file(ref)
+        shapes, dtypes = shard_format.read_shard_header(ref.shards, ref.step)
+        config = parse_config(*shard_format.adapter_config_raw(ref.path, ref.step, shapes))
+    else:
+        config = read_config(ref.path)
+        shapes, dtypes = tensor_header(ref)
     if not shapes:
         raise CheckpointError(
             f"{ref.weights}: holds no tensors at step {ref.step}: a ZeRO-3 placeholder or a failed save; "

@@ -41,7 +41,7 @@ def test_ms_swift_version_folder(tmp_path: Path):
     for n in (10, 20):
         _adapter(tmp_path / "v0-20260101-120000" / f"checkpoint-{n}")
     d = discover(tmp_path)
-    assert (d.layout, d.steps) == ("trl", (10, 20))
+    assert (d.layout, d.steps) == ("ms-swift", (10, 20))
 
 
 def test_two_ms_swift_versions_are_ambiguous(tmp_path: Path):
@@ -78,13 +78,14 @@ def test_openrlhf_bin(tmp_path: Path):
 
 
 def test_nemo_rl_skips_tmp_and_reads_training_info(tmp_path: Path):
+    # The older policies' place for the adapter (weights/), and a save in progress (tmp_step_6).
     for n in (2, 4):
         _adapter(tmp_path / f"step_{n}" / "policy" / "weights")
-    (tmp_path / "step_4" / "training_info.json").write_text(json.dumps({"step": 4, "epoch": 0}))
+    (tmp_path / "step_4" / "training_info.json").write_text(json.dumps({"total_steps": 4, "current_epoch": 0}))
     _adapter(tmp_path / "tmp_step_6" / "policy" / "weights")
     d = discover(tmp_path)
     assert (d.layout, d.steps) == ("nemo-rl", (2, 4))
-    assert d.checkpoints[1].step_source == "training_info.json step"
+    assert d.checkpoints[1].step_source == "training_info.json total_steps"
 
 
 def test_plain_folders_with_numbers(tmp_path: Path):
@@ -165,14 +166,17 @@ def test_explicit_lists(tmp_path: Path):
 
 
 def test_layouts_imports_no_torch():
-    """layouts.py is stdlib-only so discovery stays light: check its imports statically."""
-    source = (Path(__file__).parents[1] / "nextrap" / "layouts.py").read_text()
+    """The layouts package is stdlib-only so discovery stays light: check its imports statically."""
+    package = Path(__file__).parents[1] / "nextrap"
     modules = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            modules |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            modules.add(node.module)
+    for path in [*(package / "layouts").glob("*.py"), package / "shard_format.py", package / "pickle_header.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {a.name for a in node.names if a.name.startswith("nextrap.")}
+                modules |= {a.name.split(".")[0] for a in node.names if not a.name.startswith("nextrap.")}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules.add(node.module)
+    modules = {m for m in modules if not m.startswith("nextrap.layouts")}  # the package's own modules
     assert modules <= {
         "__future__",
         "json",
@@ -184,4 +188,10 @@ def test_layouts_imports_no_torch():
         "nextrap.errors",
         "nextrap.files",  # safe reads of trainer records: stdlib-only as well
         "nextrap.peft_format",  # PEFT's file names and rules: stdlib-only as well
+        "nextrap.shard_format",  # verl's shard files: stdlib-only as well
+        "nextrap.pickle_header",
+        "io",
+        "pickle",
+        "zipfile",
+        "typing",
     }, modules
