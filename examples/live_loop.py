@@ -3,12 +3,10 @@
 The loop here is a supervised one on nextrap's tiny reference model (CPU, offline, a minute); the
 two nextrap calls are the same in any loop that trains a PEFT model.
 
-    python examples/live_loop.py [--steps 80]      # jumps half way
+    python examples/live_loop.py
 """
 
 from __future__ import annotations
-
-import argparse
 
 import torch
 from peft import get_peft_model
@@ -20,7 +18,7 @@ from nextrap.reference.model import encode, lora_config
 from nextrap.reference.policy import accuracy, answer_logprobs
 
 
-def main(steps: int = 80) -> None:
+def main() -> None:
     warm = WarmStartConfig()
     task = get_task(warm.task)
     base, tokenizer, _ = load_base(warm)
@@ -33,7 +31,7 @@ def main(steps: int = 80) -> None:
 
     # snapshots of the LoRA factors every 5 steps, kept in memory (in_memory=False spills to a folder)
     with TrajectoryRecorder(every=5, in_memory=True) as recorder:
-        for step in range(1, steps + 1):
+        for step in range(1, 81):
             batch = task.sample(gen, 64, task.test_prompts())
             prompts = encode(tokenizer, [p for p, _ in batch])
             answers = encode(tokenizer, [a for _, a in batch], bos=False)
@@ -42,7 +40,7 @@ def main(steps: int = 80) -> None:
             loss.backward()
             optimizer.step()
             recorder.maybe_record(model, step)
-            if step == steps // 2:
+            if step == 40:
                 before = accuracy(model, tokenizer, task, test)
                 # jump one horizon (5 intervals = 25 steps) ahead, in place; Adam's moments are dropped
                 jump = extrapolate_into(
@@ -55,15 +53,13 @@ def main(steps: int = 80) -> None:
                 recorder.clear()  # the trajectory has a break here: record afresh
                 after = accuracy(model, tokenizer, task, test)
                 print(
-                    f"step {step}: jumped to virtual step {jump.virtual_step:g}; accuracy {before:.3f} -> {after:.3f}"
+                    f"step 40: jumped to virtual step {jump.virtual_step:g}; accuracy {before:.3f} -> {after:.3f}"
                 )
     print(
-        f"accuracy after {steps} steps: {accuracy(model, tokenizer, task, test):.3f} "
+        f"accuracy after 80 steps: {accuracy(model, tokenizer, task, test):.3f} "
         f"(base model: {evaluate_adapter(None, warm, 256):.3f})"
     )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="NExt inside your own PyTorch loop.")
-    parser.add_argument("--steps", type=int, default=80, help="training steps; the jump comes half way")
-    main(parser.parse_args().steps)
+    main()

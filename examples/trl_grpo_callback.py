@@ -5,12 +5,12 @@ tokenizer and a small Llama warm-started on sorting digit strings, cached under 
 the reward checks the answer exactly.
 
     pip install trl          # not a nextrap dependency
-    python examples/trl_grpo_callback.py [OUT_DIR] [--steps 40]     # jumps at 3/4 of the steps
+    python examples/trl_grpo_callback.py [OUT_DIR]
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
 from datasets import Dataset
@@ -22,7 +22,7 @@ from nextrap.reference import WarmStartConfig, get_task, load_base
 from nextrap.reference.model import lora_config
 
 
-def main(out: Path, steps: int = 40) -> None:
+def main(out: Path) -> None:
     warm = WarmStartConfig()  # the sort task
     task = get_task(warm.task)
     model, tokenizer, _ = load_base(warm)
@@ -40,7 +40,7 @@ def main(out: Path, steps: int = 40) -> None:
 
     args = GRPOConfig(
         output_dir=str(out),
-        max_steps=steps,
+        max_steps=40,
         per_device_train_batch_size=16,
         num_generations=8,
         max_completion_length=task.answer_len,
@@ -51,9 +51,9 @@ def main(out: Path, steps: int = 40) -> None:
         use_cpu=True,
         seed=0,
     )
-    # record every 2 steps; at step 30 (of 40), jump one horizon (5 intervals = 10 steps) ahead with NExt
+    # record every 2 steps; at step 30, jump one horizon (5 intervals = 10 steps) ahead with the NExt predictor
     callback = NExtCallback(
-        jump_at=steps * 3 // 4, coef=1.0, record_every=2, options=nextrap.ExtrapolateOptions(horizon=5)
+        jump_at=30, coef=1.0, record_every=2, options=nextrap.ExtrapolateOptions(horizon=5)
     )
     trainer = GRPOTrainer(
         model=model,
@@ -70,10 +70,4 @@ def main(out: Path, steps: int = 40) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="NExt inside TRL's GRPOTrainer.")
-    parser.add_argument(
-        "out", nargs="?", type=Path, default=Path("nextrap-trl-example"), help="output folder"
-    )
-    parser.add_argument("--steps", type=int, default=40, help="GRPO steps; the jump comes at 3/4 of them")
-    args = parser.parse_args()
-    main(args.out, args.steps)
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("nextrap-trl-example"))

@@ -266,8 +266,8 @@ def test_the_verl_fixture_is_what_nextrap_refuses(tmp_path: Path):
 EXAMPLES = {
     "python_api.py": (["OUT"], "virtual step"),
     "end_to_end.py": (["OUT", "--steps", "20"], "accuracy after 20 + 20 trained steps"),
-    "live_loop.py": (["--steps", "20"], "jumped to virtual step"),
-    "trl_grpo_callback.py": (["OUT", "--steps", "12"], "jumped at step"),
+    "live_loop.py": ([], "jumped to virtual step"),
+    "trl_grpo_callback.py": (["OUT"], "jumped at step"),
 }
 
 
