@@ -123,6 +123,26 @@ def test_the_readme_is_a_front_door():
     assert not found, f"README.md dates itself to a development round: {found}; state facts with their commit"
 
 
+OUTPUT_OPTION = re.compile(r"(?:^|\s)(?:-o|--output)\s+(?P<path>[^\s;&|]+)")
+
+
+def test_blocks_copied_in_order_across_pages_never_write_the_same_output():
+    # A reader copies blocks from several pages into one folder: two blocks writing one output would
+    # collide ("already exists"). One block may write an output twice (to show the refusal).
+    owner: dict[str, str] = {}
+    clashes = []
+    for path in DOC_FILES:
+        for block in code_blocks(path):
+            if block.lang != "bash" or block.no_run is not None:
+                continue
+            for target in {m["path"].rstrip("/") for m in OUTPUT_OPTION.finditer(block.code)}:
+                if target in owner:
+                    clashes.append(f"{block.where} and {owner[target]} both write {target}")
+                owner.setdefault(target, block.where)
+    assert len(owner) >= 10, f"only {len(owner)} outputs found: is the pattern still matching -o?"
+    assert not clashes, "\n".join(clashes)
+
+
 LINK = re.compile(r"\[[^\]]*\]\((?P<target>[^)\s]+)\)")
 
 
