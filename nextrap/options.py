@@ -45,8 +45,9 @@ class ExtrapolateOptions:
     recommended method); ``predictor``: NExt's settings; ``relex``: RELEX's rank and window.
     ``horizon``: in checkpoint intervals; ``None`` means 5, shortened when the run is too short for 3
     training pairs. ``rank_policy``: ``keep`` (rank r, best approximation) or ``grow`` (rank r + 1: the
-    last checkpoint plus the move's top direction; exact for ``next`` only, whose move is rank 1). ``force``: go on past a discontinuity between checkpoints. ``chunk_bytes``: the most factor
-    bytes held at once.
+    last checkpoint plus the move's top direction; exact for ``next`` only, whose move is rank 1).
+    ``force``: go on past a discontinuity between checkpoints. ``chunk_bytes``: the most factor bytes
+    held at once.
     """
 
     coefs: tuple[float, ...] | None = field(
