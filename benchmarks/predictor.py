@@ -36,7 +36,7 @@ is measured, and skipped when it is already there; the table is built from that 
 
 Run: ``python benchmarks/predictor.py --runs ref ref2e4 --configs auto plain --repeats 5``, then
 ``--runs qwen --qwen-layers 4 --configs auto plain-frames --repeats 3`` and ``--runs qwen --configs auto``
-(the README's section "The NExt predictor fit" has the exact commands and the table).
+(benchmarks/README.md, "The NExt predictor fit", has the exact commands and the table).
 """
 
 from __future__ import annotations

@@ -156,7 +156,7 @@ def table(summary: dict, config: ProtocolConfig) -> str:
 
 
 def markdown(summary: dict, config: ProtocolConfig) -> str:
-    """The README's table: each arm's accuracy at its budget and steps saved, paired differences with 95% CIs."""
+    """The table of benchmarks/README.md: each arm's accuracy at its budget and steps saved, paired differences with 95% CIs."""
     lines = [
         f"| arm (seeds) | accuracy at {config.budget} trained steps | vs plain at {config.budget} | vs plain at "
         f"{config.length} | accuracy right after the jump | steps saved to 90% / 95% of plain's final |",

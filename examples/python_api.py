@@ -1,11 +1,13 @@
 """Extrapolate a run from Python: build a small planted run, scan it, jump, load the result with PEFT.
 
-Run: ``python examples/python_api.py`` (CPU, a few seconds, no network). For your own run, replace
-``run_dir`` with the output folder of your trainer (TRL ``checkpoint-N``, verl ``global_step_N``, ...).
+Run: ``python examples/python_api.py [OUT_DIR]`` (CPU, a few seconds, no network; OUT_DIR must not exist
+yet, default: a new temporary folder). For your own run, replace ``run_dir`` with the output folder of your
+trainer (TRL ``checkpoint-N``, verl ``global_step_N``, ...).
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -13,8 +15,7 @@ import nextrap
 from nextrap.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
 
 
-def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="nextrap-example-"))
+def main(work: Path) -> None:
     shapes = llama_like_shapes(layers=2, hidden=64, intermediate=128, kv_dim=32)
     run_dir = write_synthetic_run(work / "run", range(10, 161, 10), shapes, PlantSpec(rank=8, alpha=16))
 
@@ -34,4 +35,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="nextrap-example-")))

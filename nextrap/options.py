@@ -46,9 +46,10 @@ class ExtrapolateOptions:
     ``method``: one of :data:`~nextrap.predictors.METHODS` or ``auto`` (backtest the run, take the
     recommended method); ``predictor``: NExt's settings; ``relex``: RELEX's rank and window.
     ``horizon``: in checkpoint intervals; ``None`` means 5, shortened when the run is too short for 3
-    training pairs. ``rank_policy``: ``keep`` (rank r, best approximation) or ``grow`` (exact, rank
-    r + 1). ``force``: go on past a discontinuity between checkpoints. ``chunk_bytes``: the most factor
-    bytes held at once.
+    training pairs. ``rank_policy``: ``keep`` (rank r, best approximation) or ``grow`` (rank r + 1: the
+    last checkpoint plus the move's top direction; exact for ``next`` only, whose move is rank 1).
+    ``force``: go on past a discontinuity between checkpoints. ``chunk_bytes``: the most factor bytes
+    held at once.
     """
 
     coefs: tuple[float, ...] | None = field(
@@ -80,7 +81,8 @@ class ExtrapolateOptions:
         default="keep",
         metadata=cli(
             "--rank-policy",
-            "keep: the best rank-r adapter (resumable by any trainer); grow: exact, rank r+1.",
+            "keep: the best rank-r adapter (resumable by any trainer); grow: rank r+1, the last checkpoint plus "
+            "the move's top direction (exact for next, whose move is rank 1; not for linear or relex).",
             choices=["keep", "grow"],
         ),
     )
