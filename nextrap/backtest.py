@@ -184,21 +184,105 @@ def _lora_inner_products(
     chunk_bytes: int,
 ) -> Iterator[tuple[int, str, dict[str, float]]]:
     """``(target, module kind, inner products)`` for every LoRA module and target, from the factors
-    (``idx`` = base, then the targets), a chunk of modules at a time."""
-    inner = lowrank.frobenius_inner
-    for names in trajectory.module_chunks(len(idx), chunk_bytes):
-        B, A = trajectory.load_factors(names, device, idx)
-        B, A = B.double(), A.double()
-        Ld, Rd = (x.double() for x in prediction.factors(fit, names, device, 0.0, 1.0))
-        Lo, Ro = (x.double() for x in prediction.factors(fit, names, device, 1.0, 0.0))
-        oo, od, dd = inner(Lo, Ro, Lo, Ro), inner(Lo, Ro, Ld, Rd), inner(Ld, Rd, Ld, Rd)
-        for n, j in enumerate(targets, start=1):
-            Lt = torch.cat([B[:, n], -B[:, 0]], -1)  # true update dW_j - dW_base, factored
-            Rt = torch.cat([A[:, n], A[:, 0]], -2)
-            ot, dt, tt = inner(Lo, Ro, Lt, Rt), inner(Ld, Rd, Lt, Rt), inner(Lt, Rt, Lt, Rt)
+    (``idx`` = base, then the targets), a chunk of modules at a time.
+
+    Each chunk's factors are read once, at the base, the targets and the checkpoints the prediction
+    combines. The true moves ``dW_j - dW_base`` (and a prediction that is the difference of two
+    checkpoints, like linear's) are factored from the differences of the factors, which are exact for
+    nearby checkpoints, so their products are taken in float32; other predictions are stacked in float64
+    as they are. All targets of a chunk go through one batched product.
+    """
+    uses = sorted(set(idx) | set(prediction.indices if prediction.combinations else ()))
+    at = {j: n for n, j in enumerate(uses)}
+    base = idx[0]
+    for names, B, A in trajectory.iter_factors(trajectory.module_chunks(len(uses), chunk_bytes), device, uses):
+        truth = _differences(B, A, [at[j] for j in targets], at[base])  # (M, n, out, 2r), (M, n, 2r, in)
+        direction = _move(prediction, fit, names, B, A, at, device, "direction")
+        offset = _move(prediction, fit, names, B, A, at, device, "offset")
+        M, n = len(names), len(targets)
+        zeros_n = torch.zeros(M, n, dtype=torch.float64, device=B.device)
+        dd, dt = _inner_with(direction, direction, truth, zeros_n)
+        oo, ot = _inner_with(offset, offset, truth, zeros_n)
+        od = _inner(offset, direction, M, B.device)
+        tt = _inner(truth, truth, M, B.device).reshape(M, n)
+        values = {"oo": oo, "od": od, "dd": dd}
+        per_target = {"ot": ot, "dt": dt, "tt": tt}
+        cpu = {k: v.double().cpu() for k, v in {**values, **per_target}.items()}
+        for t, j in enumerate(targets):
             for m, name in enumerate(names):
-                values = {"oo": oo[m], "od": od[m], "dd": dd[m], "ot": ot[m], "dt": dt[m], "tt": tt[m]}
-                yield j, _kind(name), {k: float(v) for k, v in values.items()}
+                row = {k: float(cpu[k][m]) for k in values}
+                row.update({k: float(cpu[k][m, t]) for k in per_target})
+                yield j, _kind(name), row
+
+
+_Factored = tuple[torch.Tensor, torch.Tensor]
+
+
+def _differences(B: torch.Tensor, A: torch.Tensor, rows: Sequence[int], base: int) -> _Factored:
+    """``dW_j - dW_base`` for ``j`` in ``rows``, factored as ``[B_j - B_b, B_b] @ [A_j; A_j - A_b]``."""
+    Bj, Aj = B[:, rows], A[:, rows]
+    Bb, Ab = B[:, base : base + 1].expand_as(Bj), A[:, base : base + 1].expand_as(Aj)
+    return lowrank.difference(Bj, Aj, 1.0, Bb, Ab, 1.0)
+
+
+def _move(
+    prediction: Prediction,
+    fit: Trajectory,
+    names: list[str],
+    B: torch.Tensor,
+    A: torch.Tensor,
+    at: dict[int, int],
+    device: torch.device,
+    part: str,
+) -> _Factored | None:
+    """The prediction's ``offset`` or ``direction`` for ``names`` (``(M, out, k)``, ``(M, k, in)``), None if zero.
+
+    Built from the factors already read (``B``, ``A`` at the checkpoints ``at`` maps to their rows).
+    """
+    if names[0] not in prediction.combinations:
+        if part == "offset" or names[0] not in prediction.matrices:
+            return None
+        L, R = prediction.stacked(names, device)
+        return L.double(), R.double()
+    which = 0 if part == "offset" else 1
+    w = torch.stack([prediction.combinations[n][which] for n in names]).to(torch.float64)  # (M, T)
+    used = [t for t in range(w.shape[1]) if bool((w[:, t] != 0).any())]
+    if not used:
+        return None
+    rows = [at[prediction.indices[t]] for t in used]
+    if len(used) == 2 and bool((w[:, used[0]] == -w[:, used[1]]).all()):
+        # x (dW_b - dW_a): the difference of two checkpoints, factored exactly as the true moves are
+        L, R = _differences(B, A, [rows[1]], rows[0])
+        scale = w[:, used[1]].to(L.dtype).view(-1, 1, 1)
+        return L[:, 0] * scale, R[:, 0]
+    Bw = B[:, rows].double() * w[:, used, None, None].to(B.device)
+    M, T, out_f, r = Bw.shape
+    return Bw.permute(0, 2, 1, 3).reshape(M, out_f, T * r), A[:, rows].double().reshape(M, T * r, -1)
+
+
+def _promote(x: _Factored, y: _Factored) -> tuple[_Factored, _Factored]:
+    dtype = torch.promote_types(x[0].dtype, y[0].dtype)
+    return (x[0].to(dtype), x[1].to(dtype)), (y[0].to(dtype), y[1].to(dtype))
+
+
+def _inner(x: _Factored | None, y: _Factored | None, M: int, dev: torch.device) -> torch.Tensor:
+    """``<x, y>_F`` per module (and target, for batched operands); zeros when either is None."""
+    if x is None or y is None:
+        return torch.zeros(M, dtype=torch.float64, device=dev)
+    x, y = _promote(x, y)
+    return lowrank.frobenius_inner(*x, *y)
+
+
+def _inner_with(
+    move: _Factored | None, same: _Factored | None, truth: _Factored, zeros_n: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(<move, move>, <move, truth_j> for every target j)``, zeros when the move is None."""
+    M = zeros_n.shape[0]
+    if move is None:
+        return torch.zeros(M, dtype=torch.float64, device=zeros_n.device), zeros_n
+    batched = (move[0].unsqueeze(1), move[1].unsqueeze(1))
+    a, b = _promote(batched, truth)
+    return _inner(move, same, M, zeros_n.device), lowrank.frobenius_inner(*a, *b)
 
 
 def _raw_inner_products(

@@ -140,8 +140,8 @@ def diagnose(
     device = device or torch.device("cpu")
     diag = Diagnostics(steps=trajectory.steps, rank=min(m.rank for m in trajectory.modules.values()))
     steps = torch.tensor(trajectory.steps, dtype=torch.float64)
-    for names in progress(trajectory.module_chunks(len(trajectory.steps), chunk_bytes), "diagnostics"):
-        B, A = trajectory.load_factors(names, device)
+    chunks = trajectory.module_chunks(len(trajectory.steps), chunk_bytes)
+    for _, (names, B, A) in zip(progress(chunks, "diagnostics"), trajectory.iter_factors(chunks, device), strict=True):
         M, K = B.shape[:2]
         svd = lowrank.factored_svd(B.reshape(M * K, *B.shape[2:]), A.reshape(M * K, *A.shape[2:]))
         energy = svd.S.double().square()
