@@ -16,10 +16,12 @@ from typing import Any
 import click
 
 from nextrap.cli_support import error_line, handle_errors, options_from, stack, values_for
+from nextrap.errors import ConfigError
 from nextrap.options import ExtrapolateOptions
 from nextrap.predictors.config import PRESETS, NExtConfig, RelexConfig
 from nextrap.predictors.registry import METHODS
 from nextrap.reference import cli as reference_cli
+from nextrap.threads import apply_threads, choose_threads
 from nextrap.version import __version__
 from nextrap.writers import OutputOptions
 
@@ -33,8 +35,15 @@ logger = logging.getLogger("nextrap")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug messages).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress bars.")
 @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Intra-op threads for torch [default: NEXTRAP_THREADS, else OMP_NUM_THREADS, else one per free core "
+    "(cores minus the load average): torch's one per core collapses on a busy machine].",
+)
 @click.pass_context
-def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
+def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool, threads: int | None) -> None:
     """Extrapolate LoRA checkpoints of an RLVR run along their rank-1 trajectory (NExt).
 
     Typical use: `nextrap scan RUN_DIR`, then `nextrap extrapolate RUN_DIR -o OUT --coef 1 --coef 2`,
@@ -54,6 +63,12 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     root = logging.getLogger("nextrap")
     root.handlers = [h for h in root.handlers if isinstance(h, logging.NullHandler)] + [handler]
     root.setLevel(level)
+    try:
+        choice = choose_threads(threads)
+    except ConfigError as exc:  # a bad NEXTRAP_THREADS / OMP_NUM_THREADS is a usage error: one line, exit 2
+        raise click.UsageError(str(exc)) from None
+    apply_threads(choice)
+    logger.info("%d intra-op thread(s) (%s)", choice.threads, choice.source)
 
 
 def _quiet_transformers_progress() -> None:

@@ -12,6 +12,7 @@ ORDER = [
     "version",
     "lazy",
     "errors",
+    "threads",
     "peft_format",
     "memory",
     "cli_support",
