@@ -153,13 +153,12 @@ def score_prediction(
     one), ``best_coef`` (the ``c`` minimising the error), and the norms. Everything is computed from
     factors, in float64.
     """
-    fit = trajectory.prefix(base + 1)
     idx = [base, *targets]
     # The six inner products are summed per (target, kind) and over all kinds; the scores follow from
     # the sums, so a kind's error is that of its modules taken together.
     sums: dict[tuple[int, str], dict[str, float]] = {}
     products = itertools.chain(
-        _lora_inner_products(trajectory, prediction, fit, idx, targets, device, chunk_bytes),
+        _lora_inner_products(trajectory, prediction, idx, targets, device, chunk_bytes),
         _raw_inner_products(trajectory, prediction, idx, targets, device),
     )
     for j, kind, values in products:
@@ -177,7 +176,6 @@ def score_prediction(
 def _lora_inner_products(
     trajectory: Trajectory,
     prediction: Prediction,
-    fit: Trajectory,
     idx: Sequence[int],
     targets: Sequence[int],
     device: torch.device,
@@ -189,29 +187,43 @@ def _lora_inner_products(
     Each chunk's factors are read once, at the base, the targets and the checkpoints the prediction
     combines. The true moves ``dW_j - dW_base`` (and a prediction that is the difference of two
     checkpoints, like linear's) are factored from the differences of the factors, which are exact for
-    nearby checkpoints, so their products are taken in float32; other predictions are stacked in float64
-    as they are. All targets of a chunk go through one batched product.
+    nearby checkpoints, so their products are taken in float32. A prediction that combines more
+    checkpoints (RELEX) is a weight vector over them: its products are quadratic forms in the chunk's
+    Gram matrix of updates, built once from float64 ``r x r`` block products (its entries cancel).
+    NExt's own factors are stacked in float64. All targets of a chunk go through one batched product.
     """
     uses = sorted(set(idx) | set(prediction.indices if prediction.combinations else ()))
     at = {j: n for n, j in enumerate(uses)}
     base = idx[0]
+    rows = [at[j] for j in targets]
     for names, B, A in trajectory.iter_factors(trajectory.module_chunks(len(uses), chunk_bytes), device, uses):
-        truth = _differences(B, A, [at[j] for j in targets], at[base])  # (M, n, out, 2r), (M, n, 2r, in)
-        direction = _move(prediction, fit, names, B, A, at, device, "direction")
-        offset = _move(prediction, fit, names, B, A, at, device, "offset")
         M, n = len(names), len(targets)
-        zeros_n = torch.zeros(M, n, dtype=torch.float64, device=B.device)
-        dd, dt = _inner_with(direction, direction, truth, zeros_n)
-        oo, ot = _inner_with(offset, offset, truth, zeros_n)
-        od = _inner(offset, direction, M, B.device)
-        tt = _inner(truth, truth, M, B.device).reshape(M, n)
-        values = {"oo": oo, "od": od, "dd": dd}
-        per_target = {"ot": ot, "dt": dt, "tt": tt}
-        cpu = {k: v.double().cpu() for k, v in {**values, **per_target}.items()}
+        moves = {part: _move(prediction, names, B, A, at, device, part) for part in ("offset", "direction")}
+        values: dict[str, torch.Tensor] = {}
+        if any(isinstance(m, torch.Tensor) for m in moves.values()):  # weights: everything from the Gram
+            moves = {p: _move(prediction, names, B, A, at, device, p, as_weights=True) for p in moves}
+            G = lowrank.update_gram(B, A, torch.float64)
+            truth_w = torch.zeros(M, n, len(uses), dtype=torch.float64, device=G.device)
+            truth_w[:, range(n), rows] = 1.0
+            truth_w[:, :, at[base]] -= 1.0
+            w = {part: _as_weights(m, M, len(uses), G.device) for part, m in moves.items()}
+            o, d = w["offset"], w["direction"]
+            values["oo"], values["od"], values["dd"] = _quad(o, G, o), _quad(o, G, d), _quad(d, G, d)
+            values["ot"] = torch.einsum("mu,muv,mnv->mn", o, G, truth_w)
+            values["dt"] = torch.einsum("mu,muv,mnv->mn", d, G, truth_w)
+            values["tt"] = torch.einsum("mnu,muv,mnv->mn", truth_w, G, truth_w)
+        else:
+            truth = _differences(B, A, rows, at[base])  # (M, n, out, 2r), (M, n, 2r, in)
+            zeros_n = torch.zeros(M, n, dtype=torch.float64, device=B.device)
+            values["dd"], values["dt"] = _inner_with(moves["direction"], truth, zeros_n)
+            values["oo"], values["ot"] = _inner_with(moves["offset"], truth, zeros_n)
+            values["od"] = _inner(moves["offset"], moves["direction"], M, B.device)
+            values["tt"] = _inner(truth, truth, M, B.device).reshape(M, n)
+        cpu = {k: v.double().cpu() for k, v in values.items()}
         for t, j in enumerate(targets):
             for m, name in enumerate(names):
-                row = {k: float(cpu[k][m]) for k in values}
-                row.update({k: float(cpu[k][m, t]) for k in per_target})
+                row = {k: float(cpu[k][m]) for k in ("oo", "od", "dd")}
+                row.update({k: float(cpu[k][m, t]) for k in ("ot", "dt", "tt")})
                 yield j, _kind(name), row
 
 
@@ -227,18 +239,17 @@ def _differences(B: torch.Tensor, A: torch.Tensor, rows: Sequence[int], base: in
 
 def _move(
     prediction: Prediction,
-    fit: Trajectory,
     names: list[str],
     B: torch.Tensor,
     A: torch.Tensor,
     at: dict[int, int],
     device: torch.device,
     part: str,
-) -> _Factored | None:
-    """The prediction's ``offset`` or ``direction`` for ``names`` (``(M, out, k)``, ``(M, k, in)``), None if zero.
-
-    Built from the factors already read (``B``, ``A`` at the checkpoints ``at`` maps to their rows).
-    """
+    as_weights: bool = False,
+) -> _Factored | torch.Tensor | None:
+    """The prediction's ``offset`` or ``direction`` for ``names``: None if zero; factors ``(M, out, k)``,
+    ``(M, k, in)``; or, for a combination of more than two checkpoints, its weights ``(M, U)`` over the
+    checkpoints read (``at`` maps a checkpoint index to its row in ``B``, ``A``)."""
     if names[0] not in prediction.combinations:
         if part == "offset" or names[0] not in prediction.matrices:
             return None
@@ -250,14 +261,26 @@ def _move(
     if not used:
         return None
     rows = [at[prediction.indices[t]] for t in used]
-    if len(used) == 2 and bool((w[:, used[0]] == -w[:, used[1]]).all()):
+    if not as_weights and len(used) == 2 and bool((w[:, used[0]] == -w[:, used[1]]).all()):
         # x (dW_b - dW_a): the difference of two checkpoints, factored exactly as the true moves are
         L, R = _differences(B, A, [rows[1]], rows[0])
         scale = w[:, used[1]].to(L.dtype).view(-1, 1, 1)
         return L[:, 0] * scale, R[:, 0]
-    Bw = B[:, rows].double() * w[:, used, None, None].to(B.device)
-    M, T, out_f, r = Bw.shape
-    return Bw.permute(0, 2, 1, 3).reshape(M, out_f, T * r), A[:, rows].double().reshape(M, T * r, -1)
+    weights = torch.zeros(len(names), len(at), dtype=torch.float64)
+    weights[:, rows] = w[:, used]
+    return weights.to(B.device)
+
+
+def _as_weights(move: _Factored | torch.Tensor | None, M: int, U: int, dev: torch.device) -> torch.Tensor:
+    """Weights over the chunk's checkpoints; a zero move is zero weights."""
+    if move is None:
+        return torch.zeros(M, U, dtype=torch.float64, device=dev)
+    assert isinstance(move, torch.Tensor)  # a module's moves are both combinations or both factors
+    return move
+
+
+def _quad(x: torch.Tensor, G: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("mu,muv,mv->m", x, G, y)
 
 
 def _promote(x: _Factored, y: _Factored) -> tuple[_Factored, _Factored]:
@@ -273,16 +296,14 @@ def _inner(x: _Factored | None, y: _Factored | None, M: int, dev: torch.device) 
     return lowrank.frobenius_inner(*x, *y)
 
 
-def _inner_with(
-    move: _Factored | None, same: _Factored | None, truth: _Factored, zeros_n: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _inner_with(move: _Factored | None, truth: _Factored, zeros_n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(<move, move>, <move, truth_j> for every target j)``, zeros when the move is None."""
     M = zeros_n.shape[0]
     if move is None:
         return torch.zeros(M, dtype=torch.float64, device=zeros_n.device), zeros_n
     batched = (move[0].unsqueeze(1), move[1].unsqueeze(1))
     a, b = _promote(batched, truth)
-    return _inner(move, same, M, zeros_n.device), lowrank.frobenius_inner(*a, *b)
+    return _inner(move, move, M, zeros_n.device), lowrank.frobenius_inner(*a, *b)
 
 
 def _raw_inner_products(

@@ -32,6 +32,7 @@ __all__ = [
     "relative_error",
     "top_triplet",
     "truncated_svd",
+    "update_gram",
 ]
 
 
@@ -244,6 +245,27 @@ def norms_and_steps(B: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, tor
         + 2 * cross
     )
     return norms.clamp_min(0), steps.clamp_min(0)
+
+
+def update_gram(B: torch.Tensor, A: torch.Tensor, products: torch.dtype | None = None) -> torch.Tensor:
+    """``G[m, i, j] = <B_i A_i, B_j A_j>_F`` for a sequence ``B (M, T, out, r)``, ``A (M, T, r, in)``: float64 ``(M, T, T)``.
+
+    One diagonal of block pairs ``(i, i + d)`` at a time: the ``T (T + 1) / 2`` ``r x r`` products a
+    symmetric G needs, not the ``T^2`` of the stacked factors' full Gram matrices. ``products``: the dtype
+    of the ``r x r`` products (default the factors'; float64 where Gram entries will cancel).
+    """
+    if products is not None:
+        B, A = B.to(products), A.to(products)
+    M, T = B.shape[:2]
+    G = torch.empty(M, T, T, dtype=torch.float64, device=B.device)
+    for d in range(T):
+        gb = B[:, : T - d].transpose(-1, -2) @ B[:, d:]  # (M, T - d, r, r)
+        ga = A[:, : T - d] @ A[:, d:].transpose(-1, -2)
+        g = (gb.double() * ga.double()).sum(dim=(-1, -2))
+        rows = torch.arange(T - d, device=B.device)
+        G[:, rows, rows + d] = g
+        G[:, rows + d, rows] = g
+    return G
 
 
 def relative_error(

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from nextrap import lowrank
 from nextrap.predictors.base import Prediction
 from nextrap.predictors.config import check_relex_options
 from nextrap.progress import Progress, no_progress
@@ -68,21 +69,10 @@ def line_fit(t: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 def lora_gram(B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """``G[m, i, j] = <dW_i, dW_j>_F`` of ``dW_t = B[m, t] @ A[m, t]``, exact, float64 ``(M, T, T)``.
 
-    ``B (M, T, out, r)`` (scaling folded in), ``A (M, T, r, in)``. Two BLAS-3 products of the
-    block pairs ``(i, j)``, ``i <= j`` (``r x r`` each), then the block-wise Hadamard sum.
+    ``B (M, T, out, r)`` (scaling folded in), ``A (M, T, r, in)``: the ``r x r`` products of the block
+    pairs ``(i, j)``, ``i <= j`` (:func:`nextrap.lowrank.update_gram`), then the block-wise Hadamard sum.
     """
-    M, T = B.shape[:2]
-    G = torch.empty(M, T, T, dtype=torch.float64, device=B.device)
-    # One diagonal of block pairs (i, i + d) at a time: the T (T + 1) / 2 products a symmetric G needs,
-    # not the T^2 of the stacked factors' full Gram matrices.
-    for d in range(T):
-        gb = B[:, : T - d].transpose(-1, -2) @ B[:, d:]  # (M, T - d, r, r)
-        ga = A[:, : T - d] @ A[:, d:].transpose(-1, -2)
-        g = (gb.double() * ga.double()).sum(dim=(-1, -2))
-        rows = torch.arange(T - d, device=B.device)
-        G[:, rows, rows + d] = g
-        G[:, rows + d, rows] = g
-    return G
+    return lowrank.update_gram(B, A)
 
 
 @dataclass(frozen=True)
