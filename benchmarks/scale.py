@@ -7,9 +7,10 @@ under a temporary folder, then, per size and thread count:
   its own process, from the page cache (warm, median of 3) and, where ``posix_fadvise(DONTNEED)``
   evicts the files first, from disk (cold);
 * each command (scan, inspect, backtest per method, extrapolate per method) in its own process, with
-  ``--threads N``: wall time, its ratio to the warm (and cold) floor, and peak resident memory (the
-  process's ``ru_maxrss`` minus that of a process that only imports what the command imports) in units
-  of one checkpoint. Goals: every ratio <= 2, peak memory under 3x one checkpoint.
+  ``--threads N``: wall and CPU time, and the same minus those of a process that only imports what the
+  command imports (its "work", compared with the warm floor), the ratio of the whole time to the cold
+  floor, and peak resident memory above that importing process, in units of one checkpoint. Goals:
+  every ratio <= 2, peak memory under 3x one checkpoint.
 
     nice python benchmarks/scale.py                                   # both sizes, 1 and 2 threads
     nice python benchmarks/scale.py --sizes 7b --threads 1 --commands scan backtest-linear
@@ -200,12 +201,18 @@ IDLE_IMPORTS = {
 }
 
 
-def idle_rss(kinds: set[str] | None = None) -> dict[str, float]:
-    return {
-        name: _peak([sys.executable, "-c", code])[1]
-        for name, code in IDLE_IMPORTS.items()
-        if kinds is None or name in kinds
-    }
+def idle_baseline(kinds: set[str] | None = None) -> dict[str, dict[str, float]]:
+    """Per kind of command: peak RSS (MiB), wall and CPU seconds of a process that only imports what it imports."""
+    out = {}
+    for name, code in IDLE_IMPORTS.items():
+        if kinds is None or name in kinds:
+            runs = [_peak([sys.executable, "-c", code]) for _ in range(3)]
+            out[name] = {
+                "peak_mib": max(r[1] for r in runs),
+                "seconds": statistics.median(r[0] for r in runs),
+                "cpu_seconds": statistics.median(r[2] for r in runs),
+            }
+    return out
 
 
 def command_args(command: str, run: Path, out: Path, threads: int, device: str) -> list[str]:
@@ -237,7 +244,7 @@ def main() -> None:
     opts = parser.parse_args()
     base = opts.keep or Path(tempfile.mkdtemp(prefix="nextrap-scale-"))
     base.mkdir(parents=True, exist_ok=True)
-    idle = idle_rss({c.split("-", 1)[0] for c in opts.commands})
+    idle = idle_baseline({c.split("-", 1)[0] for c in opts.commands})
     # Resumable with --keep: every measurement is appended here as it is taken, and not repeated.
     record = base / f"measurements-{opts.device}.jsonl"
     done: dict[tuple[str, int, str], dict] = {}
@@ -297,15 +304,20 @@ def main() -> None:
     print(table(rows, idle, opts.device))
 
 
-def table(rows: list[dict], idle: dict[str, float], device: str) -> str:
-    """The markdown table: per size and threads, the floor, then each command's time, ratios and memory."""
+def table(rows: list[dict], idle: dict[str, dict[str, float]], device: str) -> str:
+    """The markdown table: per size and threads, the floor, then each command's time, ratios and memory.
+
+    "work" is a command's wall time minus that of a process that only imports what it imports (torch,
+    peft: 1-3 s that no run size changes), the part to compare with the floor.
+    """
     floors = {(r["size"], r["threads"]): r for r in rows if r["command"] == "floor"}
     lines = [
-        f"idle imports (MiB): {', '.join(f'{k} {v:.0f}' for k, v in idle.items())}; {CHECKPOINTS} checkpoints, "
-        f"r = {RANK}, bf16; commands on {device}",
+        "idle imports (peak MiB / wall s / CPU s): "
+        + ", ".join(f"{k} {v['peak_mib']:.0f} / {v['seconds']:.2f} / {v['cpu_seconds']:.2f}" for k, v in idle.items())
+        + f"; {CHECKPOINTS} checkpoints, r = {RANK}, bf16; commands on {device}",
         "",
-        "| size | one checkpoint | threads | command | time (s) | x warm floor | x cold floor | CPU (s) "
-        "| CPU x floor's CPU | peak RSS (MiB) | above idle / one checkpoint |",
+        "| size | one checkpoint | threads | command | time (s) | work (s) | work x warm floor | time x cold floor "
+        "| CPU (s) | CPU above imports x floor's CPU | above idle RSS / one checkpoint |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -315,19 +327,21 @@ def table(rows: list[dict], idle: dict[str, float], device: str) -> str:
         if r["command"] == "floor":
             cold = "" if f.get("cold") is None else f"{f['cold']:.2f}"
             lines.append(
-                f"{head} floor: read + float32 (warm; cold: {cold or 'n/a'}) | {r['warm']:.2f} | 1.00 | | "
-                f"{r.get('cpu', 0):.2f} | 1.00 | | |"
+                f"{head} floor: read + float32 (warm; cold {cold or 'n/a'} s) | {r['warm']:.2f} | {r['warm']:.2f} | "
+                f"1.00 | | {r.get('cpu', 0):.2f} | 1.00 | |"
             )
             continue
         if r.get("seconds") is None:
             lines.append(f"{head} {r['command']} | {r.get('failed', 'failed')} | | | | | | |")
             continue
-        kind = r["command"].split("-", 1)[0]
-        above = max(0.0, r["peak_mib"] - idle[kind]) / ckpt
+        base = idle.get(r["command"].split("-", 1)[0], {"peak_mib": 0.0, "seconds": 0.0, "cpu_seconds": 0.0})
+        work = max(0.0, r["seconds"] - base["seconds"])
+        cpu_work = max(0.0, r.get("cpu_seconds", 0.0) - base["cpu_seconds"])
+        above = max(0.0, r["peak_mib"] - base["peak_mib"]) / ckpt
         lines.append(
-            f"{head} {r['command']} | {r['seconds']:.2f} | {_ratio(r['seconds'], f.get('warm'))} | "
+            f"{head} {r['command']} | {r['seconds']:.2f} | {work:.2f} | {_ratio(work, f.get('warm'))} | "
             f"{_ratio(r['seconds'], f.get('cold'))} | {r.get('cpu_seconds', 0):.2f} | "
-            f"{_ratio(r.get('cpu_seconds'), f.get('cpu'))} | {r['peak_mib']:.0f} | {above:.2f}x |"
+            f"{_ratio(cpu_work, f.get('cpu'))} | {above:.2f}x |"
         )
     return "\n".join(lines)
 

@@ -250,22 +250,21 @@ def norms_and_steps(B: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, tor
 def update_gram(B: torch.Tensor, A: torch.Tensor, products: torch.dtype | None = None) -> torch.Tensor:
     """``G[m, i, j] = <B_i A_i, B_j A_j>_F`` for a sequence ``B (M, T, out, r)``, ``A (M, T, r, in)``: float64 ``(M, T, T)``.
 
-    One diagonal of block pairs ``(i, i + d)`` at a time: the ``T (T + 1) / 2`` ``r x r`` products a
-    symmetric G needs, not the ``T^2`` of the stacked factors' full Gram matrices. ``products``: the dtype
-    of the ``r x r`` products (default the factors'; float64 where Gram entries will cancel).
+    Two BLAS-3 products of the stacked factors (``(T r) x (T r)`` each), then the block-wise Hadamard
+    sum. Computing only the ``T (T + 1) / 2`` block pairs ``i <= j`` as ``r x r`` products does half the
+    flops but is memory-bound (each reads two ``out x r`` blocks for 256 results) and measured 3x slower
+    (0.13 s against 0.043 s for 2 modules of 11008 x 4096, r = 16, T = 16, one thread). ``products``: the
+    dtype of the products (default the factors'; float64 where the Gram entries will cancel).
     """
     if products is not None:
         B, A = B.to(products), A.to(products)
-    M, T = B.shape[:2]
-    G = torch.empty(M, T, T, dtype=torch.float64, device=B.device)
-    for d in range(T):
-        gb = B[:, : T - d].transpose(-1, -2) @ B[:, d:]  # (M, T - d, r, r)
-        ga = A[:, : T - d] @ A[:, d:].transpose(-1, -2)
-        g = (gb.double() * ga.double()).sum(dim=(-1, -2))
-        rows = torch.arange(T - d, device=B.device)
-        G[:, rows, rows + d] = g
-        G[:, rows + d, rows] = g
-    return G
+    M, T, out_f, r = B.shape
+    Bf = B.permute(0, 2, 1, 3).reshape(M, out_f, T * r)
+    Af = A.reshape(M, T * r, A.shape[-1])
+    gb = (Bf.transpose(-1, -2) @ Bf).double().view(M, T, r, T, r)
+    ga = (Af @ Af.transpose(-1, -2)).double().view(M, T, r, T, r)
+    G = (gb * ga).sum(dim=(2, 4))
+    return (G + G.transpose(-1, -2)) / 2
 
 
 def relative_error(
