@@ -377,8 +377,9 @@ def backtest(
     traj = open_run(run_dir, list(checkpoints) or None, list(steps) or None, adapter_name, verify=False)
     if plot is not None:
         check_outside_inputs(plot, traj.discovery.input_paths)
-    traj = open_run(traj, force=params["force"], progress=progress_bar(ctx.obj["progress"]))
-    result = run_backtest(traj, options, resolve_device(params["device"]), progress_bar(ctx.obj["progress"]))
+    device = resolve_device(params["device"])
+    traj = open_run(traj, force=params["force"], progress=progress_bar(ctx.obj["progress"]), device=device)
+    result = run_backtest(traj, options, device, progress_bar(ctx.obj["progress"]))
     if plot is not None:
         from nextrap.plots import plot_backtest
 
@@ -428,8 +429,9 @@ def inspect(
         if plot.exists() and not plot.is_dir():
             raise OutputExistsError(f"{plot}: is a file; --plot takes a folder for the PNG files")
         require_matplotlib()  # fail before the work when matplotlib is missing
-    traj = open_run(traj, force=force, progress=progress_bar(ctx.obj["progress"]))
-    diag = diagnose(traj, resolve_device(device), progress=progress_bar(ctx.obj["progress"]))
+    on = resolve_device(device)
+    traj = open_run(traj, force=force, progress=progress_bar(ctx.obj["progress"]), device=on)
+    diag = diagnose(traj, on, progress=progress_bar(ctx.obj["progress"]))
     paths = []
     if plot is not None:
         from nextrap.plots import plot_diagnostics

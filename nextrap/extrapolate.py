@@ -110,7 +110,7 @@ def extrapolate(
     output = check_output(output, write.overwrite, traj.discovery.input_paths)
     # Held from here to the rename, so a second writer of the same output fails now, not after the work.
     with output_lock(output):
-        traj = open_run(traj, force=options.force, chunk_bytes=options.chunk_bytes, progress=wrap)
+        traj = open_run(traj, force=options.force, chunk_bytes=options.chunk_bytes, progress=wrap, device=device)
         plan = _plan(traj, options)
         method, evidence = _choose_method(traj, options, device, wrap, plan.notes)
         features = SharedFeatures(traj, plan.horizon, device, options.chunk_bytes, wrap)

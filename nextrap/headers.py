@@ -382,6 +382,7 @@ class TensorSpan:
     stop: int
 
 
+# Kept over safe_open(framework="numpy") (15 ms per 7B-shaped header) and huggingface_hub's parser (8 ms, 0.76 s import): 6 ms.
 def safetensors_layout(path: Path) -> dict[str, TensorSpan] | None:
     """Each tensor's dtype, shape and byte span in the file, from a plainly valid header; else None.
 

@@ -484,6 +484,7 @@ def check_run(
     force: bool = False,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Progress = no_progress,
+    device: torch.device | None = None,
 ) -> Trajectory:
     """Read every tensor of every checkpoint once; return ``traj`` with :attr:`Trajectory.check` set.
 
@@ -491,7 +492,7 @@ def check_run(
     :class:`CheckpointError` (the reader checks each tensor), and a discontinuity raises
     :class:`MismatchError` naming the step, unless ``force`` (then it becomes a note). Distances are
     computed in factored form (Gram products, ``O((out + in) r^2)`` per module and checkpoint); memory
-    is bounded by ``chunk_bytes`` like everywhere else.
+    is bounded by ``chunk_bytes`` like everywhere else. The products run on ``device`` (default the CPU).
     """
     if traj.check is not None:
         return traj
@@ -501,11 +502,11 @@ def check_run(
     cpu = torch.device("cpu")
     chunks = traj.module_chunks(K, chunk_bytes)
     ticks = iter(progress(range(len(chunks) + len(traj.raw)), "checking checkpoints"))
-    for _, B, A in traj.iter_factors(chunks, cpu):  # traj.check is None: every tensor is checked finite
+    for _, B, A in traj.iter_factors(chunks, device or cpu):  # traj.check is None: every tensor is checked
         next(ticks, None)
         norms2, dists2 = lowrank.norms_and_steps(B, A)
-        sq_norm += norms2.double().sum(0)
-        sq_dist += dists2.double().sum(0)
+        sq_norm += norms2.double().sum(0).cpu()
+        sq_dist += dists2.double().sum(0).cpu()
     for key in traj.raw:
         next(ticks, None)
         X = traj.load_raw(key, cpu).double().flatten(1)
