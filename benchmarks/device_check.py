@@ -236,15 +236,17 @@ def part_scale(args: argparse.Namespace) -> dict:
     """scale.py's rows for the run, on the CPU and on the device (the same machine)."""
     size = args.run.name.removeprefix("run-")
     devices = ["cpu"] if args.device == "cpu" else ["cpu", args.device]
-    commands = ["backtest-linear", "extrapolate-linear"]
+    commands, idle_repeats = ["backtest-linear"], "1"
     if args.device != "cpu":  # the tiny CPU run keeps CI's check short
         commands = ["inspect", "backtest-linear", "backtest-next", "extrapolate-linear", "extrapolate-relex"]
+        idle_repeats = "3"
     rows, idle = [], {}
     for device in devices:
         out = args.out / f"scale-{device}.json"
         cmd = [
             sys.executable, str(HERE / "scale.py"), "--sizes", size, "--threads", str(args.threads),
             "--device", device, "--keep", str(args.out), "--json", str(out), "--timeout", "60",
+            "--idle-repeats", idle_repeats,
             "--commands", *commands,
         ]  # fmt: skip
         subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)

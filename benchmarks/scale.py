@@ -201,12 +201,12 @@ IDLE_IMPORTS = {
 }
 
 
-def idle_baseline(kinds: set[str] | None = None) -> dict[str, dict[str, float]]:
+def idle_baseline(kinds: set[str] | None = None, repeats: int = 3) -> dict[str, dict[str, float]]:
     """Per kind of command: peak RSS (MiB), wall and CPU seconds of a process that only imports what it imports."""
     out = {}
     for name, code in IDLE_IMPORTS.items():
         if kinds is None or name in kinds:
-            runs = [_peak([sys.executable, "-c", code]) for _ in range(3)]
+            runs = [_peak([sys.executable, "-c", code]) for _ in range(repeats)]
             out[name] = {
                 "peak_mib": max(r[1] for r in runs),
                 "seconds": statistics.median(r[0] for r in runs),
@@ -241,10 +241,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before a command is given up")
     parser.add_argument("--keep", type=Path, default=None, help="write the runs here and keep them")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here (JSON)")
+    parser.add_argument("--idle-repeats", type=int, default=3, help="runs of each import-only baseline (median)")
     opts = parser.parse_args()
     base = opts.keep or Path(tempfile.mkdtemp(prefix="nextrap-scale-"))
     base.mkdir(parents=True, exist_ok=True)
-    idle = idle_baseline({c.split("-", 1)[0] for c in opts.commands})
+    idle = idle_baseline({c.split("-", 1)[0] for c in opts.commands}, opts.idle_repeats)
     # Resumable with --keep: every measurement is appended here as it is taken, and not repeated.
     record = base / f"measurements-{opts.device}.jsonl"
     done: dict[tuple[str, int, str], dict] = {}

@@ -35,7 +35,7 @@ def _cores() -> int:
 def _write_run(folder: Path) -> None:
     from nextrap.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
 
-    shapes = llama_like_shapes(2, hidden=256, intermediate=512, kv_dim=128)
+    shapes = llama_like_shapes(1, hidden=256, intermediate=512, kv_dim=128)
     write_synthetic_run(folder, [10 * (i + 1) for i in range(12)], shapes, PlantSpec(rank=8, alpha=16.0))
 
 
@@ -48,7 +48,7 @@ def _time(args: list[str], env: dict[str, str]) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=300, help="NExt epochs at most per group")
+    p.add_argument("--epochs", type=int, default=100, help="NExt epochs at most per group")
     args = p.parse_args()
     cores = _cores()
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NEXTRAP_THREADS")}
@@ -61,7 +61,9 @@ def main() -> None:
         for machine in ("idle", "busy"):
             burners = []
             if machine == "busy":
-                burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+                # each burner stops by itself if this process dies (its parent changes)
+                burn = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"
+                burners = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(cores)]
                 time.sleep(20)  # the default reads the 1-minute load average: let the burners show in it
             try:
                 load_seen[machine] = os.getloadavg()[0]
