@@ -49,6 +49,14 @@ def _gpu_peak_mb(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
+def _timer(stmt: str, env: dict, repeats: int) -> float:
+    """Median seconds of ``stmt`` over ``repeats`` runs, by ``torch.utils.benchmark.Timer`` (which
+    synchronizes CUDA itself, warms up, and uses this process's thread count, not its default of 1)."""
+    from torch.utils.benchmark import Timer
+
+    return Timer(stmt, globals=env, num_threads=torch.get_num_threads()).timeit(repeats).median
+
+
 def phase_read(run: Path, device: torch.device) -> dict:
     import nextrap
     from nextrap.adapters import open_adapter
@@ -105,24 +113,13 @@ def phase_dense(run: Path, device: torch.device, repeats: int) -> dict:
     for name in [n for n in traj.modules if n.startswith("model.layers.0.")]:
         B, A = traj.load_factors([name], device, indices=[K - 2, K - 1])
         L, R = lowrank.difference(B[:, 1], A[:, 1], 1.0, B[:, 0], A[:, 0], 1.0)
-        fact = []
-        for _ in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            t = lowrank.top_triplet(L, R)
-            _sync(device)
-            fact.append(time.perf_counter() - t0)
+        t = lowrank.top_triplet(L, R)
+        fact = _timer("lowrank.top_triplet(L, R)", {"lowrank": lowrank, "L": L, "R": R}, repeats)
         # Batched, as the pipeline runs it: every module of this shape (all layers) in one call.
         same = [n for n, m in traj.modules.items() if m.shape == traj.modules[name].shape]
         Bb, Ab = traj.load_factors(same, device, indices=[K - 2, K - 1])
         Lb, Rb = lowrank.difference(Bb[:, 1], Ab[:, 1], 1.0, Bb[:, 0], Ab[:, 0], 1.0)
-        batched = []
-        for _ in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            lowrank.top_triplet(Lb, Rb)
-            _sync(device)
-            batched.append((time.perf_counter() - t0) / len(same))
+        batched = _timer("lowrank.top_triplet(L, R)", {"lowrank": lowrank, "L": Lb, "R": Rb}, repeats) / len(same)
         del Bb, Ab, Lb, Rb
         _sync(device)
         t0 = time.perf_counter()
@@ -136,8 +133,8 @@ def phase_dense(run: Path, device: torch.device, repeats: int) -> dict:
                 "module": name.split(".")[-1],
                 "shape": list(dense.shape),
                 "dense_s": dense_s,
-                "factored_s": sorted(fact)[len(fact) // 2],
-                "batched_s": sorted(batched)[len(batched) // 2],
+                "factored_s": fact,
+                "batched_s": batched,
                 "batch": len(same),
                 "sigma_rel_diff": float((S[0] - t.s[0]).abs() / S[0]),
                 "abs_cos_u": cos_u,
@@ -161,12 +158,10 @@ def phase_predictor(run: Path, device: torch.device, horizon: int, epochs: int) 
         G, T = torch.stack(grp.global_), torch.stack(grp.target)
         Lc = torch.stack(grp.local)
         x_g, x_l, y = G[:, :P].reshape(-1, dim), Lc[:, :P].reshape(-1, dim), T.reshape(-1, dim)
-        _fit(
-            dim, x_g, x_l, y, NExtConfig(epochs=1, patience=0), P
-        )  # warm-up: first-call costs out of the timing
+        _fit(dim, dim, None, x_g, x_l, y, NExtConfig(epochs=1, patience=0), P)  # first-call costs out of the timing
         _sync(device)
         t0 = time.perf_counter()
-        _fit(dim, x_g, x_l, y, cfg, P)
+        _fit(dim, dim, None, x_g, x_l, y, cfg, P)
         _sync(device)
         rows.append(
             {"dim": dim, "rows": int(x_g.shape[0]), "seconds_per_epoch": (time.perf_counter() - t0) / epochs}

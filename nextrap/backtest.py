@@ -157,13 +157,12 @@ def score_prediction(
     one), ``best_coef`` (the ``c`` minimising the error), and the norms. Everything is computed from
     factors, in float64.
     """
-    fit = trajectory.prefix(base + 1)
     idx = [base, *targets]
     # The six inner products are summed per (target, kind) and over all kinds; the scores follow from
     # the sums, so a kind's error is that of its modules taken together.
     sums: dict[tuple[int, str], dict[str, float]] = {}
     products = itertools.chain(
-        _lora_inner_products(trajectory, prediction, fit, idx, targets, device, chunk_bytes),
+        _lora_inner_products(trajectory, prediction, idx, targets, device, chunk_bytes),
         _raw_inner_products(trajectory, prediction, idx, targets, device),
     )
     for j, kind, values in products:
@@ -181,28 +180,134 @@ def score_prediction(
 def _lora_inner_products(
     trajectory: Trajectory,
     prediction: Prediction,
-    fit: Trajectory,
     idx: Sequence[int],
     targets: Sequence[int],
     device: torch.device,
     chunk_bytes: int,
 ) -> Iterator[tuple[int, str, dict[str, float]]]:
     """``(target, module kind, inner products)`` for every LoRA module and target, from the factors
-    (``idx`` = base, then the targets), a chunk of modules at a time."""
-    inner = lowrank.frobenius_inner
-    for names in trajectory.module_chunks(len(idx), chunk_bytes):
-        B, A = trajectory.load_factors(names, device, idx)
-        B, A = B.double(), A.double()
-        Ld, Rd = (x.double() for x in prediction.factors(fit, names, device, 0.0, 1.0))
-        Lo, Ro = (x.double() for x in prediction.factors(fit, names, device, 1.0, 0.0))
-        oo, od, dd = inner(Lo, Ro, Lo, Ro), inner(Lo, Ro, Ld, Rd), inner(Ld, Rd, Ld, Rd)
-        for n, j in enumerate(targets, start=1):
-            Lt = torch.cat([B[:, n], -B[:, 0]], -1)  # true update dW_j - dW_base, factored
-            Rt = torch.cat([A[:, n], A[:, 0]], -2)
-            ot, dt, tt = inner(Lo, Ro, Lt, Rt), inner(Ld, Rd, Lt, Rt), inner(Lt, Rt, Lt, Rt)
+    (``idx`` = base, then the targets), a chunk of modules at a time.
+
+    Each chunk's factors are read once, at the base, the targets and the checkpoints the prediction
+    combines. The true moves ``dW_j - dW_base`` (and a prediction that is the difference of two
+    checkpoints, like linear's) are factored from the differences of the factors, which are exact for
+    nearby checkpoints, so their products are taken in float32. A prediction that combines more
+    checkpoints (RELEX) is a weight vector over them: its products are quadratic forms in the chunk's
+    Gram matrix of updates, built once from float64 ``r x r`` block products (its entries cancel).
+    NExt's own factors are stacked in float64. All targets of a chunk go through one batched product.
+    """
+    uses = sorted(set(idx) | set(prediction.indices if prediction.combinations else ()))
+    at = {j: n for n, j in enumerate(uses)}
+    base = idx[0]
+    rows = [at[j] for j in targets]
+    for names, B, A in trajectory.iter_factors(trajectory.module_chunks(len(uses), chunk_bytes), device, uses):
+        M, n = len(names), len(targets)
+        moves = {part: _move(prediction, names, B, A, at, device, part) for part in ("offset", "direction")}
+        values: dict[str, torch.Tensor] = {}
+        if any(isinstance(m, torch.Tensor) for m in moves.values()):  # weights: everything from the Gram
+            moves = {p: _move(prediction, names, B, A, at, device, p, as_weights=True) for p in moves}
+            G = lowrank.update_gram(B, A, torch.float64)
+            truth_w = torch.zeros(M, n, len(uses), dtype=torch.float64, device=G.device)
+            truth_w[:, range(n), rows] = 1.0
+            truth_w[:, :, at[base]] -= 1.0
+            w = {part: _as_weights(m, M, len(uses), G.device) for part, m in moves.items()}
+            o, d = w["offset"], w["direction"]
+            values["oo"], values["od"], values["dd"] = _quad(o, G, o), _quad(o, G, d), _quad(d, G, d)
+            values["ot"] = torch.einsum("mu,muv,mnv->mn", o, G, truth_w)
+            values["dt"] = torch.einsum("mu,muv,mnv->mn", d, G, truth_w)
+            values["tt"] = torch.einsum("mnu,muv,mnv->mn", truth_w, G, truth_w)
+        else:
+            truth = _differences(B, A, rows, at[base])  # (M, n, out, 2r), (M, n, 2r, in)
+            zeros_n = torch.zeros(M, n, dtype=torch.float64, device=B.device)
+            values["dd"], values["dt"] = _inner_with(moves["direction"], truth, zeros_n)
+            values["oo"], values["ot"] = _inner_with(moves["offset"], truth, zeros_n)
+            values["od"] = _inner(moves["offset"], moves["direction"], M, B.device)
+            values["tt"] = _inner(truth, truth, M, B.device).reshape(M, n)
+        cpu = {k: v.double().cpu() for k, v in values.items()}
+        for t, j in enumerate(targets):
             for m, name in enumerate(names):
-                values = {"oo": oo[m], "od": od[m], "dd": dd[m], "ot": ot[m], "dt": dt[m], "tt": tt[m]}
-                yield j, _kind(name), {k: float(v) for k, v in values.items()}
+                row = {k: float(cpu[k][m]) for k in ("oo", "od", "dd")}
+                row.update({k: float(cpu[k][m, t]) for k in ("ot", "dt", "tt")})
+                yield j, _kind(name), row
+
+
+_Factored = tuple[torch.Tensor, torch.Tensor]
+
+
+def _differences(B: torch.Tensor, A: torch.Tensor, rows: Sequence[int], base: int) -> _Factored:
+    """``dW_j - dW_base`` for ``j`` in ``rows``, factored as ``[B_j - B_b, B_b] @ [A_j; A_j - A_b]``."""
+    Bj, Aj = B[:, rows], A[:, rows]
+    Bb, Ab = B[:, base : base + 1].expand_as(Bj), A[:, base : base + 1].expand_as(Aj)
+    return lowrank.difference(Bj, Aj, 1.0, Bb, Ab, 1.0)
+
+
+def _move(
+    prediction: Prediction,
+    names: list[str],
+    B: torch.Tensor,
+    A: torch.Tensor,
+    at: dict[int, int],
+    device: torch.device,
+    part: str,
+    as_weights: bool = False,
+) -> _Factored | torch.Tensor | None:
+    """The prediction's ``offset`` or ``direction`` for ``names``: None if zero; factors ``(M, out, k)``,
+    ``(M, k, in)``; or, for a combination of more than two checkpoints, its weights ``(M, U)`` over the
+    checkpoints read (``at`` maps a checkpoint index to its row in ``B``, ``A``)."""
+    if names[0] not in prediction.combinations:
+        if part == "offset" or names[0] not in prediction.matrices:
+            return None
+        L, R = prediction.stacked(names, device)
+        return L.double(), R.double()
+    which = 0 if part == "offset" else 1
+    w = torch.stack([prediction.combinations[n][which] for n in names]).to(torch.float64)  # (M, T)
+    used = [t for t in range(w.shape[1]) if bool((w[:, t] != 0).any())]
+    if not used:
+        return None
+    rows = [at[prediction.indices[t]] for t in used]
+    if not as_weights and len(used) == 2 and bool((w[:, used[0]] == -w[:, used[1]]).all()):
+        # x (dW_b - dW_a): the difference of two checkpoints, factored exactly as the true moves are
+        L, R = _differences(B, A, [rows[1]], rows[0])
+        scale = w[:, used[1]].to(L.dtype).view(-1, 1, 1)
+        return L[:, 0] * scale, R[:, 0]
+    weights = torch.zeros(len(names), len(at), dtype=torch.float64)
+    weights[:, rows] = w[:, used]
+    return weights.to(B.device)
+
+
+def _as_weights(move: _Factored | torch.Tensor | None, M: int, U: int, dev: torch.device) -> torch.Tensor:
+    """Weights over the chunk's checkpoints; a zero move is zero weights."""
+    if move is None:
+        return torch.zeros(M, U, dtype=torch.float64, device=dev)
+    assert isinstance(move, torch.Tensor)  # a module's moves are both combinations or both factors
+    return move
+
+
+def _quad(x: torch.Tensor, G: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("mu,muv,mv->m", x, G, y)
+
+
+def _promote(x: _Factored, y: _Factored) -> tuple[_Factored, _Factored]:
+    dtype = torch.promote_types(x[0].dtype, y[0].dtype)
+    return (x[0].to(dtype), x[1].to(dtype)), (y[0].to(dtype), y[1].to(dtype))
+
+
+def _inner(x: _Factored | None, y: _Factored | None, M: int, dev: torch.device) -> torch.Tensor:
+    """``<x, y>_F`` per module (and target, for batched operands); zeros when either is None."""
+    if x is None or y is None:
+        return torch.zeros(M, dtype=torch.float64, device=dev)
+    x, y = _promote(x, y)
+    return lowrank.frobenius_inner(*x, *y)
+
+
+def _inner_with(move: _Factored | None, truth: _Factored, zeros_n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(<move, move>, <move, truth_j> for every target j)``, zeros when the move is None."""
+    M = zeros_n.shape[0]
+    if move is None:
+        return torch.zeros(M, dtype=torch.float64, device=zeros_n.device), zeros_n
+    batched = (move[0].unsqueeze(1), move[1].unsqueeze(1))
+    a, b = _promote(batched, truth)
+    return _inner(move, move, M, zeros_n.device), lowrank.frobenius_inner(*a, *b)
 
 
 def _raw_inner_products(

@@ -23,10 +23,12 @@ from nextrap.cli_support import (
     stack,
     values_for,
 )
+from nextrap.errors import ConfigError
 from nextrap.options import ExtrapolateOptions
 from nextrap.predictors.config import PRESETS, NExtConfig, RelexConfig
 from nextrap.predictors.registry import METHODS
 from nextrap.reference import cli as reference_cli
+from nextrap.threads import apply_threads, choose_threads
 from nextrap.version import __version__
 from nextrap.writers import OutputOptions
 
@@ -40,8 +42,15 @@ logger = logging.getLogger("nextrap")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug messages).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress bars.")
 @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Intra-op threads for torch [default: NEXTRAP_THREADS, else OMP_NUM_THREADS, else one per free core "
+    "(cores minus the load average): torch's one per core collapses on a busy machine].",
+)
 @click.pass_context
-def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
+def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool, threads: int | None) -> None:
     """Extrapolate LoRA checkpoints of an RLVR run along their rank-1 trajectory (NExt).
 
     Typical use: `nextrap scan RUN_DIR`, then `nextrap extrapolate RUN_DIR -o OUT --coef 1 --coef 2`,
@@ -62,6 +71,12 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
     root = logging.getLogger("nextrap")
     root.handlers = [h for h in root.handlers if isinstance(h, logging.NullHandler)] + [handler]
     root.setLevel(level)
+    try:
+        choice = choose_threads(threads)
+    except ConfigError as exc:  # a bad NEXTRAP_THREADS / OMP_NUM_THREADS is a usage error: one line, exit 2
+        raise click.UsageError(str(exc)) from None
+    apply_threads(choice)
+    logger.info("%d intra-op thread(s) (%s)", choice.threads, choice.source)
 
 
 def _quiet_transformers_progress() -> None:
@@ -374,8 +389,9 @@ def backtest(
     traj = open_run(run_dir, list(checkpoints) or None, list(steps) or None, adapter_name, verify=False)
     if plot is not None:
         check_plot_path(plot, traj.discovery.input_paths, overwrite)
-    traj = open_run(traj, force=params["force"], progress=progress_bar(ctx.obj["progress"]))
-    result = run_backtest(traj, options, resolve_device(params["device"]), progress_bar(ctx.obj["progress"]))
+    device = resolve_device(params["device"])
+    traj = open_run(traj, force=params["force"], progress=progress_bar(ctx.obj["progress"]), device=device)
+    result = run_backtest(traj, options, device, progress_bar(ctx.obj["progress"]))
     if plot is not None:
         from nextrap.plots import plot_backtest
 
@@ -423,8 +439,9 @@ def inspect(
 
         check_plot_folder(plot, traj.discovery.input_paths, overwrite)
         require_matplotlib()  # fail before the work when matplotlib is missing
-    traj = open_run(traj, force=force, progress=progress_bar(ctx.obj["progress"]))
-    diag = diagnose(traj, resolve_device(device), progress=progress_bar(ctx.obj["progress"]))
+    on = resolve_device(device)
+    traj = open_run(traj, force=force, progress=progress_bar(ctx.obj["progress"]), device=on)
+    diag = diagnose(traj, on, progress=progress_bar(ctx.obj["progress"]))
     paths = []
     if plot is not None:
         from nextrap.plots import plot_diagnostics

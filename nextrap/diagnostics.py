@@ -132,6 +132,19 @@ def _pooled_straightness(displacements: list[float], step_lengths: list[list[flo
     return disp / float(steps) if float(steps) > 0 else 0.0
 
 
+def _squared_singular_values(B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """``sigma_i^2`` of each ``B_k A_k`` (``B (..., out, r)``, ``A (..., r, in)``), descending, float64 ``(..., r)``.
+
+    From the ``r x r`` Gram matrices: with ``B^T B = V Lam V^T``, the squared singular values are the
+    eigenvalues of ``Lam^1/2 V^T (A A^T) V Lam^1/2``: two small symmetric eigenproblems instead of a QR
+    of each tall factor (the shares and E1 below are ratios dominated by the top values).
+    """
+    lam, V = torch.linalg.eigh((B.transpose(-1, -2) @ B).double())
+    W = V * lam.clamp_min(0).sqrt().unsqueeze(-2)
+    energy = torch.linalg.eigvalsh(W.transpose(-1, -2) @ (A @ A.transpose(-1, -2)).double() @ W)
+    return energy.clamp_min(0).flip(-1)
+
+
 def diagnose(
     trajectory: Trajectory,
     device: torch.device | None = None,
@@ -146,11 +159,10 @@ def diagnose(
         inputs=trajectory.discovery.input_paths,
     )
     steps = torch.tensor(trajectory.steps, dtype=torch.float64)
-    for names in progress(trajectory.module_chunks(len(trajectory.steps), chunk_bytes), "diagnostics"):
-        B, A = trajectory.load_factors(names, device)
+    chunks = trajectory.module_chunks(len(trajectory.steps), chunk_bytes)
+    for _, (names, B, A) in zip(progress(chunks, "diagnostics"), trajectory.iter_factors(chunks, device), strict=True):
         M, K = B.shape[:2]
-        svd = lowrank.factored_svd(B.reshape(M * K, *B.shape[2:]), A.reshape(M * K, *A.shape[2:]))
-        energy = svd.S.double().square()
+        energy = _squared_singular_values(B, A).reshape(M * K, -1)  # (M K, r), descending
         share = (energy[:, 0] / energy.sum(-1).clamp_min(1e-300)).reshape(M, K)
         share = torch.where(energy.sum(-1).reshape(M, K) > 0, share, torch.zeros_like(share))
         top = lowrank.top_triplet(B[:, -1], A[:, -1])
@@ -163,15 +175,14 @@ def diagnose(
         resid = coeff - (intercept[:, None] + slope[:, None] * steps)
         span = (coeff.max(-1).values - coeff.min(-1).values).clamp_min(1e-30)
         deviation = resid.abs().max(-1).values / span
-        S = svd.S.double()
+        S = energy.sqrt()
         e1 = (S[:, 0] / S.sum(-1).clamp_min(1e-300)).reshape(M, K)
         e1 = torch.where(S.sum(-1).reshape(M, K) > 0, e1, torch.zeros_like(e1))
         G = lora_gram(B, A).cpu()
         lam = torch.linalg.eigvalsh(G).clamp_min(0)
         explained = lam[:, -1] / lam.sum(-1).clamp_min(1e-300)
-        # step lengths from the factors of each difference (exact; Gram entries would cancel)
-        Ld, Rd = lowrank.difference(B[:, 1:], A[:, 1:], 1.0, B[:, :-1], A[:, :-1], 1.0)
-        steps_len = lowrank.frobenius_norm(Ld.double(), Rd.double()).cpu()  # (M, K - 1)
+        # step lengths from the differences of the factors (exact; Gram entries would cancel)
+        steps_len = lowrank.norms_and_steps(B, A)[1].double().sqrt().cpu()  # (M, K - 1)
         Lx, Rx = lowrank.difference(B[:, -1], A[:, -1], 1.0, B[:, 0], A[:, 0], 1.0)
         disp = lowrank.frobenius_norm(Lx.double(), Rx.double()).cpu()  # (M,)
         for m, name in enumerate(names):

@@ -117,7 +117,7 @@ def extrapolate(
     writer.check(traj)  # e.g. a base model to merge onto that lacks the run's layers: before the work
     # Held from here to the rename, so a second writer of the same output fails now, not after the work.
     with output_lock(output):
-        traj = open_run(traj, force=options.force, chunk_bytes=options.chunk_bytes, progress=wrap)
+        traj = open_run(traj, force=options.force, chunk_bytes=options.chunk_bytes, progress=wrap, device=device)
         plan = _plan(traj, options)
         method, evidence = _choose_method(traj, options, device, wrap, plan.notes)
         features = SharedFeatures(traj, plan.horizon, device, options.chunk_bytes, wrap)
@@ -332,8 +332,12 @@ def _extended_tensors(
     # The new update's factors have r + k columns (k: the move's inner size) and the SVD holds a few
     # copies of them: size the chunks as that many rank-r checkpoints.
     widest = max((pred.inner_size(m.name, m.rank) / m.rank for m in traj.modules.values()), default=0.0)
-    for chunk in traj.module_chunks(math.ceil(4 * (1 + widest)), options.chunk_bytes):
-        new = _new_factors(traj, pred, chunk, coef, options.rank_policy, device)
+    last = len(traj.headers) - 1
+    # Each chunk is read once: the checkpoints the prediction combines and the last one, unscaled.
+    rows = pred.reads(last, plus_last=True) if pred.combinations else [last]
+    chunks = traj.module_chunks(math.ceil(4 * (1 + widest)), options.chunk_bytes)
+    for chunk, B, A in traj.iter_factors(chunks, device, rows, scaled=False):
+        new = _new_factors(traj, pred, chunk, _Read(B, A, rows, last), coef, options.rank_policy, device)
         for j, name in enumerate(chunk):
             mod = traj.modules[name]
             tensors[mod.b_key] = _finite_output(new.B[j].to("cpu", torch_dtype(mod.dtype)), name, coef)
@@ -345,7 +349,6 @@ def _extended_tensors(
                 "truncation_error": err,
                 "relative_truncation_error": err / norm if norm > 0 else 0.0,
             }
-    last = len(traj.headers) - 1
     for key, raw in traj.raw.items():
         x = traj.load_raw(key, device, indices=[last])[0]
         move = pred.raw_move(key, coef, device)
@@ -365,22 +368,42 @@ class _NewFactors(NamedTuple):
     update_norm: torch.Tensor  # of the move itself
 
 
+class _Read(NamedTuple):
+    """A chunk's factors as read: ``B (M, T, out, r)`` unscaled, ``A (M, T, r, in)`` at checkpoints ``rows``."""
+
+    B: torch.Tensor
+    A: torch.Tensor
+    rows: list[int]
+    last: int
+
+
 def _new_factors(
-    traj: Trajectory, pred: Prediction, chunk: list[str], coef: float, rank_policy: str, device: torch.device
+    traj: Trajectory,
+    pred: Prediction,
+    chunk: list[str],
+    read: _Read,
+    coef: float,
+    rank_policy: str,
+    device: torch.device,
 ) -> _NewFactors:
     """The new ``B, A`` of one chunk of equal-shape modules, what was cut off, and the move's norm."""
-    B, A = traj.load_factors(chunk, device, indices=[len(traj.headers) - 1], scaled=False)
-    B, A = B[:, 0], A[:, 0]
+    at = read.rows.index(read.last)
+    B, A = read.B[:, at], read.A[:, at]
     scaling = torch.tensor([traj.modules[n].scaling for n in chunk], device=device).view(-1, 1, 1)
-    Lp, Rp = pred.factors(traj, chunk, device, 1.0, coef)  # the move, offset + c * direction
+    scaled = read.B * scaling.unsqueeze(1)
+
+    def move(offset: float, direction: float, plus_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return pred.factors_from(chunk, scaled, read.A, read.rows, read.last, device, offset, direction, plus_last)
+
+    Lp, Rp = move(1.0, coef)  # the move, offset + c * direction
     try:
         _check_prediction(Lp, Rp, chunk, pred.method, coef)
     except NonFiniteError:  # say which: the predictor itself diverged, or the coefficient overflowed
-        _check_prediction(*pred.factors(traj, chunk, device, 1.0, 1.0), chunk, pred.method)
+        _check_prediction(*move(1.0, 1.0), chunk, pred.method)
         raise
     update_norm = lowrank.frobenius_norm(Lp, Rp)
     if rank_policy == "keep":
-        Ln, Rn = pred.factors(traj, chunk, device, 1.0, coef, plus_last=True)
+        Ln, Rn = move(1.0, coef, plus_last=True)
         new = lowrank.refactor_to_rank(Ln, Rn, traj.modules[chunk[0]].rank, scaling, B, A)
         return _NewFactors(new.B, new.A, new.error, new.norm, update_norm)
     top = lowrank.factored_svd(Lp, Rp)  # grow keeps the update's rank-1 part exactly

@@ -42,6 +42,7 @@ __all__ = [
     "AdapterHeader",
     "LoraModule",
     "RawTensor",
+    "TensorSpan",
     "check_weights_file",
     "corrupt_safetensors",
     "is_float_dtype",
@@ -50,6 +51,7 @@ __all__ = [
     "read_config",
     "read_header",
     "read_safetensors_header",
+    "safetensors_layout",
     "tensor_header",
 ]
 
@@ -388,13 +390,23 @@ _U64 = 2**64
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def read_safetensors_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]] | None:
-    """Shapes and dtype names of a safetensors file's tensors (sorted by name) from its JSON header, or None.
+@dataclass(frozen=True)
+class TensorSpan:
+    """Where one tensor's bytes lie in a safetensors file: ``start``/``stop`` from the file's start."""
 
-    None means "not plainly valid": anything the safetensors library might refuse (a bad length, JSON it
-    would not parse, an unknown dtype, offsets that do not tile the data exactly), and a few things it
-    might accept (duplicate keys, extra fields); the caller then asks the library. So every header
-    accepted here is one the library accepts with the same tensors (``tests/test_fuzz.py`` checks it).
+    dtype: str  # torch's name
+    shape: tuple[int, ...]
+    start: int
+    stop: int
+
+
+# Kept over safe_open(framework="numpy") (15 ms per 7B-shaped header) and huggingface_hub's parser (8 ms, 0.76 s import): 6 ms.
+def safetensors_layout(path: Path) -> dict[str, TensorSpan] | None:
+    """Each tensor's dtype, shape and byte span in the file, from a plainly valid header; else None.
+
+    None has the meaning it has for :func:`read_safetensors_header`: the file goes to the library. With a
+    layout, a reader can ``pread`` each tensor straight into its destination (no memory map, whose touched
+    pages would count as the process's resident memory for as long as the file stays open).
     """
     try:
         with open(path, "rb") as f:
@@ -411,11 +423,25 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dic
     entries = _header_entries(text)
     if entries is None or _data_end(list(entries.values())) != size - 8 - length:
         return None
-    names = sorted(entries)
-    return (
-        {name: entries[name][1] for name in names},
-        {name: SAFETENSORS_DTYPES.get(entries[name][0], entries[name][0]) for name in names},
-    )
+    base = 8 + length
+    return {
+        name: TensorSpan(SAFETENSORS_DTYPES.get(code, code), shape, base + start, base + stop)
+        for name, (code, shape, (start, stop)) in sorted(entries.items())
+    }
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]] | None:
+    """Shapes and dtype names of a safetensors file's tensors (sorted by name) from its JSON header, or None.
+
+    None means "not plainly valid": anything the safetensors library might refuse (a bad length, JSON it
+    would not parse, an unknown dtype, offsets that do not tile the data exactly), and a few things it
+    might accept (duplicate keys, extra fields); the caller then asks the library. So every header
+    accepted here is one the library accepts with the same tensors (``tests/test_fuzz.py`` checks it).
+    """
+    layout = safetensors_layout(path)
+    if layout is None:
+        return None
+    return {name: span.shape for name, span in layout.items()}, {name: span.dtype for name, span in layout.items()}
 
 
 def _header_entries(text: bytes) -> dict[str, tuple[str, tuple[int, ...], tuple[int, int]]] | None:

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from nextrap.errors import LayoutError
 from nextrap.layouts import Discovery
 from nextrap.progress import Progress, no_progress
 from nextrap.run_headers import find_checkpoints, scan
 from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Trajectory, check_run, load_trajectory
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DEFAULT_HORIZON", "MIN_PAIRS", "open_run", "resolve_horizon", "scan"]
 
@@ -33,14 +37,16 @@ def open_run(
     force: bool = False,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Progress = no_progress,
+    device: torch.device | None = None,
 ) -> Trajectory:
     """Find and check a run's checkpoints: a folder to search, or explicit ``checkpoints`` (+ ``steps``).
 
     ``verify`` reads every tensor once (:func:`check_run`: NaN/Inf anywhere, discontinuous updates,
-    which ``force`` lets through as notes); without it only headers are read.
+    which ``force`` lets through as notes), its math on ``device`` (default the CPU); without it only
+    headers are read.
     """
     traj = _open(run, checkpoints, steps, adapter_name)
-    return check_run(traj, force, chunk_bytes, progress) if verify else traj
+    return check_run(traj, force, chunk_bytes, progress, device) if verify else traj
 
 
 def _open(run, checkpoints, steps, adapter_name) -> Trajectory:

@@ -12,14 +12,18 @@ from __future__ import annotations
 import logging
 import statistics
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import torch
 
 from nextrap import lowrank
-from nextrap.adapters import open_adapter
+from nextrap.adapters import ReaderPool, check_finite_tensor, torch_dtype
 from nextrap.errors import MismatchError
-from nextrap.layouts import Discovery
+from nextrap.headers import LoraModule
+from nextrap.layouts import CheckpointRef, Discovery
 from nextrap.memory import DEFAULT_CHUNK_BYTES, chunk_limit
 from nextrap.progress import Progress, no_progress
 from nextrap.run_headers import RunHeaders, read_run_headers
@@ -44,9 +48,14 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Trajectory(RunHeaders):
     """Checkpoints of one run (sorted by step) whose module sets, ranks, shapes and scalings agree, with
-    their tensors read on demand; :attr:`check` is set once :func:`check_run` has read every tensor."""
+    their tensors read on demand; :attr:`check` is set once :func:`check_run` has read every tensor.
+
+    ``readers`` keeps one open reader per checkpoint for every pass over the run (shared with the
+    trajectory's prefixes and checked copies): opened on first use, closed with the trajectory.
+    """
 
     check: RunCheck | None = None  # set by check_run: every tensor read, finite, updates continuous
+    readers: ReaderPool = field(default_factory=ReaderPool, compare=False, repr=False)
 
     def load_factors(
         self,
@@ -54,30 +63,101 @@ class Trajectory(RunHeaders):
         device: torch.device,
         indices: Sequence[int] | None = None,
         scaled: bool = True,
+        check_finite: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Factors of ``names`` (equal shapes) at the checkpoints ``indices`` (default all), float32.
 
         Returns ``B (M, K, out, r)`` (times the module's scaling when ``scaled``) and ``A (M, K, r, in)``
-        on ``device``.
+        on ``device``. NaN/Inf raise :class:`CheckpointError` naming the tensor and step; the check is
+        skipped once :func:`check_run` has checked every tensor (``check_finite`` forces it either way).
+        """
+        staged = self._stage(names, indices, check_finite, device.type == "cuda", scaled)
+        return staged.to(device)
+
+    def iter_factors(
+        self,
+        chunks: Sequence[Sequence[str]],
+        device: torch.device,
+        indices: Sequence[int] | None = None,
+        scaled: bool = True,
+    ) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
+        """``(names, B, A)`` for each chunk, as :meth:`load_factors` gives them, the next chunk read meanwhile.
+
+        A reader thread fetches chunk i + 1 (``pread`` and the dtype conversion release the GIL) while
+        the caller computes on chunk i, so reading and math overlap; at most two chunks are held. On
+        CUDA the thread also copies the chunk to the device (pinned memory, its own stream).
+        """
+        if not chunks:
+            return
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+        def fetch(names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+            staged = self._stage(names, indices, None, stream is not None, scaled)
+            return staged.to(device, stream)
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nextrap-reader") as pool:
+            pending = pool.submit(fetch, chunks[0])
+            try:
+                for i, names in enumerate(chunks):
+                    B, A = pending.result()
+                    if i + 1 < len(chunks):
+                        pending = pool.submit(fetch, chunks[i + 1])
+                    if stream is not None:  # allocated on the reader's stream, used and freed on ours
+                        B.record_stream(torch.cuda.current_stream(device))
+                        A.record_stream(torch.cuda.current_stream(device))
+                    yield list(names), B, A
+            finally:
+                pending.cancel()
+
+    def _stage(
+        self,
+        names: Sequence[str],
+        indices: Sequence[int] | None,
+        check_finite: bool | None,
+        pinned: bool,
+        scaled: bool,
+    ) -> _Staged:
+        """Read the factors of ``names`` at ``indices``: float32 on the CPU, the stored dtype for a GPU.
+
+        For the CPU each tensor is read (``pread``) into a small buffer, converted and scaled from there
+        while it is still in cache: converting a whole chunk afterwards costs twice as much, memory-bound.
         """
         mods = [self.modules[n] for n in names]
         out_f, in_f, rank = mods[0].shape
         refs = self.refs if indices is None else [self.refs[i] for i in indices]
-        K = len(refs)
-        B = torch.empty(len(mods), K, out_f, rank, dtype=torch.float32)
-        A = torch.empty(len(mods), K, rank, in_f, dtype=torch.float32)
+        dtypes = {m.dtype for m in mods}
+        stored = torch_dtype(dtypes.pop()) if len(dtypes) == 1 else torch.float32
+        pin = pinned and torch.cuda.is_available()
+        stage = stored if pin else torch.float32  # a GPU gets half the bytes and converts them itself
+        B = torch.empty(len(mods), len(refs), out_f, rank, dtype=stage, pin_memory=pin)
+        A = torch.empty(len(mods), len(refs), rank, in_f, dtype=stage, pin_memory=pin)
+        scaling = torch.tensor([m.scaling if scaled else 1.0 for m in mods], dtype=torch.float32)
+        buffers = {}  # one small buffer per shape, reused
         for k, ref in enumerate(refs):
-            with open_adapter(ref) as reader:
-                for i, m in enumerate(mods):
-                    B[i, k] = reader.get(m.b_key) * (m.scaling if scaled else 1.0)
-                    A[i, k] = reader.get(m.a_key)
-        return B.to(device), A.to(device)
+            reader = self.readers.reader(ref)
+            for i, m in enumerate(mods):
+                for key, dest in ((m.b_key, B[i, k]), (m.a_key, A[i, k])):
+                    if stage == stored:
+                        reader.read_into(key, dest)
+                    else:
+                        buf = buffers.get(dest.shape)
+                        if buf is None:
+                            buf = buffers[dest.shape] = torch.empty(dest.shape, dtype=stored)
+                        reader.read_into(key, buf)
+                        dest.copy_(buf)
+                    if key == m.b_key and scaled and not pin:
+                        dest.mul_(scaling[i])
+        if check_finite if check_finite is not None else self.check is None:
+            _check_finite(refs, mods, B, A)
+        # On the CPU B is scaled already; a GPU scales it after the copy.
+        return _Staged(B, A, scaling.view(-1, 1, 1, 1) if pin and scaled else None)
 
     def module_chunks(self, checkpoints: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[list[str]]:
         """Module names in chunks of equal shape whose factors at ``checkpoints`` checkpoints fit ``chunk_bytes``.
 
-        Load each chunk with :meth:`load_factors` as it is used, so at most one chunk is in memory.
-        ``chunk_bytes`` is capped for small runs (:func:`nextrap.memory.chunk_limit`).
+        Load each chunk with :meth:`load_factors` (or :meth:`iter_factors`) as it is used, so at most one
+        chunk (two with the reader thread) is in memory. ``chunk_bytes`` is capped for small runs
+        (:func:`nextrap.memory.chunk_limit`).
         """
         groups = self.shape_groups()
         module_bytes = {(o, i, r): (o + i) * r * 4 for o, i, r in groups}  # one checkpoint's factors, float32
@@ -89,11 +169,51 @@ class Trajectory(RunHeaders):
 
     def load_raw(self, key: str, device: torch.device, indices: Sequence[int] | None = None) -> torch.Tensor:
         """One raw tensor at the checkpoints ``indices`` (default all): ``(K, *shape)`` float32 on ``device``."""
-        out = []
-        for ref in self.refs if indices is None else [self.refs[i] for i in indices]:
-            with open_adapter(ref) as reader:
-                out.append(reader.get(key))
+        refs = self.refs if indices is None else [self.refs[i] for i in indices]
+        check = self.check is None
+        out = [self.readers.reader(ref).get(key, check_finite=check) for ref in refs]
         return torch.stack(out).to(device)
+
+
+class _Staged(NamedTuple):
+    """A chunk's factors as read, ``B (M, K, out, r)``, ``A (M, K, r, in)``, and the scalings ``(M, 1, 1, 1)``
+    still to apply to ``B`` (None: applied already, or not wanted)."""
+
+    B: torch.Tensor
+    A: torch.Tensor
+    scaling: torch.Tensor | None
+
+    def to(self, device: torch.device, stream: torch.cuda.Stream | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 on ``device``, scaled.
+
+        On CUDA the stored (half-size) bytes are copied from pinned memory and converted there; with
+        ``stream`` the copy runs on it and is waited for (the caller's thread then owns finished tensors).
+        """
+        if device.type != "cuda":
+            return self.B.to(device), self.A.to(device)
+        context = torch.cuda.stream(stream) if stream is not None else nullcontext()
+        with context:
+            B = self.B.to(device, non_blocking=True).float()
+            if self.scaling is not None:
+                B = B.mul_(self.scaling.to(device))
+            A = self.A.to(device, non_blocking=True).float()
+        if stream is not None:
+            stream.synchronize()
+        return B, A
+
+
+def _check_finite(refs: Sequence[CheckpointRef], mods: Sequence[LoraModule], B: torch.Tensor, A: torch.Tensor) -> None:
+    """Raise for the first NaN/Inf tensor of a staged chunk; one reduction per chunk when all is finite.
+
+    A sum is NaN/Inf whenever a term is, so a finite sum clears the whole chunk; a non-finite one (or an
+    overflow of finite terms) sends the check tensor by tensor, which names the culprit or clears it.
+    """
+    for X, key in ((B, "b_key"), (A, "a_key")):
+        if bool(torch.isfinite(X.sum(dtype=torch.float32))):
+            continue
+        for k, ref in enumerate(refs):
+            for i, m in enumerate(mods):
+                check_finite_tensor(ref, getattr(m, key), X[i, k])
 
 
 def load_trajectory(discovery: Discovery) -> Trajectory:
@@ -207,26 +327,29 @@ def compute_features(
     if not 1 <= horizon < K:
         raise ValueError(f"horizon must be in [1, {K - 1}] for {K} checkpoints, got {horizon}")
     feats = Features(steps=traj.steps, horizon=horizon)
-    jobs: list[tuple[str, list[str]]] = [("lora", chunk) for chunk in traj.module_chunks(K, chunk_bytes)]
-    jobs.extend(("raw", [key]) for key in traj.raw)
-    for kind, names in progress(jobs, "rank-1 features"):
-        if kind == "lora":
-            B, A = traj.load_factors(names, device)
-            for name, f in zip(names, _lora_features(B, A, horizon), strict=True):
-                feats.matrices[name] = f
+    chunks = traj.module_chunks(K, chunk_bytes)
+    bar = progress(range(len(chunks) + len(traj.raw)), "rank-1 features")
+    ticks = iter(bar)
+    for names, B, A in traj.iter_factors(chunks, device):
+        next(ticks, None)
+        for name, f in zip(names, _lora_features(B, A, horizon), strict=True):
+            feats.matrices[name] = f
+    for key in traj.raw:
+        next(ticks, None)
+        X = traj.load_raw(key, device)
+        if bool((X[:1] == X).all()):
+            # Saved but never trained (PEFT saves embedding base weights along): nothing to predict.
+            feats.frozen.append(key)
+        elif X.dim() == 2:  # (K, d): a vector parameter
+            feats.vectors[key] = VectorFeatures(
+                global_=X - X[:1],
+                local=torch.cat([torch.zeros_like(X[:1]), X[1:] - X[:-1]]),
+                target=X[horizon:] - X[:-horizon],
+            )
         else:
-            X = traj.load_raw(names[0], device)
-            if bool((X[:1] == X).all()):
-                # Saved but never trained (PEFT saves embedding base weights along): nothing to predict.
-                feats.frozen.append(names[0])
-            elif X.dim() == 2:  # (K, d): a vector parameter
-                feats.vectors[names[0]] = VectorFeatures(
-                    global_=X - X[:1],
-                    local=torch.cat([torch.zeros_like(X[:1]), X[1:] - X[:-1]]),
-                    target=X[horizon:] - X[:-horizon],
-                )
-            else:
-                feats.matrices[names[0]] = _dense_features(X.reshape(K, X.shape[1], -1), horizon)
+            feats.matrices[key] = _dense_features(X.reshape(K, X.shape[1], -1), horizon)
+    for _ in ticks:  # let the bar finish
+        pass
     return feats
 
 
@@ -361,6 +484,7 @@ def check_run(
     force: bool = False,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Progress = no_progress,
+    device: torch.device | None = None,
 ) -> Trajectory:
     """Read every tensor of every checkpoint once; return ``traj`` with :attr:`Trajectory.check` set.
 
@@ -368,7 +492,7 @@ def check_run(
     :class:`CheckpointError` (the reader checks each tensor), and a discontinuity raises
     :class:`MismatchError` naming the step, unless ``force`` (then it becomes a note). Distances are
     computed in factored form (Gram products, ``O((out + in) r^2)`` per module and checkpoint); memory
-    is bounded by ``chunk_bytes`` like everywhere else.
+    is bounded by ``chunk_bytes`` like everywhere else. The products run on ``device`` (default the CPU).
     """
     if traj.check is not None:
         return traj
@@ -376,22 +500,24 @@ def check_run(
     sq_dist = torch.zeros(K - 1, dtype=torch.float64)
     sq_skip = torch.zeros(max(K - 2, 0), dtype=torch.float64)  # from each checkpoint to the one after next
     sq_norm = torch.zeros(K, dtype=torch.float64)
-    jobs: list[tuple[str, list[str]]] = [("lora", c) for c in traj.module_chunks(K, chunk_bytes)]
-    jobs.extend(("raw", [key]) for key in traj.raw)
     cpu = torch.device("cpu")
-    for kind, names in progress(jobs, "checking checkpoints"):
-        if kind == "lora":
-            B, A = traj.load_factors(names, cpu)
-            sq_norm += lowrank.frobenius_norm(B, A).double().square().sum(0)
-            moved = lowrank.difference(B[:, 1:], A[:, 1:], 1.0, B[:, :-1], A[:, :-1], 1.0)
-            sq_dist += lowrank.frobenius_norm(*moved).double().square().sum(0)
-            if K > 2:
-                skipped = lowrank.difference(B[:, 2:], A[:, 2:], 1.0, B[:, :-2], A[:, :-2], 1.0)
-                sq_skip += lowrank.frobenius_norm(*skipped).double().square().sum(0)
-        else:
-            X = traj.load_raw(names[0], cpu).double().flatten(1)
-            sq_dist += (X[1:] - X[:-1]).square().sum(1)
-            sq_skip += (X[2:] - X[:-2]).square().sum(1)
+    chunks = traj.module_chunks(K, chunk_bytes)
+    ticks = iter(progress(range(len(chunks) + len(traj.raw)), "checking checkpoints"))
+    lags = (1, 2) if K > 2 else (1,)
+    for _, B, A in traj.iter_factors(chunks, device or cpu):  # traj.check is None: every tensor is checked
+        next(ticks, None)
+        norms2, dists2, *skips2 = lowrank.norms_and_steps(B, A, lags)
+        sq_norm += norms2.double().sum(0).cpu()
+        sq_dist += dists2.double().sum(0).cpu()
+        if skips2:
+            sq_skip += skips2[0].double().sum(0).cpu()
+    for key in traj.raw:
+        next(ticks, None)
+        X = traj.load_raw(key, cpu).double().flatten(1)
+        sq_dist += (X[1:] - X[:-1]).square().sum(1)
+        sq_skip += (X[2:] - X[:-2]).square().sum(1)
+    for _ in ticks:
+        pass
     distances = tuple(float(d) for d in sq_dist.sqrt())
     norms = tuple(float(n) for n in sq_norm.sqrt())
     if not all(map(_finite, distances + norms)):

@@ -15,6 +15,7 @@ ORDER = [
     "validate",
     "files",
     "inputs",
+    "threads",
     "peft_format",
     "memory",
     "cli_support",

@@ -173,3 +173,48 @@ def test_difference_of_identical_updates_is_zero_not_nan():
     t = lowrank.top_triplet(L, R)
     assert torch.all(t.s == 0) and torch.all(t.u == 0) and torch.all(t.v == 0)
     torch.testing.assert_close(L @ R, torch.zeros(3, 16, 10))
+
+
+def _stacked_update(seed: int, M: int, T: int, out: int, inn: int, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A RELEX-like update ``sum_t w_t B_t A_t`` of T rank-r checkpoints, factored with k = T r columns,
+    with a decaying spectrum (the checkpoints of a run share most of their directions)."""
+    g = torch.Generator().manual_seed(seed)
+    B = torch.randn(M, T, out, r, generator=g) * torch.linspace(1.0, 0.05, r)
+    A = torch.randn(M, T, r, inn, generator=g) / inn**0.5
+    w = torch.randn(M, T, generator=g)
+    L = (B * w[:, :, None, None]).permute(0, 2, 1, 3).reshape(M, out, T * r)
+    return L, A.reshape(M, T * r, inn)
+
+
+@given(seed=st.integers(0, 2**16), T=st.integers(5, 8), r=st.integers(2, 4))
+@settings(max_examples=15, deadline=None)
+def test_truncated_svd_of_stacked_factors_matches_dense_svd(seed, T, r):
+    L, R = _stacked_update(seed, 2, T, 48, 40, r)
+    svd = lowrank.truncated_svd(L, R, r)
+    assert svd is not None and svd.U.shape == (2, 48, r) and svd.Vh.shape == (2, r, 40)
+    U, S, Vh = torch.linalg.svd((L @ R).double())
+    k = svd.S.shape[-1]
+    assert torch.allclose(svd.S.double(), S[:, :k], rtol=1e-4, atol=1e-5 * float(S[:, 0].max()))
+    best = U[..., :r] @ torch.diag_embed(S[:, :r]) @ Vh[..., :r, :]
+    ours = svd.U.double() @ torch.diag_embed(svd.S[:, :r].double()) @ svd.Vh.double()
+    assert float((ours - best).norm() / best.norm()) < 1e-4
+
+
+def test_refactoring_a_wide_update_is_the_dense_best_rank_r_approximation():
+    # k = T r = 24 > 4 r: refactor_to_rank goes through the Gram matrices (never out x in); the result
+    # must be the best rank-r approximation a dense SVD gives, with the cut-off error it reports.
+    M, T, out, inn, r = 3, 6, 64, 56, 4
+    L, R = _stacked_update(1, M, T, out, inn, r)
+    assert lowrank.truncated_svd(L, R, r) is not None  # the Gram route, not the QR fallback
+    g = torch.Generator().manual_seed(2)
+    B_prev, A_prev = torch.randn(M, out, r, generator=g), torch.randn(M, r, inn, generator=g)
+    scaling = 0.5
+    new = lowrank.refactor_to_rank(L, R, r, scaling, B_prev, A_prev)
+    D = (L @ R).double()
+    U, S, Vh = torch.linalg.svd(D)
+    best = U[..., :r] @ torch.diag_embed(S[:, :r]) @ Vh[..., :r, :]
+    ours = scaling * new.B.double() @ new.A.double()
+    for m in range(M):
+        assert float((ours[m] - best[m]).norm() / D[m].norm()) < 1e-4
+    assert torch.allclose(new.error.double(), S[:, r:].square().sum(-1).sqrt(), rtol=1e-3)
+    assert torch.allclose(new.norm.double(), D.flatten(1).norm(dim=-1), rtol=1e-5)

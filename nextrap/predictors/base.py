@@ -72,7 +72,31 @@ class Prediction:
         itself. Returns ``L (M, out, k)``, ``R (M, k, in)`` on ``device``.
         """
         last = len(trajectory.headers) - 1
+        rows = self.reads(last, plus_last) if names[0] in self.combinations else ([last] if plus_last else [])
+        B, A = trajectory.load_factors(names, device, rows) if rows else (None, None)
+        return self.factors_from(names, B, A, rows, last, device, offset_scale, direction_scale, plus_last)
+
+    def reads(self, last: int, plus_last: bool = False) -> list[int]:
+        """The checkpoints whose factors a combination needs (``last``: the run's last index), in order."""
+        rows = list(self.indices)
+        return rows + [last] if plus_last and last not in rows else rows
+
+    def factors_from(
+        self,
+        names: Sequence[str],
+        B: torch.Tensor | None,
+        A: torch.Tensor | None,
+        rows: Sequence[int],
+        last: int,
+        device: torch.device,
+        offset_scale: float = 1.0,
+        direction_scale: float = 1.0,
+        plus_last: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`factors` from factors already read: ``B (M, T, out, r)`` (scaled), ``A (M, T, r, in)`` at the
+        checkpoint indices ``rows`` (which hold the combination's checkpoints, and ``last`` with ``plus_last``)."""
         if names[0] in self.combinations:
+            assert B is not None and A is not None
             idx = list(self.indices)
             w = torch.stack(
                 [offset_scale * self.combinations[n][0] + direction_scale * self.combinations[n][1] for n in names]
@@ -82,15 +106,18 @@ class Prediction:
                     idx.append(last)
                     w = torch.nn.functional.pad(w, (0, 1))
                 w[:, idx.index(last)] += 1.0
-            B, A = trajectory.load_factors(names, device, idx)  # (M, T, out, r), (M, T, r, in)
+            at = [list(rows).index(i) for i in idx]
+            if at != list(range(B.shape[1])):
+                B, A = B[:, at], A[:, at]
             M, T, out_f, r = B.shape
             L = (B * w.to(B.dtype)[:, :, None, None]).permute(0, 2, 1, 3).reshape(M, out_f, T * r)
             return L, A.reshape(M, T * r, A.shape[-1])
         L, R = self.stacked(list(names), device)
         L = L * direction_scale
         if plus_last:
-            B, A = trajectory.load_factors(names, device, [last])
-            L, R = torch.cat([B[:, 0], L], -1), torch.cat([A[:, 0], R], -2)
+            assert B is not None and A is not None
+            k = list(rows).index(last)
+            L, R = torch.cat([B[:, k], L], -1), torch.cat([A[:, k], R], -2)
         return L, R
 
     def raw_move(self, key: str, coef: float, device: torch.device) -> torch.Tensor | None:

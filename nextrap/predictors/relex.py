@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from nextrap import lowrank
 from nextrap.predictors.base import Prediction
 from nextrap.predictors.config import check_relex_options
 from nextrap.progress import Progress, no_progress
@@ -68,16 +69,10 @@ def line_fit(t: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 def lora_gram(B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """``G[m, i, j] = <dW_i, dW_j>_F`` of ``dW_t = B[m, t] @ A[m, t]``, exact, float64 ``(M, T, T)``.
 
-    ``B (M, T, out, r)`` (scaling folded in), ``A (M, T, r, in)``. Two BLAS-3 products of the
-    stacked factors (``(T r) x (T r)`` each), then the block-wise Hadamard sum.
+    ``B (M, T, out, r)`` (scaling folded in), ``A (M, T, r, in)``: the ``r x r`` products of the block
+    pairs ``(i, j)``, ``i <= j`` (:func:`nextrap.lowrank.update_gram`), then the block-wise Hadamard sum.
     """
-    M, T, out_f, r = B.shape
-    Bf = B.permute(0, 2, 1, 3).reshape(M, out_f, T * r)
-    Af = A.reshape(M, T * r, A.shape[-1])
-    gb = (Bf.transpose(-1, -2) @ Bf).double().view(M, T, r, T, r)
-    ga = (Af @ Af.transpose(-1, -2)).double().view(M, T, r, T, r)
-    G = (gb * ga).sum(dim=(2, 4))
-    return (G + G.transpose(-1, -2)) / 2
+    return lowrank.update_gram(B, A)
 
 
 @dataclass(frozen=True)
@@ -169,8 +164,8 @@ class RelexPredictor:
         combos: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         explained: dict[str, float] = {}
         r2: dict[str, float] = {}
-        for names in progress(trajectory.module_chunks(K, self.chunk_bytes), self.name):
-            B, A = trajectory.load_factors(names, device)
+        chunks = trajectory.module_chunks(K, self.chunk_bytes)
+        for _, (names, B, A) in zip(progress(chunks, self.name), trajectory.iter_factors(chunks, device), strict=True):
             fit = temporal_fit(lora_gram(B, A), times, self.rank, self.window, h_steps, anchored)
             for j, name in enumerate(names):
                 combos[name] = (fit.offset[j].cpu(), fit.direction[j].cpu())
