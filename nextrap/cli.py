@@ -37,7 +37,33 @@ __all__ = ["error_line", "main"]
 logger = logging.getLogger("nextrap")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class _Commands(click.Group):
+    """The command group: the reference trainer's commands are there only with its extra installed;
+    asked for without it, they say how to install it instead of "No such command"."""
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None and name in reference_cli.NAMES and not reference_cli.installed():
+            return _needs_reference_extra(name)
+        return command
+
+
+def _needs_reference_extra(name: str) -> click.Command:
+    @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, hidden=True)
+    def needs_extra() -> None:
+        click.echo(
+            f"error: '{name}' is part of the bundled reference trainer, which is not installed; "
+            "pip install 'nextrap[reference]'",
+            err=True,
+        )
+        raise SystemExit(1)
+
+    return needs_extra
+
+
+@click.group(
+    cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+)
 @click.version_option(__version__, prog_name="nextrap")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug messages).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress bars.")
@@ -549,11 +575,7 @@ def push(
     _echo_push(result)
 
 
-for _command in reference_cli.COMMANDS:  # train-reference, evaluate-reference, fetch-policy
-    main.add_command(_command)
-
-
-@main.command()
+@click.command()
 @click.option(
     "-o",
     "--output",
@@ -635,3 +657,8 @@ def _synthetic_demo(ctx: click.Context, output: Path, coef: float, overwrite: bo
             f"{r.coef:>6g}  {r.virtual_step:>12g}  {r.error_stay:>12.4f}  {r.error_jump:>10.4f}  "
             f"{r.error_jump / r.error_stay:>6.2f}"
         )
+
+
+if reference_cli.installed():  # train-reference, evaluate-reference, fetch-policy, demo
+    for _command in [*reference_cli.COMMANDS, demo]:
+        main.add_command(_command)

@@ -73,3 +73,45 @@ def test_scan_of_a_safetensors_run_imports_no_torch_and_reads_what_torch_reads(t
     assert scanned["scalings"] == [TINY_SPEC.alpha / TINY_SPEC.rank]
     # The torch path (reading every tensor, as extrapolate does) describes the run the same way.
     assert nextrap.open_run(run).summary() == scanned
+
+
+def _cli_without(module: str, *args: str) -> subprocess.CompletedProcess:
+    """``nextrap ARGS`` in a process where ``module`` cannot be found (an install without that extra)."""
+    code = (
+        "import importlib.util as u, sys\n"
+        "found = u.find_spec\n"
+        f"u.find_spec = lambda name, *a, **k: None if name == {module!r} else found(name, *a, **k)\n"
+        "from nextrap.cli import main\n"
+        "main(prog_name='nextrap')\n"
+    )
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_reference_commands_appear_only_with_the_reference_extra():
+    """Without nextrap[reference] (scipy), --help lists the post-processing commands only, and asking for
+    a reference command says which extra to install; with it, all are there."""
+    from nextrap.reference.cli import NAMES
+
+    bare = _cli_without("scipy", "--help")
+    assert bare.returncode == 0, bare.stderr
+    listed = {line.split()[0] for line in bare.stdout.split("Commands:")[1].splitlines() if line.strip()}
+    assert listed == {"backtest", "extrapolate", "inspect", "push", "scan", "truncate"}
+    asked = _cli_without("scipy", "train-reference", "-o", "x", "--steps", "1")
+    assert asked.returncode == 1 and "pip install 'nextrap[reference]'" in asked.stderr
+    full = subprocess.run([sys.executable, "-m", "nextrap", "--help"], capture_output=True, text=True, timeout=120)
+    assert set(NAMES) <= {line.split()[0] for line in full.stdout.split("Commands:")[1].splitlines() if line.strip()}
+
+
+def test_core_install_needs_neither_scipy_nor_gguf():
+    """pyproject: the post-processor's dependencies hold neither; the reference extra is what its check looks for."""
+    import re
+
+    import tomllib
+
+    from nextrap.reference.cli import EXTRA
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=\[ ;]", d)[0].lower() for d in project["dependencies"]}
+    assert not names & {"scipy", "gguf"}
+    extra = {re.split(r"[<>=\[ ;]", d)[0].lower() for d in project["optional-dependencies"]["reference"]}
+    assert extra == set(EXTRA)

@@ -16,7 +16,20 @@ from nextrap.cli_support import handle_errors, stack
 from nextrap.predictors.registry import METHODS
 from nextrap.report import Report
 
-__all__ = ["COMMANDS", "POLICY_DEFAULTS", "warm_config"]
+__all__ = ["COMMANDS", "EXTRA", "NAMES", "POLICY_DEFAULTS", "installed", "warm_config"]
+
+# The reference trainer is an optional part (``pip install 'nextrap[reference]'``): its commands (and
+# ``demo``, which runs it) appear only when the extra's packages are installed. EXTRA lists the modules
+# its requirements provide; a test holds it equal to pyproject.toml's ``reference`` extra.
+EXTRA = ("scipy",)
+NAMES = ("train-reference", "evaluate-reference", "fetch-policy", "demo")
+
+
+def installed() -> bool:
+    """Whether the reference extra's packages are importable (found, not imported: ``--help`` stays fast)."""
+    from importlib.util import find_spec
+
+    return all(find_spec(name) is not None for name in EXTRA)
 
 
 _reference_options = [
