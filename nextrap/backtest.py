@@ -95,15 +95,21 @@ class BacktestResult:
             f"fit on steps {self.fit_steps[0]}..{self.fit_steps[-1]} ({len(self.fit_steps)} checkpoints), horizon "
             f"{self.horizon} intervals = {self.horizon_steps} steps; held out: {', '.join(map(str, self.heldout_steps))}",
             "",
-            f"{'method':<14} {'step':>6} {'coef':>6} {'rel. error':>10} {'cosine':>7} {'best coef':>9}",
+            f"{'method':<14} {'step':>6} {'coef':>6} {'rel. error':>10} {'cosine':>7} {'best coef':>9} "
+            f"{'top share':>9} {'top error':>9} {'rest error':>10}",
         ]
         for method, rows in self.summary().items():
             for r in rows:
                 lines.append(
                     f"{method:<14} {r['step']:>6} {r['coef']:>6.2f} {r['relative_error']:>10.3f} "
-                    f"{r['cosine']:>7.3f} {r['best_coef']:>9.2f}"
+                    f"{r['cosine']:>7.3f} {r['best_coef']:>9.2f} {r['top_share']:>9.3f} {r['top_error']:>9.3f} "
+                    f"{r['rest_error']:>10.3f}"
                 )
-        lines.append(f"{'stay':<14} {'':>6} {'':>6} {1.0:>10.3f}")
+        lines.append(f"{'stay':<14} {'':>6} {'':>6} {1.0:>10.3f} {'':>7} {'':>9} {'':>9} {1.0:>9.3f} {1.0:>10.3f}")
+        lines += [
+            "top share: the true move's energy in its top singular direction (per module); top / rest error: the "
+            "error on that part and on the rest, each relative to the part's own size (staying scores 1 on both)"
+        ]
         kinds = sorted({s["kind"] for s in self.scores} - {"all"})
         lines += ["", "mean relative error by module kind (1 = as good as staying)"]
         lines.append(f"{'method':<14} " + " ".join(f"{k[:9]:>9}" for k in kinds))
@@ -134,6 +140,9 @@ def _kind(name: str) -> str:
 
 
 _INNER_KEYS = ("oo", "od", "dd", "ot", "dt", "tt")  # <X, Y> for X, Y in offset O, direction D, truth T
+# The split along each module's true top direction E = u1 v1^T (docs/method.md, "The parts of the move"):
+# products of a = <O, E>, b = <D, E> and s = sigma_1 = <T, E>, per module, summed like the others.
+_TOP_KEYS = ("aa", "ab", "bb", "as", "bs", "ss")
 
 
 def score_prediction(
@@ -164,9 +173,9 @@ def score_prediction(
     )
     for j, kind, values in products:
         for k in (kind, "all"):
-            acc = sums.setdefault((j, k), dict.fromkeys(_INNER_KEYS, 0.0))
-            for key in _INNER_KEYS:
-                acc[key] += values[key]
+            acc = sums.setdefault((j, k), dict.fromkeys(_INNER_KEYS + _TOP_KEYS, 0.0))
+            for key, value in values.items():
+                acc[key] += value
     rows = [
         _score_row(trajectory.steps[j], coefs[targets.index(j)], kind, s) for (j, kind), s in sums.items()
     ]
@@ -193,12 +202,23 @@ def _lora_inner_products(
         Lo, Ro = (x.double() for x in prediction.factors(fit, names, device, 1.0, 0.0))
         oo, od, dd = inner(Lo, Ro, Lo, Ro), inner(Lo, Ro, Ld, Rd), inner(Ld, Rd, Ld, Rd)
         for n, j in enumerate(targets, start=1):
-            Lt = torch.cat([B[:, n], -B[:, 0]], -1)  # true update dW_j - dW_base, factored
-            Rt = torch.cat([A[:, n], A[:, 0]], -2)
+            Lt, Rt = lowrank.difference(B[:, n], A[:, n], 1.0, B[:, 0], A[:, 0], 1.0)  # dW_j - dW_base
             ot, dt, tt = inner(Lo, Ro, Lt, Rt), inner(Ld, Rd, Lt, Rt), inner(Lt, Rt, Lt, Rt)
+            top = lowrank.top_triplet(Lt, Rt)
+            a, b = _along(Lo, Ro, top), _along(Ld, Rd, top)
+            s = top.s
             for m, name in enumerate(names):
                 values = {"oo": oo[m], "od": od[m], "dd": dd[m], "ot": ot[m], "dt": dt[m], "tt": tt[m]}
+                values |= {
+                    "aa": a[m] * a[m], "ab": a[m] * b[m], "bb": b[m] * b[m],
+                    "as": a[m] * s[m], "bs": b[m] * s[m], "ss": s[m] * s[m],
+                }
                 yield j, _kind(name), {k: float(v) for k, v in values.items()}
+
+
+def _along(L: torch.Tensor, R: torch.Tensor, top: lowrank.Triplets) -> torch.Tensor:
+    """``<L R, u v^T>_F = u^T L R v`` per module: the coordinate of ``L R`` along the unit matrix ``u v^T``."""
+    return ((top.u.unsqueeze(-2) @ L).squeeze(-2) * (R @ top.v.unsqueeze(-1)).squeeze(-1)).sum(-1)
 
 
 def _raw_inner_products(
@@ -230,10 +250,21 @@ def _raw_inner_products(
 
 
 def _score_row(step: int, c: float, kind: str, s: dict[str, float]) -> dict[str, Any]:
-    """The scores of ``O + c D`` against ``T`` from their summed inner products ``s``."""
+    """The scores of ``P = O + c D`` against ``T`` from their summed inner products ``s``.
+
+    The parts: ``T``'s top part is ``sigma_1 E`` per module (``E = u1 v1^T``, ``T``'s own top singular
+    direction), its rest ``T - sigma_1 E``; ``P`` is split the same way, by its coordinate
+    ``p = <P, E>`` along that direction. The two parts are orthogonal, so ``error^2`` is the sum of the
+    parts' squared errors: ``relative_error^2 = top_share * top_error^2 + (1 - top_share) * rest_error^2``.
+    """
     pp = s["oo"] + 2 * c * s["od"] + c * c * s["dd"]  # ||O + c D||^2
     pt = s["ot"] + c * s["dt"]  # <O + c D, T>
     err2 = max(0.0, pp - 2 * pt + s["tt"])
+    p1p1 = s["aa"] + 2 * c * s["ab"] + c * c * s["bb"]  # sum over modules of p^2
+    p1t1 = s["as"] + c * s["bs"]  # sum of p sigma_1
+    top2, rest2 = s["ss"], max(0.0, s["tt"] - s["ss"])
+    top_err2 = max(0.0, p1p1 - 2 * p1t1 + top2)
+    rest_err2 = max(0.0, err2 - top_err2)
     return {
         "step": step,
         "coef": c,
@@ -243,7 +274,16 @@ def _score_row(step: int, c: float, kind: str, s: dict[str, float]) -> dict[str,
         "best_coef": (s["dt"] - s["od"]) / s["dd"] if s["dd"] > 0 else 0.0,
         "true_norm": math.sqrt(s["tt"]),
         "predicted_norm": math.sqrt(max(pp, 0.0)),
+        "top_share": top2 / s["tt"] if s["tt"] > 0 else 0.0,
+        "top_error": math.sqrt(top_err2 / top2) if top2 > 0 else 0.0,
+        "rest_error": math.sqrt(rest_err2 / rest2) if rest2 > 0 else 0.0,
+        "top_cosine": _cos(p1t1, p1p1, top2),
+        "rest_cosine": _cos(pt - p1t1, pp - p1p1, rest2),
     }
+
+
+def _cos(inner: float, sq_a: float, sq_b: float) -> float:
+    return inner / math.sqrt(sq_a * sq_b) if sq_a > 0 and sq_b > 0 else 0.0
 
 
 def backtest(

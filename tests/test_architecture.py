@@ -36,6 +36,7 @@ ORDER = [
     "predictors.next",
     "predictors.linear",
     "predictors.relex",
+    "predictors.combined",
     "predictors",
     "backtest",
     "trainer_checkpoint",

@@ -189,6 +189,42 @@ def test_linear_and_next_match_dense_references(tmp_path, rank, alpha, rslora):
         torch.testing.assert_close(got[name], want, rtol=2e-4, atol=2e-5 * float(want.abs().max()))
 
 
+@pytest.mark.parametrize(("rank", "alpha", "rslora", "policy"), [(4, 8.0, False, "keep"), (3, 5.0, True, "grow")])
+def test_next_plus_linear_matches_a_dense_reference(tmp_path, rank, alpha, rslora, policy):
+    """``next+linear``: NExt's rank-1 move (the same network, fitted again by NExtPredictor) plus the linear
+    move with its top singular direction (a dense SVD here) removed; written at rank r (best rank-r
+    approximation) or r + 1 (the old factors plus the move's top part)."""
+    from safetensors.torch import load_file
+
+    from nextrap.predictors import NExtPredictor
+
+    key = "base_model.model.norm.bias"
+    run = random_run(tmp_path / "run", STEPS, rank, alpha, seed=20 + rank, rslora=rslora, raw_key=key)
+    traj = nextrap.open_run(run)
+    dense = dense_updates(traj)
+    horizon, coef, config = 2, 1.5, NExtConfig(epochs=3)
+    options = nextrap.ExtrapolateOptions(
+        method="next+linear", coefs=(coef,), horizon=horizon, predictor=config, rank_policy=policy
+    )
+    res = nextrap.extrapolate(run, tmp_path / "out", options)
+    nxt = NExtPredictor(config).predict(traj, horizon)
+    got = written(res.output, traj)
+    for name, X in dense.items():
+        L, R = nxt.matrices[name]
+        lin = X[-1] - X[-1 - horizon]
+        U, S, Vh = torch.linalg.svd(lin)
+        move = L.double() @ R.double() + lin - S[0] * torch.outer(U[:, 0], Vh[0])
+        # keep: the best rank-r approximation of the new update; grow: the old factors plus the move's top part
+        want = best_rank(X[-1] + coef * move, rank) if policy == "keep" else X[-1] + best_rank(coef * move, 1)
+        torch.testing.assert_close(got[name], want, rtol=2e-4, atol=2e-5 * float(want.abs().max()))
+        assert res.report.predictor["removed_sigma"][name] == pytest.approx(float(S[0]), rel=1e-5)
+    # a 1-D raw tensor has no singular directions: the whole of its move is the rest, moved linearly
+    raw = torch.stack([load_file(run / f"checkpoint-{s}" / "adapter_model.safetensors")[key] for s in STEPS])
+    got_raw = load_file(res.output / "adapter_model.safetensors")[key]
+    torch.testing.assert_close(got_raw, raw[-1] + coef * (raw[-1] - raw[-1 - horizon]), rtol=1e-5, atol=1e-6)
+    assert res.report.method == "next+linear" and res.report.outputs[0].rank == rank + (policy == "grow")
+
+
 def _planted(root: Path, steps, curved: bool, seed: int = 0, noise: float = 0.3) -> Path:
     """Updates along a fixed direction D (full LoRA rank, flat spectrum) with coefficient a(t) + i.i.d. noise.
 

@@ -31,6 +31,10 @@ class Prediction:
       factors are those of the run itself, loaded when needed: rank <= T r, never held for all modules);
     * ``vectors[key]`` (direction) and ``offsets[key]`` (offset) of raw tensors, in the tensor's shape.
 
+    A module may have both a combination and a factored part (the combined methods: the linear move
+    of the run's own checkpoints plus rank-1 corrections); the factored part is then added to the
+    combination's direction.
+
     ``diagnostics`` is JSON-able and goes into the report.
     """
 
@@ -53,9 +57,8 @@ class Prediction:
 
     def inner_size(self, name: str, rank: int) -> int:
         """Columns of the factored move of module ``name`` of LoRA rank ``rank`` (to size memory chunks)."""
-        if name in self.combinations:
-            return (len(self.indices) + 1) * rank
-        return self.matrices[name][0].shape[-1]
+        size = (len(self.indices) + 1) * rank if name in self.combinations else 0
+        return size + (self.matrices[name][0].shape[-1] if name in self.matrices else 0)
 
     def factors(
         self,
@@ -72,26 +75,41 @@ class Prediction:
         itself. Returns ``L (M, out, k)``, ``R (M, k, in)`` on ``device``.
         """
         last = len(trajectory.headers) - 1
+        parts = []
         if names[0] in self.combinations:
-            idx = list(self.indices)
-            w = torch.stack(
-                [offset_scale * self.combinations[n][0] + direction_scale * self.combinations[n][1] for n in names]
-            ).to(device, torch.float64)
-            if plus_last:
-                if last not in idx:
-                    idx.append(last)
-                    w = torch.nn.functional.pad(w, (0, 1))
-                w[:, idx.index(last)] += 1.0
-            B, A = trajectory.load_factors(names, device, idx)  # (M, T, out, r), (M, T, r, in)
-            M, T, out_f, r = B.shape
-            L = (B * w.to(B.dtype)[:, :, None, None]).permute(0, 2, 1, 3).reshape(M, out_f, T * r)
-            return L, A.reshape(M, T * r, A.shape[-1])
-        L, R = self.stacked(list(names), device)
-        L = L * direction_scale
-        if plus_last:
+            parts.append(self._combination_factors(trajectory, names, device, offset_scale, direction_scale, plus_last))
+        elif plus_last:
             B, A = trajectory.load_factors(names, device, [last])
-            L, R = torch.cat([B[:, 0], L], -1), torch.cat([A[:, 0], R], -2)
-        return L, R
+            parts.append((B[:, 0], A[:, 0]))
+        if names[0] in self.matrices:
+            L, R = self.stacked(list(names), device)
+            parts.append((L * direction_scale, R))
+        return torch.cat([L for L, _ in parts], -1), torch.cat([R for _, R in parts], -2)
+
+    def _combination_factors(
+        self,
+        trajectory: Trajectory,
+        names: Sequence[str],
+        device: torch.device,
+        offset_scale: float,
+        direction_scale: float,
+        plus_last: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The combination part of :meth:`factors`: ``sum_t w_t dW_t`` from the run's own factors."""
+        last = len(trajectory.headers) - 1
+        idx = list(self.indices)
+        w = torch.stack(
+            [offset_scale * self.combinations[n][0] + direction_scale * self.combinations[n][1] for n in names]
+        ).to(device, torch.float64)
+        if plus_last:
+            if last not in idx:
+                idx.append(last)
+                w = torch.nn.functional.pad(w, (0, 1))
+            w[:, idx.index(last)] += 1.0
+        B, A = trajectory.load_factors(names, device, idx)  # (M, T, out, r), (M, T, r, in)
+        M, T, out_f, r = B.shape
+        L = (B * w.to(B.dtype)[:, :, None, None]).permute(0, 2, 1, 3).reshape(M, out_f, T * r)
+        return L, A.reshape(M, T * r, A.shape[-1])
 
     def raw_move(self, key: str, coef: float, device: torch.device) -> torch.Tensor | None:
         """The move of raw tensor ``key`` at coefficient ``coef`` (None: it does not move)."""

@@ -35,7 +35,7 @@ from nextrap.trajectory import Features, SharedFeatures, Trajectory
 if TYPE_CHECKING:
     from nextrap.predictors.registry import MethodSettings
 
-__all__ = ["NExtNet", "NExtPredictor"]
+__all__ = ["NExtNet", "NExtPredictor", "features_at"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _collect_groups(features: Features) -> dict[int, _Group]:
     return dict(sorted(groups.items()))
 
 
-def _features_at(
+def features_at(
     features: SharedFeatures | Features | None,
     trajectory: Trajectory,
     horizon: int,
@@ -152,7 +152,7 @@ class NExtPredictor:
         progress: Progress = no_progress,
     ) -> Prediction:
         device = device or torch.device("cpu")
-        features = _features_at(features, trajectory, horizon, device, progress)
+        features = features_at(features, trajectory, horizon, device, progress)
         cfg = self.config
         outputs: dict[tuple[str, str], torch.Tensor] = {}
         group_reports = []

@@ -1,0 +1,103 @@
+"""NExt for the top part of the move, the straight line for the rest (``next+linear``).
+
+NExt predicts only the rank-1 part of the next move; the linear method (RL-Extra) repeats the whole of
+the last one. Where the rank-1 part is a minority of the move (the tiny reference policy: 41-48% of
+its energy), NExt leaves most of the move out; where it dominates and bends (real SmolLM2 runs), NExt
+predicts it better than the line. The backtest's split of the error into the true move's top part and
+the rest (docs/method.md, "The parts of the move") measures each method on each part; this method
+takes each part from the method made for it:
+
+``D = sigma_hat u_hat v_hat^T + (Y - sigma_1 u_1 v_1^T)``, with ``Y = dW_K - dW_{K-H}`` the linear
+move and ``(u_1, sigma_1, v_1)`` its top singular triplet: NExt's predicted rank-1 move plus the
+linear move with its own top direction removed.
+
+Everything stays factored: ``Y`` is the run's own checkpoints with weights ``(-1, +1)`` (as
+:mod:`~nextrap.predictors.linear` does it), and the two rank-1 terms are two columns per module
+(:class:`~nextrap.predictors.base.Prediction` adds a module's factored part to its combination).
+``(u_1, sigma_1, v_1)`` is the last target feature NExt is trained on (the top triplet of
+``dW_K - dW_{K-H}``, exact from the factors), so nothing is read twice.
+
+Raw tensors: 1-D ones (DoRA magnitudes, biases) have no singular directions, so the whole of their move
+is "the rest" and moves linearly; 2-D ones (``modules_to_save``) are split like a LoRA module, densely.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from nextrap.predictors.base import Prediction
+from nextrap.predictors.config import NExtConfig
+from nextrap.predictors.linear import LinearPredictor
+from nextrap.predictors.next import NExtPredictor, features_at
+from nextrap.progress import Progress, no_progress
+from nextrap.trajectory import Features, SharedFeatures, Trajectory
+
+if TYPE_CHECKING:
+    from nextrap.predictors.registry import MethodSettings
+
+__all__ = ["NextLinearPredictor"]
+
+
+class NextLinearPredictor:
+    """NExt's predicted rank-1 move plus the linear move without its top singular direction."""
+
+    name = "next+linear"
+
+    def __init__(self, config: NExtConfig | None = None):
+        self.config = config or NExtConfig()
+
+    def predict(
+        self,
+        trajectory: Trajectory,
+        horizon: int,
+        features: SharedFeatures | Features | None = None,
+        device: torch.device | None = None,
+        progress: Progress = no_progress,
+    ) -> Prediction:
+        device = device or torch.device("cpu")
+        feats = features_at(features, trajectory, horizon, device, progress)
+        nxt = NExtPredictor(self.config).predict(trajectory, horizon, feats, device, progress)
+        lin = LinearPredictor().predict(trajectory, horizon)
+        matrices: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        removed: dict[str, float] = {}
+        for name in trajectory.modules:
+            u1, s1, v1 = _last_target(feats, name)
+            L, R = nxt.matrices[name]  # (out, 1), (1, in): sigma_hat u_hat, v_hat^T
+            matrices[name] = (torch.cat([L, -(s1 * u1)[:, None].to(L)], -1), torch.cat([R, v1[None].to(R)], -2))
+            removed[name] = float(s1)
+        vectors = dict(lin.vectors)  # 1-D raw tensors: all "rest", linear
+        for key, move in lin.vectors.items():
+            if key in feats.matrices:  # a 2-D raw tensor: the same split, dense
+                u1, s1, v1 = _last_target(feats, key)
+                L, R = nxt.matrices[key]
+                flat = move.reshape(u1.shape[0], -1).to(device, torch.float32)
+                flat = flat - s1 * torch.outer(u1, v1) + (L @ R).to(flat)
+                vectors[key] = flat.reshape(move.shape).cpu()
+                removed[key] = float(s1)
+        diagnostics = {
+            **nxt.diagnostics,  # config, groups (the fit report), predicted_sigma
+            "linear": lin.diagnostics,
+            "removed_sigma": removed,
+        }
+        return Prediction(
+            self.name,
+            horizon,
+            matrices=matrices,
+            vectors=vectors,
+            diagnostics=diagnostics,
+            combinations=lin.combinations,
+            indices=lin.indices,
+        )
+
+
+def _last_target(features: Features, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(u_1 (out,), sigma_1 (), v_1 (in,))``: the top triplet of ``dW_K - dW_{K-H}`` (the last training target)."""
+    t = features.matrices[name].target
+    return t.u[-1], t.s[-1], t.v[-1]
+
+
+def build(name: str, settings: MethodSettings) -> NextLinearPredictor:
+    """The registry's builder (:mod:`nextrap.predictors.registry`)."""
+    return NextLinearPredictor(settings.next)
