@@ -189,14 +189,24 @@ def test_linear_and_next_match_dense_references(tmp_path, rank, alpha, rslora):
         torch.testing.assert_close(got[name], want, rtol=2e-4, atol=2e-5 * float(want.abs().max()))
 
 
-@pytest.mark.parametrize(("rank", "alpha", "rslora", "policy"), [(4, 8.0, False, "keep"), (3, 5.0, True, "grow")])
-def test_next_plus_linear_matches_a_dense_reference(tmp_path, rank, alpha, rslora, policy):
-    """``next+linear``: NExt's rank-1 move (the same network, fitted again by NExtPredictor) plus the linear
-    move with its top singular direction (a dense SVD here) removed; written at rank r (best rank-r
+@pytest.mark.parametrize(
+    ("rank", "alpha", "rslora", "policy", "method"),
+    [
+        (4, 8.0, False, "keep", "next+linear"),
+        (3, 5.0, True, "grow", "next+linear"),
+        (4, 8.0, False, "keep", "next-horizon+linear"),
+        (3, 5.0, True, "grow", "next-horizon+linear"),
+    ],
+)
+def test_next_plus_linear_matches_a_dense_reference(tmp_path, rank, alpha, rslora, policy, method):
+    """``next+linear``: NExt's rank-1 move (the same network, fitted again by NExtPredictor; for
+    ``next-horizon+linear`` on the horizon-long local moves, checked against dense SVDs below) plus the
+    linear move with its top singular direction (a dense SVD here) removed; written at rank r (best rank-r
     approximation) or r + 1 (the old factors plus the move's top part)."""
     from safetensors.torch import load_file
 
     from nextrap.predictors import NExtPredictor
+    from nextrap.predictors.combined import horizon_local
 
     key = "base_model.model.norm.bias"
     run = random_run(tmp_path / "run", STEPS, rank, alpha, seed=20 + rank, rslora=rslora, raw_key=key)
@@ -204,10 +214,13 @@ def test_next_plus_linear_matches_a_dense_reference(tmp_path, rank, alpha, rslor
     dense = dense_updates(traj)
     horizon, coef, config = 2, 1.5, NExtConfig(epochs=3)
     options = nextrap.ExtrapolateOptions(
-        method="next+linear", coefs=(coef,), horizon=horizon, predictor=config, rank_policy=policy
+        method=method, coefs=(coef,), horizon=horizon, predictor=config, rank_policy=policy
     )
     res = nextrap.extrapolate(run, tmp_path / "out", options)
-    nxt = NExtPredictor(config).predict(traj, horizon)
+    features = nextrap.compute_features(traj, horizon, torch.device("cpu"))
+    if method == "next-horizon+linear":
+        features = horizon_local(features)
+    nxt = NExtPredictor(config).predict(traj, horizon, features)
     got = written(res.output, traj)
     for name, X in dense.items():
         L, R = nxt.matrices[name]
@@ -222,7 +235,35 @@ def test_next_plus_linear_matches_a_dense_reference(tmp_path, rank, alpha, rslor
     raw = torch.stack([load_file(run / f"checkpoint-{s}" / "adapter_model.safetensors")[key] for s in STEPS])
     got_raw = load_file(res.output / "adapter_model.safetensors")[key]
     torch.testing.assert_close(got_raw, raw[-1] + coef * (raw[-1] - raw[-1 - horizon]), rtol=1e-5, atol=1e-6)
-    assert res.report.method == "next+linear" and res.report.outputs[0].rank == rank + (policy == "grow")
+    assert res.report.method == method and res.report.outputs[0].rank == rank + (policy == "grow")
+
+
+def test_horizon_local_moves_match_dense_svds(tmp_path):
+    """``horizon_local``: the local triplet at checkpoint t is the top triplet of ``dW_t - dW_{t-H}``
+    (``dW_t`` before t = H), signed to agree with the global triplet of t; globals and targets unchanged."""
+    from nextrap.predictors.combined import horizon_local
+
+    run = random_run(tmp_path / "run", STEPS, 3, 6.0, seed=31, raw_key="base_model.model.norm.bias")
+    traj = nextrap.open_run(run)
+    horizon = 3
+    features = nextrap.compute_features(traj, horizon, torch.device("cpu"))
+    moved = horizon_local(features)
+    for name, X in dense_updates(traj).items():
+        f, g = moved.matrices[name], features.matrices[name]
+        assert f.global_ is g.global_ and f.target is g.target
+        for t in range(len(STEPS)):
+            move = X[t] - (X[t - horizon] if t >= horizon else 0)
+            U, S, Vh = torch.linalg.svd(move)
+            u, s, v = f.local.u[t].double(), f.local.s[t].double(), f.local.v[t].double()
+            assert float(s) == pytest.approx(float(S[0]), rel=1e-5)
+            assert abs(float(u @ U[:, 0])) == pytest.approx(1.0, abs=1e-5)
+            torch.testing.assert_close(s * torch.outer(u, v), S[0] * torch.outer(U[:, 0], Vh[0]), rtol=1e-4, atol=1e-5)
+            assert float(u @ g.global_.u[t].double() + v @ g.global_.v[t].double()) >= 0
+    key = "base_model.model.norm.bias"
+    R = torch.stack([X for X in features.vectors[key].global_])  # deltas from the first checkpoint
+    for t in range(len(STEPS)):
+        want = R[t] - (R[t - horizon] if t >= horizon else 0)
+        torch.testing.assert_close(moved.vectors[key].local[t], want)
 
 
 def _planted(root: Path, steps, curved: bool, seed: int = 0, noise: float = 0.3) -> Path:

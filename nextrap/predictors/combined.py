@@ -1,4 +1,4 @@
-"""NExt for the top part of the move, the straight line for the rest (``next+linear``).
+"""NExt for the top part of the move, the straight line for the rest (``next+linear``, ``next-horizon+linear``).
 
 NExt predicts only the rank-1 part of the next move; the linear method (RL-Extra) repeats the whole of
 the last one. Where the rank-1 part is a minority of the move (the tiny reference policy: 41-48% of
@@ -17,36 +17,53 @@ Everything stays factored: ``Y`` is the run's own checkpoints with weights ``(-1
 ``(u_1, sigma_1, v_1)`` is the last target feature NExt is trained on (the top triplet of
 ``dW_K - dW_{K-H}``, exact from the factors), so nothing is read twice.
 
+``next-horizon+linear`` is the same with NExt's local input taken over the last horizon instead of
+the last checkpoint interval (:func:`horizon_local`): the move the linear method repeats, less noisy
+than one interval's on a noisy run, so NExt's skip connection starts from the linear method's own top
+part and the network learns corrections to it.
+
 Raw tensors: 1-D ones (DoRA magnitudes, biases) have no singular directions, so the whole of their move
 is "the rest" and moves linearly; 2-D ones (``modules_to_save``) are split like a LoRA module, densely.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
 
+from nextrap import lowrank
 from nextrap.predictors.base import Prediction
 from nextrap.predictors.config import NExtConfig
 from nextrap.predictors.linear import LinearPredictor
 from nextrap.predictors.next import NExtPredictor, features_at
 from nextrap.progress import Progress, no_progress
-from nextrap.trajectory import Features, SharedFeatures, Trajectory
+from nextrap.trajectory import Features, MatrixFeatures, SharedFeatures, Trajectory, VectorFeatures
 
 if TYPE_CHECKING:
     from nextrap.predictors.registry import MethodSettings
 
-__all__ = ["NextLinearPredictor"]
+__all__ = ["LOCAL_INPUTS", "NextLinearPredictor", "horizon_local"]
+
+# NExt's local input -> the method's name
+LOCAL_INPUTS = {"interval": "next+linear", "horizon": "next-horizon+linear"}
 
 
 class NextLinearPredictor:
-    """NExt's predicted rank-1 move plus the linear move without its top singular direction."""
+    """NExt's predicted rank-1 move plus the linear move without its top singular direction.
 
-    name = "next+linear"
+    ``local``: NExt's local input, ``"interval"`` (the paper's: the last checkpoint interval's move) or
+    ``"horizon"`` (the last horizon's move, the one the linear method repeats; see
+    :func:`horizon_local`).
+    """
 
-    def __init__(self, config: NExtConfig | None = None):
+    def __init__(self, config: NExtConfig | None = None, local: str = "interval"):
+        if local not in LOCAL_INPUTS:
+            raise ValueError(f"local = {local!r}: expected one of {list(LOCAL_INPUTS)}")
         self.config = config or NExtConfig()
+        self.local = local
+        self.name = LOCAL_INPUTS[local]
 
     def predict(
         self,
@@ -58,7 +75,8 @@ class NextLinearPredictor:
     ) -> Prediction:
         device = device or torch.device("cpu")
         feats = features_at(features, trajectory, horizon, device, progress)
-        nxt = NExtPredictor(self.config).predict(trajectory, horizon, feats, device, progress)
+        inputs = horizon_local(feats) if self.local == "horizon" else feats
+        nxt = NExtPredictor(self.config).predict(trajectory, horizon, inputs, device, progress)
         lin = LinearPredictor().predict(trajectory, horizon)
         matrices: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         removed: dict[str, float] = {}
@@ -92,6 +110,33 @@ class NextLinearPredictor:
         )
 
 
+def horizon_local(features: Features) -> Features:
+    """The features with each checkpoint's local move taken over the last horizon: ``dW_t - dW_{t-H}``.
+
+    That move is the target of the pair ending at ``t`` (``dW_0 = 0`` before the first checkpoint, so
+    before ``t = H`` it is the global delta), so nothing is recomputed: its triplets are those rows,
+    flipped to agree with the checkpoint's global triplet like every local one (docs/method.md, "Rank-1
+    features"). With the skip connection NExt's network then starts from "the next horizon repeats the
+    last one" (the linear method's top part) and learns corrections to it.
+    """
+    h = features.horizon
+    matrices = {}
+    for name, f in features.matrices.items():
+        g, t = f.global_, f.target
+        k = g.s.shape[0]
+        rows = lowrank.Triplets(
+            u=torch.cat([g.u[:h], t.u[: k - h]]), s=torch.cat([g.s[:h], t.s[: k - h]]), v=torch.cat([g.v[:h], t.v[: k - h]])
+        )
+        matrices[name] = MatrixFeatures(global_=g, local=lowrank.align_signs(rows, g), target=t)
+    vectors = {
+        key: VectorFeatures(
+            global_=f.global_, local=torch.cat([f.global_[:h], f.target[: f.global_.shape[0] - h]]), target=f.target
+        )
+        for key, f in features.vectors.items()
+    }
+    return replace(features, matrices=matrices, vectors=vectors)
+
+
 def _last_target(features: Features, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(u_1 (out,), sigma_1 (), v_1 (in,))``: the top triplet of ``dW_K - dW_{K-H}`` (the last training target)."""
     t = features.matrices[name].target
@@ -99,5 +144,5 @@ def _last_target(features: Features, name: str) -> tuple[torch.Tensor, torch.Ten
 
 
 def build(name: str, settings: MethodSettings) -> NextLinearPredictor:
-    """The registry's builder (:mod:`nextrap.predictors.registry`)."""
-    return NextLinearPredictor(settings.next)
+    """The registry's builder (:mod:`nextrap.predictors.registry`): ``next+linear`` or ``next-horizon+linear``."""
+    return NextLinearPredictor(settings.next, local={v: k for k, v in LOCAL_INPUTS.items()}[name])

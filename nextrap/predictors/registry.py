@@ -61,6 +61,11 @@ REGISTRY: dict[str, MethodSpec] = {
             "NExt's predicted rank-1 move plus the linear move without its own top direction",
             "nextrap.predictors.combined:build",
         ),
+        MethodSpec(
+            "next-horizon+linear",
+            "next+linear with NExt fed the last horizon's move (not the last interval's) as its latest move",
+            "nextrap.predictors.combined:build",
+        ),
     )
 }
 METHODS: tuple[str, ...] = tuple(REGISTRY)
