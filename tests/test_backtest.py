@@ -152,16 +152,19 @@ def test_error_parts_agree_with_a_dense_svd_of_the_true_move(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    ("plant", "expected"),
+    ("plant", "paper_best", "best"),
     [
-        ({"curve": "linear", "noise": 0.03}, "linear"),  # straight run: repeating the last horizon is exact
-        ({"curve": "saturating", "noise": 0.03}, "next"),  # bending run: only the learned predictor bends
+        # straight run: repeating the last horizon is exact; next+linear's NExt part learns that too
+        ({"curve": "linear", "noise": 0.03}, "linear", {"linear", "next+linear"}),
+        # bending run: only the learned predictor bends (next+linear adds linear's rest, near zero here)
+        ({"curve": "saturating", "noise": 0.03}, "next", {"next", "next+linear"}),
     ],
 )
-def test_backtest_ranks_the_method_that_matches_the_plant(tmp_path: Path, plant, expected):
+def test_backtest_ranks_the_method_that_matches_the_plant(tmp_path: Path, plant, paper_best, best):
     result = backtest(nextrap.open_run(_run(tmp_path, "run", **plant)), BacktestOptions(predictor=FAST))
     rec = result.recommendation
-    assert rec["ranking"][0] == expected, rec["mean_relative_error"]
+    papers = [m for m in rec["ranking"] if m in ("next", "linear", "relex", "relex-anchored")]
+    assert papers[0] == paper_best and rec["ranking"][0] in best, rec["mean_relative_error"]
     assert rec["beats_staying"] and rec["coef"] == pytest.approx(1.0)
 
 

@@ -418,3 +418,28 @@ def test_public_functions_survive_importing_their_modules():
 
     assert callable(nextrap.extrapolate) and callable(nextrap.backtest)
     assert nextrap.extrapolate is nextrap.extrapolate.__globals__["extrapolate"]
+
+
+def test_next_plus_linear_reuses_the_next_fit_of_a_backtest(tmp_path, monkeypatch):
+    """In one backtest (one SharedFeatures), next and next+linear share NExt's fit: it runs once, and
+    next+linear's rank-1 column is next's prediction exactly."""
+    from nextrap.predictors import NExtPredictor, make_predictor
+    from nextrap.predictors import next as next_module
+    from nextrap.trajectory import SharedFeatures
+
+    run = random_run(tmp_path / "run", STEPS, 3, 6.0, seed=32)
+    traj = nextrap.open_run(run)
+    fits = []
+    real = next_module._predict_group
+    monkeypatch.setattr(next_module, "_predict_group", lambda *a: fits.append(1) or real(*a))
+    shared = SharedFeatures(traj, 2, torch.device("cpu"))
+    config = NExtConfig(epochs=3)
+    nxt = NExtPredictor(config).predict(traj, 2, shared)
+    groups = len(fits)
+    combined = make_predictor("next+linear", config).predict(traj, 2, shared)
+    assert len(fits) == groups > 0 and nxt.method == "next" and combined.method == "next+linear"
+    for name, (L, R) in nxt.matrices.items():
+        torch.testing.assert_close(combined.matrices[name][0][:, :1], L, rtol=0, atol=0)
+        torch.testing.assert_close(combined.matrices[name][1][:1], R, rtol=0, atol=0)
+    make_predictor("next-horizon+linear", config).predict(traj, 2, shared)  # other inputs: fitted anew
+    assert len(fits) == 2 * groups

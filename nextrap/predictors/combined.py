@@ -75,7 +75,8 @@ class NextLinearPredictor:
     ) -> Prediction:
         device = device or torch.device("cpu")
         feats = features_at(features, trajectory, horizon, device, progress)
-        inputs = horizon_local(feats) if self.local == "horizon" else feats
+        # the run's own features go in as they were given, so a fit already made on them is reused
+        inputs = horizon_local(feats) if self.local == "horizon" else features
         nxt = NExtPredictor(self.config).predict(trajectory, horizon, inputs, device, progress)
         lin = LinearPredictor().predict(trajectory, horizon)
         matrices: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
