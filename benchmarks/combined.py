@@ -152,7 +152,7 @@ def table(summary: dict, methods: list[str]) -> str:
         "move's energy in its top singular direction; top / rest error: the error on each part relative to the "
         "part (staying = 1 on both).",
         "",
-        f"{'run':<28} {'method':<16} {'error':>7} {'cosine':>7} {'top share':>9} {'top err':>8} {'rest err':>8} "
+        f"{'run':<28} {'method':<20} {'error':>7} {'cosine':>7} {'top share':>9} {'top err':>8} {'rest err':>8} "
         f"{'top cos':>8} {'rest cos':>8}",
     ]
     groups: dict[str, list[str]] = {}
@@ -163,29 +163,29 @@ def table(summary: dict, methods: list[str]) -> str:
             if m in cells:
                 c = cells[m]
                 lines.append(
-                    f"{run:<28} {m:<16} {c['relative_error']:>7.3f} {c['cosine']:>7.3f} {c['top_share']:>9.3f} "
+                    f"{run:<28} {m:<20} {c['relative_error']:>7.3f} {c['cosine']:>7.3f} {c['top_share']:>9.3f} "
                     f"{c['top_error']:>8.3f} {c['rest_error']:>8.3f} {c['top_cosine']:>8.3f} {c['rest_cosine']:>8.3f}"
                 )
     lines += ["", "Mean over the runs of each group, and over every run (each run weighs the same)", ""]
-    lines.append(f"{'group':<28} {'method':<16} {'error':>7} {'cosine':>7} {'top err':>8} {'rest err':>8} {'runs':>5}")
+    lines.append(f"{'group':<28} {'method':<20} {'error':>7} {'cosine':>7} {'top err':>8} {'rest err':>8} {'runs':>5}")
     for label, runs in [*groups.items(), ("every run", list(summary))]:
         for m in methods:
             have = [summary[r][m] for r in runs if m in summary[r]]
             if len(have) < len(runs):
                 continue
             lines.append(
-                f"{label:<28} {m:<16} {statistics.mean(c['relative_error'] for c in have):>7.3f} "
+                f"{label:<28} {m:<20} {statistics.mean(c['relative_error'] for c in have):>7.3f} "
                 f"{statistics.mean(c['cosine'] for c in have):>7.3f} {statistics.mean(c['top_error'] for c in have):>8.3f} "
                 f"{statistics.mean(c['rest_error'] for c in have):>8.3f} {len(have):>5}"
             )
     lines += ["", "Mean relative error by module kind, over every run", ""]
     kinds = sorted({k for cells in summary.values() for c in cells.values() for k in c["kinds"]})
-    lines.append(f"{'method':<16} " + " ".join(f"{k[:9]:>9}" for k in kinds))
+    lines.append(f"{'method':<20} " + " ".join(f"{k[:9]:>9}" for k in kinds))
     for m in methods:
         have = [cells[m]["kinds"] for cells in summary.values() if m in cells]
         if have:
             lines.append(
-                f"{m:<16} "
+                f"{m:<20} "
                 + " ".join(f"{statistics.mean(h[k]['relative_error'] for h in have if k in h):>9.3f}" for k in kinds)
             )
     return "\n".join(lines)
