@@ -115,12 +115,16 @@ def test_scores_agree_with_dense_computation(tmp_path: Path):
 def test_error_parts_agree_with_a_dense_svd_of_the_true_move(tmp_path: Path):
     """The split of each held-out move into its top singular direction and the rest, and each method's
     error on each part, against dense SVDs of the true moves (summed over modules like the scores)."""
+    from nextrap.predictors import make_predictor
+
     traj = nextrap.open_run(_run(tmp_path, "run", curve="saturating", turn=0.3, noise=0.2))
-    result = backtest(traj, BacktestOptions(holdout=4, methods=("linear", "relex")))
+    few = NExtConfig(epochs=3)  # the combined method's prediction is a combination plus factors: scored as one
+    result = backtest(traj, BacktestOptions(holdout=4, methods=("linear", "relex", "next+linear"), predictor=few))
     fit_end = len(STEPS) - 5
     fit = traj.prefix(fit_end + 1)
     base = {n: m.double() for n, m in _dense(traj, fit_end).items()}
-    for method, predictor in (("linear", LinearPredictor()), ("relex", RelexPredictor())):
+    predictors = (("linear", LinearPredictor()), ("relex", RelexPredictor()), ("next+linear", make_predictor("next+linear", few)))
+    for method, predictor in predictors:
         pred = predictor.predict(fit, result.horizon)
         off = {n: _dense_move(pred, fit, n, 1.0, 0.0) for n in traj.modules}
         D = {n: _dense_move(pred, fit, n, 0.0, 1.0) for n in traj.modules}
