@@ -194,7 +194,8 @@ def test_auto_method_uses_the_backtest_recommendation(tmp_path: Path):
     options = nextrap.ExtrapolateOptions(method="auto", predictor=FAST)
     res = nextrap.extrapolate(run, tmp_path / "out", options)
     expected = backtest(nextrap.open_run(run), BacktestOptions(predictor=FAST)).recommendation
-    assert res.report.method == expected["method"] == "linear"
+    # a straight plant: linear, or next+linear whose NExt part learns the same line (they tie within noise)
+    assert res.report.method == expected["method"] and expected["method"] in ("linear", "next+linear")
     assert res.report.backtest["recommendation"]["ranking"] == expected["ranking"]
     assert any(n.startswith("method auto:") for n in res.report.notes)
 
