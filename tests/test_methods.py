@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import nextrap
 from nextrap.backtest import BacktestOptions, backtest
@@ -203,13 +203,21 @@ def test_next_plus_linear_matches_a_dense_reference(tmp_path, rank, alpha, rslor
     ``next-horizon+linear`` on the horizon-long local moves, checked against dense SVDs below) plus the
     linear move with its top singular direction (a dense SVD here) removed; written at rank r (best rank-r
     approximation) or r + 1 (the old factors plus the move's top part)."""
-    from safetensors.torch import load_file
 
     from nextrap.predictors import NExtPredictor
     from nextrap.predictors.combined import horizon_local
 
     key = "base_model.model.norm.bias"
     run = random_run(tmp_path / "run", STEPS, rank, alpha, seed=20 + rank, rslora=rslora, raw_key=key)
+    # a trained 2-D tensor stored as it is (modules_to_save): split like a LoRA module, densely
+    key2 = "base_model.model.lm_head.modules_to_save.default.weight"
+    g = torch.Generator().manual_seed(rank)
+    drift = torch.randn(5, 6, generator=g)
+    for k, step in enumerate(STEPS):
+        path = run / f"checkpoint-{step}" / "adapter_model.safetensors"
+        tensors = load_file(path)
+        tensors[key2] = 0.1 * k * drift + 0.05 * torch.randn(5, 6, generator=g)
+        save_file(tensors, str(path))
     traj = nextrap.open_run(run)
     dense = dense_updates(traj)
     horizon, coef, config = 2, 1.5, NExtConfig(epochs=3)
@@ -235,6 +243,13 @@ def test_next_plus_linear_matches_a_dense_reference(tmp_path, rank, alpha, rslor
     raw = torch.stack([load_file(run / f"checkpoint-{s}" / "adapter_model.safetensors")[key] for s in STEPS])
     got_raw = load_file(res.output / "adapter_model.safetensors")[key]
     torch.testing.assert_close(got_raw, raw[-1] + coef * (raw[-1] - raw[-1 - horizon]), rtol=1e-5, atol=1e-6)
+    X2 = torch.stack([load_file(run / f"checkpoint-{s}" / "adapter_model.safetensors")[key2] for s in STEPS]).double()
+    lin2 = X2[-1] - X2[-1 - horizon]
+    U, S, Vh = torch.linalg.svd(lin2)
+    L, R = nxt.matrices[key2]
+    want2 = X2[-1] + coef * (L.double() @ R.double() + lin2 - S[0] * torch.outer(U[:, 0], Vh[0]))
+    got2 = load_file(res.output / "adapter_model.safetensors")[key2].double()
+    torch.testing.assert_close(got2, want2, rtol=1e-5, atol=1e-5)
     assert res.report.method == method and res.report.outputs[0].rank == rank + (policy == "grow")
 
 

@@ -76,8 +76,9 @@ class NextLinearPredictor:
     ) -> Prediction:
         device = device or torch.device("cpu")
         feats = features_at(features, trajectory, horizon, device, progress)
-        # the run's own features go in as they were given, so a fit already made on them is reused
-        inputs = horizon_local(feats) if self.local == "horizon" else features
+        # shared features go in as they were given, so a fit already made on them is reused
+        shared = features if isinstance(features, SharedFeatures) else feats
+        inputs = horizon_local(feats) if self.local == "horizon" else shared
         nxt = NExtPredictor(self.config).predict(trajectory, horizon, inputs, device, progress)
         lin = LinearPredictor().predict(trajectory, horizon)
         matrices: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
