@@ -5,7 +5,7 @@ the last one. Where the rank-1 part is a minority of the move (the tiny referenc
 its energy), NExt leaves most of the move out. The backtest's split of the error into the true move's
 top part and the rest (docs/method.md, "The parts of the move") measures each method on each part;
 this method takes the top part from NExt and the rest from the line. (On the real runs measured, NExt's
-top part was the better one on only 1 of 13 backtests, so the line itself stays the default:
+top part was the better one on only 1 of 14 backtests, so the line itself stays the default:
 docs/method.md, "Which method by default, and why".)
 
 ``D = sigma_hat u_hat v_hat^T + (Y - sigma_1 u_1 v_1^T)``, with ``Y = dW_K - dW_{K-H}`` the linear
