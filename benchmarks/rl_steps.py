@@ -73,19 +73,45 @@ def _config(args: argparse.Namespace) -> ProtocolConfig:
     )
 
 
-def summarize(results: dict[int, dict[str, ArmResult]], config: ProtocolConfig) -> dict:
+def summarize(results: dict[int, dict[str, ArmResult]], config: ProtocolConfig, baseline: str | None = None) -> dict:
     """Per arm: paired differences to the plain run at matched budgets and in steps to each target.
 
     Each arm is paired over the seeds it has finished in (at least 2, for an interval); ``n`` says how many.
+    With ``baseline`` (an arm's name), each trained arm is also paired with that arm, seed by seed.
     """
     seeds = sorted(results)
     plain = {s: results[s]["plain"].curve for s in seeds}
-    out: dict = {"seeds": seeds, "budget": config.budget, "length": config.length, "arms": {}}
+    out: dict = {"seeds": seeds, "budget": config.budget, "length": config.length, "arms": {}, "baseline": baseline}
     for name in dict.fromkeys(n for s in seeds for n in results[s]):
         arms = {s: results[s][name] for s in seeds if name in results[s]}
         if len(arms) >= 2 and name != "plain":
             out["arms"][name] = _arm_row(name, arms, plain, config)
+            if baseline and name != baseline and "vs_plain_same_steps" in out["arms"][name]:
+                base = {s: results[s][baseline] for s in arms if baseline in results[s]}
+                if len(base) >= 2:
+                    out["arms"][name]["vs_baseline"] = _baseline_row(arms, base, plain, config)
     return out
+
+
+def _baseline_row(
+    arms: dict[int, ArmResult], base: dict[int, ArmResult], plain: dict[int, dict[int, float]], config: ProtocolConfig
+) -> dict:
+    """Paired with the baseline arm: accuracy at the budget, and steps saved to 95% of plain's final
+    (over the seeds where both reached it)."""
+    seeds = sorted(base)
+    acc = paired_difference(
+        [accuracy_at(arms[s].curve, config.budget) for s in seeds], [accuracy_at(base[s].curve, config.budget) for s in seeds]
+    )
+    ours, theirs = [], []
+    for s in seeds:
+        target = 0.95 * final_accuracy(plain[s])
+        plain_steps = steps_to_reach(plain[s], target)
+        a = steps_saved(plain_steps, steps_to_reach(arms[s].curve, target))
+        b = steps_saved(plain_steps, steps_to_reach(base[s].curve, target))
+        if a is not None and b is not None:
+            ours.append(a)
+            theirs.append(b)
+    return {"accuracy": acc, "saved@0.95": paired_difference(ours, theirs) if ours else None}
 
 
 def _arm_row(name: str, arms: dict[int, ArmResult], plain: dict[int, dict[int, float]], config: ProtocolConfig) -> dict:
@@ -152,6 +178,13 @@ def table(summary: dict, config: ProtocolConfig) -> str:
             f"{name + ' (n=' + str(row['n']) + ')':<22} {mean_acc:>14.3f} {row['vs_plain_same_steps'].text():>34} {row['vs_plain_end'].text():>34} "
             f"{(format(after, '.3f') if after is not None else '-'):>10} " + " ".join(saved)
         )
+    rows = [(n, r["vs_baseline"]) for n, r in summary["arms"].items() if "vs_baseline" in r]
+    if rows:
+        lines += ["", f"paired with {summary['baseline']} (arm minus it), by seed: mean [95% t interval]"]
+        lines.append(f"{'arm':<26} {'accuracy at budget':>34} {'steps saved to 95%':>34}")
+        for name, vs in rows:
+            saved = vs["saved@0.95"].text("+.0%") if vs["saved@0.95"] else "-"
+            lines.append(f"{name:<26} {vs['accuracy'].text():>34} {saved:>34}")
     return "\n".join(lines)
 
 
@@ -179,6 +212,17 @@ def markdown(summary: dict, config: ProtocolConfig) -> str:
             f"| {name} ({row['n']}) | {mean_acc:.3f} | {row['vs_plain_same_steps'].text()} | "
             f"{row['vs_plain_end'].text()} | {'' if after is None else format(after, '.3f')} | {' / '.join(saved)} |"
         )
+    rows = [(n, r["vs_baseline"]) for n, r in summary["arms"].items() if "vs_baseline" in r]
+    if rows:
+        lines += [
+            "",
+            f"| arm, paired with {summary['baseline']} (arm minus it) | accuracy at {config.budget} trained steps "
+            "| steps saved to 95% of plain's final (seeds where both reached it) |",
+            "|---|---|---|",
+        ]
+        for name, vs in rows:
+            saved = vs["saved@0.95"].text("+.0%") if vs["saved@0.95"] else "-"
+            lines.append(f"| {name} | {vs['accuracy'].text()} | {saved} |")
     return "\n".join(lines)
 
 
@@ -225,12 +269,13 @@ def plot(results: dict[int, dict[str, ArmResult]], config: ProtocolConfig, path:
     return True
 
 
-def recorded_arms(config: ProtocolConfig, out: Path) -> list[str] | None:
-    """The arms of one seed already recorded (None when its plain run is not finished: nothing to compare)."""
+def recorded_arms(config: ProtocolConfig, out: Path, names: list[str] | None = None) -> list[str] | None:
+    """The arms of one seed already recorded, of ``names`` (default: the configuration's arms); None when its
+    plain run is not finished: nothing to compare."""
     final = out / "plain" / f"checkpoint-{config.length}"
     if not final.is_dir():
         return None
-    return [n for n in config.arm_names() if (out / "arms" / f"{arm_folder(n)}.json").is_file()]
+    return [n for n in (names or config.arm_names()) if (out / "arms" / f"{arm_folder(n)}.json").is_file()]
 
 
 def main() -> None:
@@ -258,6 +303,8 @@ def main() -> None:
         action="store_true",
         help="train nothing: tabulate the arms already recorded (each over the seeds that have it)",
     )
+    p.add_argument("--baseline", default=None, help="also pair every trained arm with this one (e.g. 'linear c=2')")
+    p.add_argument("--stem", default=None, help="name of the result files [rl_steps-<policy>]")
     p.add_argument("--out", type=Path, default=Path("bench-data/rl_steps"))
     p.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()
@@ -268,17 +315,17 @@ def main() -> None:
         print(f"== seed {seed}", flush=True)
         arms = args.arms
         if args.summarize_only:
-            arms = recorded_arms(config, args.out / f"seed-{seed}")
+            arms = recorded_arms(config, args.out / f"seed-{seed}", args.arms)
             if arms is None:
                 continue
         results[seed] = run_seed(
             config, seed, args.out / f"seed-{seed}", arms,
             on_arm=lambda a: print(f"   {a.name}: {a.seconds:.0f} s", flush=True),
         )
-    summary = summarize(results, config)
+    summary = summarize(results, config, args.baseline)
     text = table(summary, config) + f"\n\nwall time this invocation: {time.perf_counter() - started:.0f} s"
     print(text)
-    stem = f"rl_steps-{config.grpo.policy}"
+    stem = args.stem or f"rl_steps-{config.grpo.policy}"
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / f"{stem}.txt").write_text(text + "\n")
     (args.results / f"{stem}.md").write_text(markdown(summary, config) + "\n")

@@ -99,15 +99,21 @@ class BacktestResult:
             f"fit on steps {self.fit_steps[0]}..{self.fit_steps[-1]} ({len(self.fit_steps)} checkpoints), horizon "
             f"{self.horizon} intervals = {self.horizon_steps} steps; held out: {', '.join(map(str, self.heldout_steps))}",
             "",
-            f"{'method':<14} {'step':>6} {'coef':>6} {'rel. error':>10} {'cosine':>7} {'best coef':>9}",
+            f"{'method':<14} {'step':>6} {'coef':>6} {'rel. error':>10} {'cosine':>7} {'best coef':>9} "
+            f"{'top share':>9} {'top error':>9} {'rest error':>10}",
         ]
         for method, rows in self.summary().items():
             for r in rows:
                 lines.append(
                     f"{method:<14} {r['step']:>6} {r['coef']:>6.2f} {r['relative_error']:>10.3f} "
-                    f"{r['cosine']:>7.3f} {r['best_coef']:>9.2f}"
+                    f"{r['cosine']:>7.3f} {r['best_coef']:>9.2f} {r['top_share']:>9.3f} {r['top_error']:>9.3f} "
+                    f"{r['rest_error']:>10.3f}"
                 )
-        lines.append(f"{'stay':<14} {'':>6} {'':>6} {1.0:>10.3f}")
+        lines.append(f"{'stay':<14} {'':>6} {'':>6} {1.0:>10.3f} {'':>7} {'':>9} {'':>9} {1.0:>9.3f} {1.0:>10.3f}")
+        lines += [
+            "top share: the true move's energy in its top singular direction (per module); top / rest error: the "
+            "error on that part and on the rest, each relative to the part's own size (staying scores 1 on both)"
+        ]
         kinds = sorted({s["kind"] for s in self.scores} - {"all"})
         lines += ["", "mean relative error by module kind (1 = as good as staying)"]
         lines.append(f"{'method':<14} " + " ".join(f"{k[:9]:>9}" for k in kinds))
@@ -138,6 +144,9 @@ def _kind(name: str) -> str:
 
 
 _INNER_KEYS = ("oo", "od", "dd", "ot", "dt", "tt")  # <X, Y> for X, Y in offset O, direction D, truth T
+# The split along each module's true top direction E = u1 v1^T (docs/method.md, "The parts of the move"):
+# products of a = <O, E>, b = <D, E> and s = sigma_1 = <T, E>, per module, summed like the others.
+_TOP_KEYS = ("aa", "ab", "bb", "as", "bs", "ss")
 
 
 def score_prediction(
@@ -167,9 +176,9 @@ def score_prediction(
     )
     for j, kind, values in products:
         for k in (kind, "all"):
-            acc = sums.setdefault((j, k), dict.fromkeys(_INNER_KEYS, 0.0))
-            for key in _INNER_KEYS:
-                acc[key] += values[key]
+            acc = sums.setdefault((j, k), dict.fromkeys(_INNER_KEYS + _TOP_KEYS, 0.0))
+            for key, value in values.items():
+                acc[key] += value
     rows = [
         _score_row(trajectory.steps[j], coefs[targets.index(j)], kind, s) for (j, kind), s in sums.items()
     ]
@@ -195,6 +204,11 @@ def _lora_inner_products(
     checkpoints (RELEX) is a weight vector over them: its products are quadratic forms in the chunk's
     Gram matrix of updates, built once from float64 ``r x r`` block products (its entries cancel).
     NExt's own factors are stacked in float64. All targets of a chunk go through one batched product.
+    A module whose move is a combination plus factors (the combined methods) is factored whole.
+
+    For the split of the error into the true move's top singular direction and the rest, each target's
+    top triplet ``(u, s, v)`` comes from its factors, and the prediction's parts are projected on
+    ``u v^T``: ``a = <offset, u v^T>``, ``b = <direction, u v^T>`` (see :func:`_score_row`).
     """
     uses = sorted(set(idx) | set(prediction.indices if prediction.combinations else ()))
     at = {j: n for n, j in enumerate(uses)}
@@ -202,7 +216,18 @@ def _lora_inner_products(
     rows = [at[j] for j in targets]
     for names, B, A in trajectory.iter_factors(trajectory.module_chunks(len(uses), chunk_bytes), device, uses):
         M, n = len(names), len(targets)
-        moves = {part: _move(prediction, names, B, A, at, device, part) for part in ("offset", "direction")}
+        truth = _differences(B, A, rows, at[base])  # (M, n, out, 2r), (M, n, 2r, in)
+        top = lowrank.top_triplet(*(x.double() for x in truth))  # u (M, n, out), s (M, n), v (M, n, in)
+        if names[0] in prediction.combinations and names[0] in prediction.matrices:
+            moves = {
+                part: tuple(
+                    x.double()
+                    for x in prediction.factors_from(names, B, A, uses, base, device, *scales)
+                )
+                for part, scales in (("offset", (1.0, 0.0)), ("direction", (0.0, 1.0)))
+            }
+        else:
+            moves = {part: _move(prediction, names, B, A, at, device, part) for part in ("offset", "direction")}
         values: dict[str, torch.Tensor] = {}
         if any(isinstance(m, torch.Tensor) for m in moves.values()):  # weights: everything from the Gram
             moves = {p: _move(prediction, names, B, A, at, device, p, as_weights=True) for p in moves}
@@ -216,18 +241,22 @@ def _lora_inner_products(
             values["ot"] = torch.einsum("mu,muv,mnv->mn", o, G, truth_w)
             values["dt"] = torch.einsum("mu,muv,mnv->mn", d, G, truth_w)
             values["tt"] = torch.einsum("mnu,muv,mnv->mn", truth_w, G, truth_w)
+            along = _along_updates(B, A, top)  # (M, n, U): <dW_u, u v^T> of every checkpoint read
+            a, b = (torch.einsum("mu,mnu->mn", w[part], along) for part in ("offset", "direction"))
         else:
-            truth = _differences(B, A, rows, at[base])  # (M, n, out, 2r), (M, n, 2r, in)
             zeros_n = torch.zeros(M, n, dtype=torch.float64, device=B.device)
             values["dd"], values["dt"] = _inner_with(moves["direction"], truth, zeros_n)
             values["oo"], values["ot"] = _inner_with(moves["offset"], truth, zeros_n)
             values["od"] = _inner(moves["offset"], moves["direction"], M, B.device)
             values["tt"] = _inner(truth, truth, M, B.device).reshape(M, n)
+            a, b = (_along(moves[part], top) for part in ("offset", "direction"))
+        sig = top.s
+        values |= {"aa": a * a, "ab": a * b, "bb": b * b, "as": a * sig, "bs": b * sig, "ss": sig * sig}
         cpu = {k: v.double().cpu() for k, v in values.items()}
         for t, j in enumerate(targets):
             for m, name in enumerate(names):
                 row = {k: float(cpu[k][m]) for k in ("oo", "od", "dd")}
-                row.update({k: float(cpu[k][m, t]) for k in ("ot", "dt", "tt")})
+                row.update({k: float(cpu[k][m, t]) for k in ("ot", "dt", "tt", *_TOP_KEYS)})
                 yield j, _kind(name), row
 
 
@@ -273,6 +302,27 @@ def _move(
     weights = torch.zeros(len(names), len(at), dtype=torch.float64)
     weights[:, rows] = w[:, used]
     return weights.to(B.device)
+
+
+def _along(move: _Factored | None, top: lowrank.Triplets) -> torch.Tensor:
+    """``<L R, u v^T>_F = u^T L R v`` for every module and target: ``(M, n)`` (zeros for no move).
+
+    ``move``: ``L (M, out, k)``, ``R (M, k, in)``; ``top``: ``u (M, n, out)``, ``v (M, n, in)``.
+    """
+    if move is None:
+        return torch.zeros_like(top.s)
+    L, R = (x.to(top.u.dtype) for x in move)
+    left = top.u @ L  # (M, n, k)
+    right = (R @ top.v.transpose(-1, -2)).transpose(-1, -2)  # (M, n, k)
+    return (left * right).sum(-1)
+
+
+def _along_updates(B: torch.Tensor, A: torch.Tensor, top: lowrank.Triplets) -> torch.Tensor:
+    """``<B_t A_t, u v^T>_F`` for every module, target and checkpoint read: ``(M, n, T)``, float64."""
+    u, v = top.u, top.v  # (M, n, out), (M, n, in)
+    Bu = torch.einsum("mno,mtor->mntr", u, B.to(u.dtype))
+    Av = torch.einsum("mtri,mni->mntr", A.to(v.dtype), v)
+    return (Bu * Av).sum(-1)
 
 
 def _as_weights(move: _Factored | torch.Tensor | None, M: int, U: int, dev: torch.device) -> torch.Tensor:
@@ -339,10 +389,21 @@ def _raw_inner_products(
 
 
 def _score_row(step: int, c: float, kind: str, s: dict[str, float]) -> dict[str, Any]:
-    """The scores of ``O + c D`` against ``T`` from their summed inner products ``s``."""
+    """The scores of ``P = O + c D`` against ``T`` from their summed inner products ``s``.
+
+    The parts: ``T``'s top part is ``sigma_1 E`` per module (``E = u1 v1^T``, ``T``'s own top singular
+    direction), its rest ``T - sigma_1 E``; ``P`` is split the same way, by its coordinate
+    ``p = <P, E>`` along that direction. The two parts are orthogonal, so ``error^2`` is the sum of the
+    parts' squared errors: ``relative_error^2 = top_share * top_error^2 + (1 - top_share) * rest_error^2``.
+    """
     pp = s["oo"] + 2 * c * s["od"] + c * c * s["dd"]  # ||O + c D||^2
     pt = s["ot"] + c * s["dt"]  # <O + c D, T>
     err2 = max(0.0, pp - 2 * pt + s["tt"])
+    p1p1 = s["aa"] + 2 * c * s["ab"] + c * c * s["bb"]  # sum over modules of p^2
+    p1t1 = s["as"] + c * s["bs"]  # sum of p sigma_1
+    top2, rest2 = s["ss"], max(0.0, s["tt"] - s["ss"])
+    top_err2 = max(0.0, p1p1 - 2 * p1t1 + top2)
+    rest_err2 = max(0.0, err2 - top_err2)
     return {
         "step": step,
         "coef": c,
@@ -352,7 +413,16 @@ def _score_row(step: int, c: float, kind: str, s: dict[str, float]) -> dict[str,
         "best_coef": (s["dt"] - s["od"]) / s["dd"] if s["dd"] > 0 else 0.0,
         "true_norm": math.sqrt(s["tt"]),
         "predicted_norm": math.sqrt(max(pp, 0.0)),
+        "top_share": top2 / s["tt"] if s["tt"] > 0 else 0.0,
+        "top_error": math.sqrt(top_err2 / top2) if top2 > 0 else 0.0,
+        "rest_error": math.sqrt(rest_err2 / rest2) if rest2 > 0 else 0.0,
+        "top_cosine": _cos(p1t1, p1p1, top2),
+        "rest_cosine": _cos(pt - p1t1, pp - p1p1, rest2),
     }
+
+
+def _cos(inner: float, sq_a: float, sq_b: float) -> float:
+    return inner / math.sqrt(sq_a * sq_b) if sq_a > 0 and sq_b > 0 else 0.0
 
 
 def backtest(

@@ -29,7 +29,7 @@ from nextrap.devices import resolve_device
 from nextrap.errors import ConfigError, LayoutError, NonFiniteError
 from nextrap.layouts import MAX_STEP, Discovery
 from nextrap.options import ExtrapolateOptions
-from nextrap.predictors import Prediction, make_predictor
+from nextrap.predictors import METHODS, Prediction, make_predictor
 from nextrap.progress import Progress, progress_bar
 from nextrap.report import REPORT_NAME, OutputEntry, Report
 from nextrap.runs import open_run, resolve_horizon
@@ -239,7 +239,7 @@ def _auto_method(
         result = backtest(traj, bt_options, device, wrap)
     except LayoutError as exc:
         raise ConfigError(
-            f"--method auto could not backtest this run ({exc}); choose --method next, linear, relex or relex-anchored"
+            f"--method auto could not backtest this run ({exc}); choose one of --method {', '.join(METHODS)}"
         ) from exc
     rec = result.recommendation
     notes.append(f"method auto: {rec['text']}")

@@ -69,7 +69,7 @@ class ExtrapolateOptions:
         ),
     )
     method: str = field(
-        default="next",
+        default="linear",
         metadata=cli(
             "--method",
             method_help({"auto": "backtest the run and take the method it recommends"}),

@@ -285,6 +285,9 @@ class SharedFeatures:
         self.traj, self.horizon, self.device = traj, horizon, device
         self.chunk_bytes, self.progress = chunk_bytes, progress
         self._features: Features | None = None
+        # What several methods derive from the same features, computed once: NExt's prediction (keyed by
+        # its settings), which next+linear reuses in a backtest of both.
+        self.derived: dict = {}
 
     @property
     def computed(self) -> bool:
@@ -298,6 +301,7 @@ class SharedFeatures:
     def release(self) -> None:
         """Drop the features (large on big models) once no method needs them."""
         self._features = None
+        self.derived.clear()
 
 
 def _chunks(names: list[str], per_module_bytes: int, chunk_bytes: int) -> Iterator[list[str]]:

@@ -52,6 +52,7 @@ ORDER = [
     "predictors.next",
     "predictors.linear",
     "predictors.relex",
+    "predictors.combined",
     "predictors",
     "backtest",
     "trainer_checkpoint",

@@ -112,17 +112,63 @@ def test_scores_agree_with_dense_computation(tmp_path: Path):
             assert row["best_coef"] == pytest.approx(best, rel=1e-4)
 
 
+def test_error_parts_agree_with_a_dense_svd_of_the_true_move(tmp_path: Path):
+    """The split of each held-out move into its top singular direction and the rest, and each method's
+    error on each part, against dense SVDs of the true moves (summed over modules like the scores)."""
+    from nextrap.predictors import make_predictor
+
+    traj = nextrap.open_run(_run(tmp_path, "run", curve="saturating", turn=0.3, noise=0.2))
+    few = NExtConfig(epochs=3)  # the combined method's prediction is a combination plus factors: scored as one
+    result = backtest(traj, BacktestOptions(holdout=4, methods=("linear", "relex", "next+linear"), predictor=few))
+    fit_end = len(STEPS) - 5
+    fit = traj.prefix(fit_end + 1)
+    base = {n: m.double() for n, m in _dense(traj, fit_end).items()}
+    predictors = (("linear", LinearPredictor()), ("relex", RelexPredictor()), ("next+linear", make_predictor("next+linear", few)))
+    for method, predictor in predictors:
+        pred = predictor.predict(fit, result.horizon)
+        off = {n: _dense_move(pred, fit, n, 1.0, 0.0) for n in traj.modules}
+        D = {n: _dense_move(pred, fit, n, 0.0, 1.0) for n in traj.modules}
+        for row in result.summary()[method]:
+            j = STEPS.index(row["step"])
+            top2 = rest2 = top_err2 = rest_err2 = top_in = p_top2 = rest_in = p_rest2 = 0.0
+            for n in traj.modules:
+                true = _dense(traj, j)[n].double() - base[n]
+                P = off[n] + row["coef"] * D[n]
+                U, S, Vh = torch.linalg.svd(true)
+                E = torch.outer(U[:, 0], Vh[0])
+                p = float((P * E).sum())
+                top2 += float(S[0]) ** 2
+                rest2 += float((true - S[0] * E).square().sum())
+                top_err2 += (p - float(S[0])) ** 2
+                rest_err2 += float(((P - p * E) - (true - S[0] * E)).square().sum())
+                top_in += p * float(S[0])
+                p_top2 += p * p
+                rest_in += float(((P - p * E) * (true - S[0] * E)).sum())
+                p_rest2 += float((P - p * E).square().sum())
+            assert 0.05 < top2 / (top2 + rest2) < 0.95  # both parts are there to score
+            assert row["top_share"] == pytest.approx(top2 / (top2 + rest2), rel=1e-4)
+            assert row["top_error"] == pytest.approx((top_err2 / top2) ** 0.5, rel=1e-4, abs=1e-6)
+            assert row["rest_error"] == pytest.approx((rest_err2 / rest2) ** 0.5, rel=1e-4, abs=1e-6)
+            assert row["top_cosine"] == pytest.approx(top_in / (p_top2 * top2) ** 0.5, rel=1e-4, abs=1e-6)
+            assert row["rest_cosine"] == pytest.approx(rest_in / (p_rest2 * rest2) ** 0.5, rel=1e-4, abs=1e-6)
+            parts = row["top_share"] * row["top_error"] ** 2 + (1 - row["top_share"]) * row["rest_error"] ** 2
+            assert parts == pytest.approx(row["relative_error"] ** 2, rel=1e-6)
+
+
 @pytest.mark.parametrize(
-    ("plant", "expected"),
+    ("plant", "paper_best", "best"),
     [
-        ({"curve": "linear", "noise": 0.03}, "linear"),  # straight run: repeating the last horizon is exact
-        ({"curve": "saturating", "noise": 0.03}, "next"),  # bending run: only the learned predictor bends
+        # straight run: repeating the last horizon is exact; next+linear's NExt part learns that too
+        ({"curve": "linear", "noise": 0.03}, "linear", {"linear", "next+linear"}),
+        # bending run: only the learned predictor bends (next+linear adds linear's rest, near zero here)
+        ({"curve": "saturating", "noise": 0.03}, "next", {"next", "next+linear"}),
     ],
 )
-def test_backtest_ranks_the_method_that_matches_the_plant(tmp_path: Path, plant, expected):
+def test_backtest_ranks_the_method_that_matches_the_plant(tmp_path: Path, plant, paper_best, best):
     result = backtest(nextrap.open_run(_run(tmp_path, "run", **plant)), BacktestOptions(predictor=FAST))
     rec = result.recommendation
-    assert rec["ranking"][0] == expected, rec["mean_relative_error"]
+    papers = [m for m in rec["ranking"] if m in ("next", "linear", "relex", "relex-anchored")]
+    assert papers[0] == paper_best and rec["ranking"][0] in best, rec["mean_relative_error"]
     assert rec["beats_staying"] and rec["coef"] == pytest.approx(1.0)
 
 
@@ -148,7 +194,8 @@ def test_auto_method_uses_the_backtest_recommendation(tmp_path: Path):
     options = nextrap.ExtrapolateOptions(method="auto", predictor=FAST)
     res = nextrap.extrapolate(run, tmp_path / "out", options)
     expected = backtest(nextrap.open_run(run), BacktestOptions(predictor=FAST)).recommendation
-    assert res.report.method == expected["method"] == "linear"
+    # a straight plant: linear, or next+linear whose NExt part learns the same line (they tie within noise)
+    assert res.report.method == expected["method"] and expected["method"] in ("linear", "next+linear")
     assert res.report.backtest["recommendation"]["ranking"] == expected["ranking"]
     assert any(n.startswith("method auto:") for n in res.report.notes)
 

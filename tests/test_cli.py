@@ -59,8 +59,9 @@ def test_reference_preset_from_cli(tmp_path: Path, tiny_run: Path):
 def test_summary_warns_only_when_a_group_ran_out_of_epochs(tmp_path: Path, tiny_run: Path):
     # The reference schedule runs its fixed 3 epochs (no warning); a budget of 3 under the held-out rule,
     # which needs 100 epochs without improvement to stop, runs out (a warning per group).
-    fixed = _ok(["extrapolate", str(tiny_run), "-o", str(tmp_path / "a"), "--preset", "reference", "--epochs", "3"])
-    short = _ok(["extrapolate", str(tiny_run), "-o", str(tmp_path / "b"), "--epochs", "3"])
+    nxt = ["--method", "next"]
+    fixed = _ok(["extrapolate", str(tiny_run), "-o", str(tmp_path / "a"), *nxt, "--preset", "reference", "--epochs", "3"])
+    short = _ok(["extrapolate", str(tiny_run), "-o", str(tmp_path / "b"), *nxt, "--epochs", "3"])
     groups = [line for line in short.splitlines() if line.strip().startswith("predictor d=")]
     assert groups and all("max_epochs" in line and "(ran out of epochs)" in line for line in groups)
     assert "fixed_epochs" in fixed and "ran out of epochs" not in fixed

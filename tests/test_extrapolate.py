@@ -137,7 +137,9 @@ def test_written_adapter_matches_merged_weights_in_peft_forward(tmp_path: Path):
 
     shapes = llama_like_shapes(layers=2, hidden=32, intermediate=64, kv_dim=16)
     run = write_synthetic_run(tmp_path / "run", STEPS, shapes, TINY_SPEC)
-    res = nextrap.extrapolate(run, tmp_path / "out", ExtrapolateOptions(coefs=(2.0,), predictor=SHORT_FIT))
+    res = nextrap.extrapolate(
+        run, tmp_path / "out", ExtrapolateOptions(method="next", coefs=(2.0,), predictor=SHORT_FIT)
+    )
     base = tiny_llama()
     expected = tiny_llama()
     last = _dense_dw(run / f"checkpoint-{STEPS[-1]}")
@@ -160,7 +162,7 @@ def test_grow_policy_is_exact_and_loads_with_rank_r_plus_1(tmp_path: Path, tiny_
     from peft import PeftModel
 
     res = nextrap.extrapolate(
-        tiny_run, tmp_path / "out", ExtrapolateOptions(coefs=(1.5,), rank_policy="grow", predictor=SHORT_FIT)
+        tiny_run, tmp_path / "out", ExtrapolateOptions(method="next", coefs=(1.5,), rank_policy="grow", predictor=SHORT_FIT)
     )
     cfg = json.loads((res.output / "adapter_config.json").read_text())
     assert cfg["r"] == TINY_SPEC.rank + 1
@@ -178,7 +180,7 @@ def test_keys_shapes_dtype_and_config_are_kept(tmp_path: Path):
     from safetensors import safe_open
 
     run = write_synthetic_run(tmp_path / "run", STEPS[:6], TINY_SHAPES, TINY_SPEC, dtype=torch.bfloat16)
-    options = ExtrapolateOptions(coefs=(1.0, 2.0), predictor=SHORT_FIT)
+    options = ExtrapolateOptions(method="next", coefs=(1.0, 2.0), predictor=SHORT_FIT)
     res = nextrap.extrapolate(run, tmp_path / "out", options)
     src = run / f"checkpoint-{STEPS[5]}"
     with safe_open(str(src / "adapter_model.safetensors"), "pt") as a:

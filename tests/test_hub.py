@@ -39,7 +39,7 @@ def _adapter_template(tmp_path_factory) -> Path:
         cfg = json.loads((ckpt / "adapter_config.json").read_text())
         cfg["base_model_name_or_path"] = "Qwen/Qwen2.5-0.5B"
         (ckpt / "adapter_config.json").write_text(json.dumps(cfg))
-    nextrap.extrapolate(run, root / "out", nextrap.ExtrapolateOptions(coefs=(2.0,), predictor=FAST))
+    nextrap.extrapolate(run, root / "out", nextrap.ExtrapolateOptions(method="next", coefs=(2.0,), predictor=FAST))
     return root
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import nextrap
 from nextrap.backtest import BacktestOptions, backtest
@@ -189,6 +189,98 @@ def test_linear_and_next_match_dense_references(tmp_path, rank, alpha, rslora):
         torch.testing.assert_close(got[name], want, rtol=2e-4, atol=2e-5 * float(want.abs().max()))
 
 
+@pytest.mark.parametrize(
+    ("rank", "alpha", "rslora", "policy", "method"),
+    [
+        (4, 8.0, False, "keep", "next+linear"),
+        (3, 5.0, True, "grow", "next+linear"),
+        (4, 8.0, False, "keep", "next-horizon+linear"),
+        (3, 5.0, True, "grow", "next-horizon+linear"),
+    ],
+)
+def test_next_plus_linear_matches_a_dense_reference(tmp_path, rank, alpha, rslora, policy, method):
+    """``next+linear``: NExt's rank-1 move (the same network, fitted again by NExtPredictor; for
+    ``next-horizon+linear`` on the horizon-long local moves, checked against dense SVDs below) plus the
+    linear move with its top singular direction (a dense SVD here) removed; written at rank r (best rank-r
+    approximation) or r + 1 (the old factors plus the move's top part)."""
+
+    from nextrap.predictors import NExtPredictor
+    from nextrap.predictors.combined import horizon_local
+
+    key = "base_model.model.norm.bias"
+    run = random_run(tmp_path / "run", STEPS, rank, alpha, seed=20 + rank, rslora=rslora, raw_key=key)
+    # a trained 2-D tensor stored as it is (modules_to_save): split like a LoRA module, densely
+    key2 = "base_model.model.lm_head.modules_to_save.default.weight"
+    g = torch.Generator().manual_seed(rank)
+    drift = torch.randn(5, 6, generator=g)
+    for k, step in enumerate(STEPS):
+        path = run / f"checkpoint-{step}" / "adapter_model.safetensors"
+        tensors = load_file(path)
+        tensors[key2] = 0.1 * k * drift + 0.05 * torch.randn(5, 6, generator=g)
+        save_file(tensors, str(path))
+    traj = nextrap.open_run(run)
+    dense = dense_updates(traj)
+    horizon, coef, config = 2, 1.5, NExtConfig(epochs=3)
+    options = nextrap.ExtrapolateOptions(
+        method=method, coefs=(coef,), horizon=horizon, predictor=config, rank_policy=policy
+    )
+    res = nextrap.extrapolate(run, tmp_path / "out", options)
+    features = nextrap.compute_features(traj, horizon, torch.device("cpu"))
+    if method == "next-horizon+linear":
+        features = horizon_local(features)
+    nxt = NExtPredictor(config).predict(traj, horizon, features)
+    got = written(res.output, traj)
+    for name, X in dense.items():
+        L, R = nxt.matrices[name]
+        lin = X[-1] - X[-1 - horizon]
+        U, S, Vh = torch.linalg.svd(lin)
+        move = L.double() @ R.double() + lin - S[0] * torch.outer(U[:, 0], Vh[0])
+        # keep: the best rank-r approximation of the new update; grow: the old factors plus the move's top part
+        want = best_rank(X[-1] + coef * move, rank) if policy == "keep" else X[-1] + best_rank(coef * move, 1)
+        torch.testing.assert_close(got[name], want, rtol=2e-4, atol=2e-5 * float(want.abs().max()))
+        assert res.report.predictor["removed_sigma"][name] == pytest.approx(float(S[0]), rel=1e-5)
+    # a 1-D raw tensor has no singular directions: the whole of its move is the rest, moved linearly
+    raw = torch.stack([load_file(run / f"checkpoint-{s}" / "adapter_model.safetensors")[key] for s in STEPS])
+    got_raw = load_file(res.output / "adapter_model.safetensors")[key]
+    torch.testing.assert_close(got_raw, raw[-1] + coef * (raw[-1] - raw[-1 - horizon]), rtol=1e-5, atol=1e-6)
+    X2 = torch.stack([load_file(run / f"checkpoint-{s}" / "adapter_model.safetensors")[key2] for s in STEPS]).double()
+    lin2 = X2[-1] - X2[-1 - horizon]
+    U, S, Vh = torch.linalg.svd(lin2)
+    L, R = nxt.matrices[key2]
+    want2 = X2[-1] + coef * (L.double() @ R.double() + lin2 - S[0] * torch.outer(U[:, 0], Vh[0]))
+    got2 = load_file(res.output / "adapter_model.safetensors")[key2].double()
+    torch.testing.assert_close(got2, want2, rtol=1e-5, atol=1e-5)
+    assert res.report.method == method and res.report.outputs[0].rank == rank + (policy == "grow")
+
+
+def test_horizon_local_moves_match_dense_svds(tmp_path):
+    """``horizon_local``: the local triplet at checkpoint t is the top triplet of ``dW_t - dW_{t-H}``
+    (``dW_t`` before t = H), signed to agree with the global triplet of t; globals and targets unchanged."""
+    from nextrap.predictors.combined import horizon_local
+
+    run = random_run(tmp_path / "run", STEPS, 3, 6.0, seed=31, raw_key="base_model.model.norm.bias")
+    traj = nextrap.open_run(run)
+    horizon = 3
+    features = nextrap.compute_features(traj, horizon, torch.device("cpu"))
+    moved = horizon_local(features)
+    for name, X in dense_updates(traj).items():
+        f, g = moved.matrices[name], features.matrices[name]
+        assert f.global_ is g.global_ and f.target is g.target
+        for t in range(len(STEPS)):
+            move = X[t] - (X[t - horizon] if t >= horizon else 0)
+            U, S, Vh = torch.linalg.svd(move)
+            u, s, v = f.local.u[t].double(), f.local.s[t].double(), f.local.v[t].double()
+            assert float(s) == pytest.approx(float(S[0]), rel=1e-5)
+            assert abs(float(u @ U[:, 0])) == pytest.approx(1.0, abs=1e-5)
+            torch.testing.assert_close(s * torch.outer(u, v), S[0] * torch.outer(U[:, 0], Vh[0]), rtol=1e-4, atol=1e-5)
+            assert float(u @ g.global_.u[t].double() + v @ g.global_.v[t].double()) >= 0
+    key = "base_model.model.norm.bias"
+    R = torch.stack([X for X in features.vectors[key].global_])  # deltas from the first checkpoint
+    for t in range(len(STEPS)):
+        want = R[t] - (R[t - horizon] if t >= horizon else 0)
+        torch.testing.assert_close(moved.vectors[key].local[t], want)
+
+
 def _planted(root: Path, steps, curved: bool, seed: int = 0, noise: float = 0.3) -> Path:
     """Updates along a fixed direction D (full LoRA rank, flat spectrum) with coefficient a(t) + i.i.d. noise.
 
@@ -341,3 +433,28 @@ def test_public_functions_survive_importing_their_modules():
 
     assert callable(nextrap.extrapolate) and callable(nextrap.backtest)
     assert nextrap.extrapolate is nextrap.extrapolate.__globals__["extrapolate"]
+
+
+def test_next_plus_linear_reuses_the_next_fit_of_a_backtest(tmp_path, monkeypatch):
+    """In one backtest (one SharedFeatures), next and next+linear share NExt's fit: it runs once, and
+    next+linear's rank-1 column is next's prediction exactly."""
+    from nextrap.predictors import NExtPredictor, make_predictor
+    from nextrap.predictors import next as next_module
+    from nextrap.trajectory import SharedFeatures
+
+    run = random_run(tmp_path / "run", STEPS, 3, 6.0, seed=32)
+    traj = nextrap.open_run(run)
+    fits = []
+    real = next_module._predict_group
+    monkeypatch.setattr(next_module, "_predict_group", lambda *a: fits.append(1) or real(*a))
+    shared = SharedFeatures(traj, 2, torch.device("cpu"))
+    config = NExtConfig(epochs=3)
+    nxt = NExtPredictor(config).predict(traj, 2, shared)
+    groups = len(fits)
+    combined = make_predictor("next+linear", config).predict(traj, 2, shared)
+    assert len(fits) == groups > 0 and nxt.method == "next" and combined.method == "next+linear"
+    for name, (L, R) in nxt.matrices.items():
+        torch.testing.assert_close(combined.matrices[name][0][:, :1], L, rtol=0, atol=0)
+        torch.testing.assert_close(combined.matrices[name][1][:1], R, rtol=0, atol=0)
+    make_predictor("next-horizon+linear", config).predict(traj, 2, shared)  # other inputs: fitted anew
+    assert len(fits) == 2 * groups

@@ -50,6 +50,8 @@ def test_protocol_arms_train_what_they_claim_from_the_weights_they_claim(tmp_pat
     names = ["restart", "linear c=1", "relex@40", "relex@20 +train", "cycles linear"]
     assert c.arm_names() == names  # the optimizer variants are NExt jumps: none without next among the methods
     assert replace(c, methods=("next",)).arm_names()[1:3] == ["next c=1", "next c=1 keep"]
+    combined = replace(c, methods=("linear", "next+linear")).arm_names()
+    assert "next+linear c=1 keep" in combined and "linear c=1 keep" not in combined
     seeds = {}
     for seed in (0, 1):
         seeds[seed] = run_seed(c, seed, tmp_path / f"seed-{seed}", names)

@@ -465,7 +465,7 @@ def test_transformers_progress_bars_stay_out_of_the_cli(tiny_run: Path, tmp_path
     ("args", "needle"),
     [
         (["--coef", "1e308", *LINEAR], ("--coef 1e+308", "use a smaller --coef")),
-        (["--lr", "1e30", "--epochs", "5"], ("module model.layers", "lower --lr")),
+        (["--method", "next", "--lr", "1e30", "--epochs", "5"], ("module model.layers", "lower --lr")),
     ],
     ids=["huge-coef", "huge-lr"],
 )

@@ -3,7 +3,8 @@
 * ``next``: the NExt predictor on rank-1 features (``predictors.next``);
 * ``linear``: repeat the last horizon's update, RL-Extra (``predictors.linear``);
 * ``relex``: RELEX, rank-1 over time with a straight line per temporal coefficient, denoised as
-  published; ``relex-anchored``: the same line, anchored at the last checkpoint (``predictors.relex``).
+  published; ``relex-anchored``: the same line, anchored at the last checkpoint (``predictors.relex``);
+* ``next+linear``: NExt's rank-1 move plus the rest of the linear move (``predictors.combined``).
 
 :mod:`~nextrap.predictors.registry` lists them by name; :mod:`~nextrap.predictors.config` holds their
 options. Both import without torch; the predictors themselves are imported when first used.
@@ -21,6 +22,7 @@ _LAZY = {
     "Prediction": "nextrap.predictors.base",
     "Predictor": "nextrap.predictors.base",
     "LinearPredictor": "nextrap.predictors.linear",
+    "NextLinearPredictor": "nextrap.predictors.combined",
     "NExtNet": "nextrap.predictors.next",
     "NExtPredictor": "nextrap.predictors.next",
     "RelexPredictor": "nextrap.predictors.relex",
@@ -33,6 +35,7 @@ __getattr__ = lazy_getattr(__name__, _LAZY)
 
 if TYPE_CHECKING:
     from nextrap.predictors.base import Prediction, Predictor
+    from nextrap.predictors.combined import NextLinearPredictor
     from nextrap.predictors.linear import LinearPredictor
     from nextrap.predictors.next import NExtNet, NExtPredictor
     from nextrap.predictors.relex import RelexPredictor, line_fit
@@ -46,6 +49,7 @@ __all__ = [
     "NExtConfig",
     "NExtNet",
     "NExtPredictor",
+    "NextLinearPredictor",
     "Prediction",
     "Predictor",
     "RelexConfig",

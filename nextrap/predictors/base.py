@@ -31,6 +31,10 @@ class Prediction:
       factors are those of the run itself, loaded when needed: rank <= T r, never held for all modules);
     * ``vectors[key]`` (direction) and ``offsets[key]`` (offset) of raw tensors, in the tensor's shape.
 
+    A module may have both a combination and a factored part (the combined methods: the linear move
+    of the run's own checkpoints plus rank-1 corrections); the factored part is then added to the
+    combination's direction.
+
     ``diagnostics`` is JSON-able and goes into the report.
     """
 
@@ -53,9 +57,8 @@ class Prediction:
 
     def inner_size(self, name: str, rank: int) -> int:
         """Columns of the factored move of module ``name`` of LoRA rank ``rank`` (to size memory chunks)."""
-        if name in self.combinations:
-            return (len(self.indices) + 1) * rank
-        return self.matrices[name][0].shape[-1]
+        size = (len(self.indices) + 1) * rank if name in self.combinations else 0
+        return size + (self.matrices[name][0].shape[-1] if name in self.matrices else 0)
 
     def factors(
         self,
@@ -94,7 +97,13 @@ class Prediction:
         plus_last: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`factors` from factors already read: ``B (M, T, out, r)`` (scaled), ``A (M, T, r, in)`` at the
-        checkpoint indices ``rows`` (which hold the combination's checkpoints, and ``last`` with ``plus_last``)."""
+        checkpoint indices ``rows`` (which hold the combination's checkpoints, and ``last`` with ``plus_last``).
+
+        The parts, concatenated along the inner dimension: the combination (``sum_t w_t dW_t``, the last
+        checkpoint's weight raised by one with ``plus_last``), else the last checkpoint itself with
+        ``plus_last``; then the factored direction, when the module has one.
+        """
+        parts = []
         if names[0] in self.combinations:
             assert B is not None and A is not None
             idx = list(self.indices)
@@ -107,18 +116,18 @@ class Prediction:
                     w = torch.nn.functional.pad(w, (0, 1))
                 w[:, idx.index(last)] += 1.0
             at = [list(rows).index(i) for i in idx]
-            if at != list(range(B.shape[1])):
-                B, A = B[:, at], A[:, at]
-            M, T, out_f, r = B.shape
-            L = (B * w.to(B.dtype)[:, :, None, None]).permute(0, 2, 1, 3).reshape(M, out_f, T * r)
-            return L, A.reshape(M, T * r, A.shape[-1])
-        L, R = self.stacked(list(names), device)
-        L = L * direction_scale
-        if plus_last:
+            Bc, Ac = (B, A) if at == list(range(B.shape[1])) else (B[:, at], A[:, at])
+            M, T, out_f, r = Bc.shape
+            L = (Bc * w.to(Bc.dtype)[:, :, None, None]).permute(0, 2, 1, 3).reshape(M, out_f, T * r)
+            parts.append((L, Ac.reshape(M, T * r, Ac.shape[-1])))
+        elif plus_last:
             assert B is not None and A is not None
             k = list(rows).index(last)
-            L, R = torch.cat([B[:, k], L], -1), torch.cat([A[:, k], R], -2)
-        return L, R
+            parts.append((B[:, k], A[:, k]))
+        if names[0] in self.matrices:
+            L, R = self.stacked(list(names), device)
+            parts.append((L * direction_scale, R))
+        return torch.cat([L for L, _ in parts], -1), torch.cat([R for _, R in parts], -2)
 
     def raw_move(self, key: str, coef: float, device: torch.device) -> torch.Tensor | None:
         """The move of raw tensor ``key`` at coefficient ``coef`` (None: it does not move)."""

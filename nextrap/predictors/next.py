@@ -19,7 +19,7 @@ relative to predicting zeros: how far the fit got.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -35,7 +35,7 @@ from nextrap.trajectory import Features, SharedFeatures, Trajectory
 if TYPE_CHECKING:
     from nextrap.predictors.registry import MethodSettings
 
-__all__ = ["NExtNet", "NExtPredictor"]
+__all__ = ["NExtNet", "NExtPredictor", "features_at"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _collect_groups(features: Features) -> dict[int, _Group]:
     return dict(sorted(groups.items()))
 
 
-def _features_at(
+def features_at(
     features: SharedFeatures | Features | None,
     trajectory: Trajectory,
     horizon: int,
@@ -152,7 +152,17 @@ class NExtPredictor:
         progress: Progress = no_progress,
     ) -> Prediction:
         device = device or torch.device("cpu")
-        features = _features_at(features, trajectory, horizon, device, progress)
+        shared = features if isinstance(features, SharedFeatures) else None
+        key = ("next", self.config, str(device))
+        if shared is not None and key in shared.derived:  # the same fit on the same features: it is deterministic
+            return replace(shared.derived[key], method=self.name)
+        features = features_at(features, trajectory, horizon, device, progress)
+        prediction = self._predict(features, device, progress)
+        if shared is not None:
+            shared.derived[key] = prediction
+        return prediction
+
+    def _predict(self, features: Features, device: torch.device, progress: Progress) -> Prediction:
         cfg = self.config
         outputs: dict[tuple[str, str], torch.Tensor] = {}
         group_reports = []

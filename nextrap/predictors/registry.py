@@ -56,6 +56,16 @@ REGISTRY: dict[str, MethodSpec] = {
         MethodSpec(
             "relex-anchored", "RELEX's line, moved from the last checkpoint", "nextrap.predictors.relex:build"
         ),
+        MethodSpec(
+            "next+linear",
+            "NExt's predicted rank-1 move plus the linear move without its own top direction",
+            "nextrap.predictors.combined:build",
+        ),
+        MethodSpec(
+            "next-horizon+linear",
+            "next+linear with NExt fed the last horizon's move (not the last interval's) as its latest move",
+            "nextrap.predictors.combined:build",
+        ),
     )
 }
 METHODS: tuple[str, ...] = tuple(REGISTRY)

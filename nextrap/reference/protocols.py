@@ -9,7 +9,8 @@ Proportions follow the papers, scaled to the plain run's length ``L`` (the NExt 
   by ``c`` horizons (5 checkpoint intervals: 50 of 400 steps), then train ``resume`` steps from the
   virtual step. Budget: ``observe + resume`` trained steps (250 of 400).
 * ``next c=<c> keep`` / ``warmup``: the same NExt jump with AdamW's moments kept from the plain run's
-  checkpoint, or with a fresh optimizer whose learning rate warms up linearly over one interval.
+  checkpoint, or with a fresh optimizer whose learning rate warms up linearly over one interval (also
+  for the NExt-based combined methods, ``next+linear c=<c> keep``, ...).
 * ``auto c=<c>``: ``--method auto`` (backtest on the observed checkpoints, then the winner).
 * ``relex@<t>``: RELEX's protocol: observe 3/16 L (75 of 400), predict step t in {5/8, 1, 5/4} L
   (250, 400, 500) and evaluate, with no training; ``relex@<5/8 L> +train``: then train up to the budget.
@@ -129,8 +130,9 @@ class ProtocolConfig:
         names = ["restart"]
         names += [f"{m} c={c:g}" for m in self.methods for c in self.coefs]
         middle = self.coefs[len(self.coefs) // 2]
-        if "next" in self.methods:
-            names += [f"next c={middle:g} {v}" for v in self.optimizer_variants]
+        for method in self.methods:  # every NExt-based method, as the NExt paper resumes
+            if method.startswith("next"):
+                names += [f"{method} c={middle:g} {v}" for v in self.optimizer_variants]
         if self.auto:
             names.append(f"auto c={middle:g}")
         names += [f"relex@{t}" for t in self.relex_steps]
