@@ -124,7 +124,9 @@ def test_the_output_is_a_peft_adapter_verl_can_start_from(tmp_path: Path):
     from peft import PeftModel
     from transformers import LlamaForCausalLM
 
-    res = nextrap.extrapolate(FIXTURE, tmp_path / "out", ExtrapolateOptions(coefs=(2.0,), predictor=SHORT_FIT))
+    res = nextrap.extrapolate(
+        FIXTURE, tmp_path / "out", ExtrapolateOptions(coefs=(2.0,), method="next", predictor=SHORT_FIT)
+    )
     torch.manual_seed(0)
     base, expected = LlamaForCausalLM(tiny_llama_config(1)).eval(), None
     expected = LlamaForCausalLM(tiny_llama_config(1)).eval()
