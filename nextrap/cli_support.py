@@ -1,13 +1,14 @@
 """Command-line options from the option dataclasses' field metadata, and the CLI's one-line error handling.
 
-An options dataclass declares, per field, how it appears on the command line::
+An options dataclass declares, per field, how it appears on the command line, with
+:func:`nextrap.cli_spec.cli` (which imports no click)::
 
-    method: str = field(default="next", metadata=cli("--method", "How to predict.", choices=METHODS))
+    method: str = field(default="linear", metadata=cli("--method", "How to predict.", choices=METHODS))
 
 and a command takes them all with ``@options_from(ExtrapolateOptions)`` and builds the dataclass back
 with ``ExtrapolateOptions(**values_for(ExtrapolateOptions, params))``. One source for the name, type,
-default and help (the pattern mergekit uses for its merge options). Neither this module nor the option
-dataclasses import torch, so ``nextrap --help`` stays fast.
+default and help (the pattern mergekit uses for its merge options). This module imports no torch and the
+option dataclasses neither torch nor click, so ``nextrap --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from nextrap.errors import NextrapError
 
 __all__ = [
     "Terminated",
-    "cli",
     "error_line",
     "handle_errors",
     "options_from",
@@ -34,20 +34,6 @@ __all__ = [
 ]
 
 _Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
-
-
-def cli(flag: str, help: str, **click_kwargs: Any) -> dict[str, Any]:
-    """Field metadata for one command-line option.
-
-    ``flag``: ``--name`` (``-o/--output`` style pairs as ``"-o/--output"``); ``help``: its text;
-    the rest goes to :func:`click.option` (``type``, ``multiple``, ``is_flag``, ``metavar``...), plus:
-
-    * ``choices``: a sequence, made into ``click.Choice``;
-    * ``dest``: the parameter name when it differs from the field's;
-    * ``invert``: a flag that sets the field to False (``--no-hash`` for ``hash_inputs``);
-    * ``empty_is_none``: a repeatable option given no value means None (``--coef``).
-    """
-    return {"cli": {"flag": flag, "help": help, **click_kwargs}}
 
 
 def _spec(f: dataclasses.Field) -> dict[str, Any] | None:
@@ -63,6 +49,10 @@ def _option(f: dataclasses.Field, spec: dict[str, Any]) -> _Decorator:
     choices = spec.pop("choices", None)
     if choices is not None:
         spec["type"] = click.Choice(list(choices))
+    low, high = spec.pop("min", None), spec.pop("max", None)
+    if low is not None or high is not None:
+        kind = click.FloatRange if spec.get("type") is float else click.IntRange
+        spec["type"] = kind(min=low, max=high)
     if not spec.get("is_flag") and not spec.get("multiple") and "default" not in spec:
         default = f.default if f.default is not dataclasses.MISSING else None
         spec["default"] = default

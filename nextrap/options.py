@@ -9,9 +9,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import click
-
-from nextrap.cli_support import cli
+from nextrap.cli_spec import cli
 from nextrap.errors import ConfigError
 from nextrap.layouts import MAX_STEP
 from nextrap.memory import DEFAULT_CHUNK_BYTES
@@ -25,7 +23,8 @@ __all__ = ["DEVICE_OPTION", "FORCE_OPTION", "HORIZON_OPTION", "RANK_POLICIES", "
 HORIZON_OPTION = cli(
     "--horizon",
     "Prediction horizon in checkpoint intervals [default: 5, shortened for short runs].",
-    type=click.IntRange(min=1),
+    type=int,
+    min=1,
 )
 DEVICE_OPTION = cli("--device", "auto, cpu, cuda, cuda:N or mps.")
 FORCE_OPTION = cli(

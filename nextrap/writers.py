@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from nextrap.cli_support import cli
+from nextrap.cli_spec import cli
 from nextrap.errors import ConfigError
 from nextrap.peft_format import looks_like_hub_id
 from nextrap.trainer_checkpoint import OPTIMIZER_POLICIES

@@ -18,6 +18,7 @@ ORDER = [
     "threads",
     "peft_format",
     "memory",
+    "cli_spec",
     "cli_support",
     "report",
     "progress",

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from nextrap import peft_format
 from nextrap.adapters import AdapterConfig
-from nextrap.cli_support import cli, options_from, values_for
+from nextrap.cli_spec import cli
+from nextrap.cli_support import options_from, values_for
 from nextrap.predictors import METHODS, REGISTRY, make_predictor
 
 

@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from nextrap.cli_support import cli
+from nextrap.cli_spec import cli
 from nextrap.errors import ConfigError
 from nextrap.validate import check_types
 
