@@ -68,7 +68,7 @@ def bench_run(name: str, path: Path, until: int | None, holdout: int | None, hor
     import torch
 
     import nextrap
-    from nextrap.backtest import BacktestOptions, backtest, fit_prefix_length
+    from nextrap.ops.backtest import BacktestOptions, backtest, fit_prefix_length
     from nextrap.predictors import NExtConfig
 
     done = {(r["method"], r["seed"]) for r in _done(args.results) if r["run"] == name}

@@ -57,7 +57,7 @@ def part_rank1(run: Path, device_name: str) -> dict:
     import torch
 
     import nextrap
-    from nextrap.devices import resolve_device
+    from nextrap.util.devices import resolve_device
 
     device = resolve_device(device_name)
     traj = nextrap.open_run(run)
@@ -91,8 +91,8 @@ def part_next_fit(run: Path, device_name: str, epochs: int) -> dict:
     import torch
 
     import nextrap
-    from nextrap.devices import resolve_device
     from nextrap.predictors import NExtConfig, RelexConfig, make_predictor
+    from nextrap.util.devices import resolve_device
 
     device = resolve_device(device_name)
     traj = nextrap.open_run(run)

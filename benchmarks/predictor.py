@@ -86,7 +86,7 @@ def _reference_run(path: Path, steps: int, save_steps: int, *options: str) -> Pa
 
 def make_runs(args: argparse.Namespace) -> dict[str, tuple[Path, int | None, int | None]]:
     """``{name: (path, holdout, horizon)}``, writing the runs that are missing."""
-    from nextrap.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
+    from nextrap.testing.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
 
     runs = {}
     root = args.root
@@ -128,9 +128,9 @@ def bench_run(
 ) -> None:
     """Measure every (configuration, repeat) of run ``name`` not yet in ``args.results``; append each."""
     import nextrap
-    from nextrap.backtest import BacktestOptions, fit_prefix_length, score_prediction
+    from nextrap.ops.backtest import BacktestOptions, fit_prefix_length, score_prediction
     from nextrap.predictors import NExtConfig, NExtPredictor
-    from nextrap.runs import resolve_horizon
+    from nextrap.run.open import resolve_horizon
 
     done = {(r["config"], r["repeat"]) for r in _done(args.results) if r["run"] == name}
     todo = [

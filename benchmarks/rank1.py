@@ -59,7 +59,7 @@ def _timer(stmt: str, env: dict, repeats: int) -> float:
 
 def phase_read(run: Path, device: torch.device) -> dict:
     import nextrap
-    from nextrap.adapters import open_adapter
+    from nextrap.run.adapters import open_adapter
 
     traj = nextrap.open_run(run)
     base = _current_rss_mb()
@@ -105,7 +105,7 @@ def phase_factored(run: Path, device: torch.device, horizon: int, chunk_mb: int)
 def phase_dense(run: Path, device: torch.device, repeats: int) -> dict:
     """For one module of each shape in layer 0: local delta at the last checkpoint, dense vs factored."""
     import nextrap
-    from nextrap import lowrank
+    from nextrap.linalg import lowrank
 
     traj = nextrap.open_run(run)
     K = len(traj.headers)
@@ -207,7 +207,7 @@ def main() -> None:
     p.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
 
-    from nextrap.devices import resolve_device
+    from nextrap.util.devices import resolve_device
 
     device = resolve_device(args.device)
     if args.phase:
@@ -220,7 +220,7 @@ def main() -> None:
         print(json.dumps(fn()))
         return
 
-    from nextrap.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
+    from nextrap.testing.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
 
     tmp = None
     if args.run is None:

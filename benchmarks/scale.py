@@ -206,10 +206,10 @@ def measure(args: list[str], timeout: float | None = None) -> tuple[float, float
 # What each command imports whatever the run's size (extrapolate validates the adapter config through
 # peft, which brings transformers: about 250 MiB more): its baseline, so that the ratio measures the data.
 IDLE_IMPORTS = {
-    "scan": "import nextrap.cli, nextrap.run_headers",
-    "inspect": "import torch, nextrap.cli, nextrap.diagnostics, safetensors.torch",
-    "backtest": "import torch, nextrap.cli, nextrap.backtest, safetensors.torch",
-    "extrapolate": "import torch, nextrap.cli, nextrap.extrapolate, safetensors.torch, peft",
+    "scan": "import nextrap.cli.main, nextrap.run.scan",
+    "inspect": "import torch, nextrap.cli.main, nextrap.ops.diagnostics, safetensors.torch",
+    "backtest": "import torch, nextrap.cli.main, nextrap.backtest, safetensors.torch",
+    "extrapolate": "import torch, nextrap.cli.main, nextrap.extrapolate, safetensors.torch, peft",
 }
 
 

@@ -33,7 +33,7 @@ def _cores() -> int:
 
 
 def _write_run(folder: Path) -> None:
-    from nextrap.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
+    from nextrap.testing.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
 
     shapes = llama_like_shapes(1, hidden=256, intermediate=512, kv_dim=128)
     write_synthetic_run(folder, [10 * (i + 1) for i in range(12)], shapes, PlantSpec(rank=8, alpha=16.0))

@@ -32,7 +32,7 @@ def _help(command: click.Command, name: str, parent: click.Context | None) -> tu
 
 def render() -> str:
     """The whole reference, as markdown: the group's help, then every command's, in alphabetical order."""
-    from nextrap.cli import main
+    from nextrap.cli.main import main
 
     text, root = _help(main, "nextrap", None)
     sections = [HEADER, "## `nextrap`\n", f"```text\n{text}\n```\n"]

@@ -12,7 +12,7 @@ import torch
 from peft import get_peft_model
 
 import nextrap
-from nextrap.callbacks import TrajectoryRecorder, extrapolate_into
+from nextrap.live.callbacks import TrajectoryRecorder, extrapolate_into
 from nextrap.reference import WarmStartConfig, evaluate_adapter, get_task, load_base
 from nextrap.reference.model import encode, lora_config
 from nextrap.reference.policy import accuracy, answer_logprobs

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import nextrap
-from nextrap.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
+from nextrap.testing.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
 
 
 def main(work: Path) -> None:

@@ -17,7 +17,7 @@ from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
 import nextrap
-from nextrap.integrations.transformers import NExtCallback
+from nextrap.live.transformers import NExtCallback
 from nextrap.reference import WarmStartConfig, get_task, load_base
 from nextrap.reference.model import lora_config
 

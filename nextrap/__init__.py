@@ -13,9 +13,7 @@ ahead along the predicted trajectory, for you to resume training from::
 from __future__ import annotations
 
 import logging
-import sys
-import types
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from nextrap.errors import (
     CheckpointError,
@@ -29,28 +27,28 @@ from nextrap.errors import (
     OutputExistsError,
     UnsafeOutputError,
 )
-from nextrap.lazy import lazy_getattr
+from nextrap.util.lazy import lazy_getattr
 from nextrap.version import __version__
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # The public API, imported on first use: `import nextrap` and `nextrap --help` must not pay for torch.
 _LAZY = {
-    "BacktestOptions": "nextrap.backtest",
-    "BacktestResult": "nextrap.backtest",
-    "backtest": "nextrap.backtest",
-    "Jump": "nextrap.callbacks",
-    "JumpCycles": "nextrap.callbacks",
-    "JumpSchedule": "nextrap.callbacks",
-    "TrajectoryRecorder": "nextrap.callbacks",
-    "extrapolate_into": "nextrap.callbacks",
-    "ExtrapolateOptions": "nextrap.options",
-    "ExtrapolationResult": "nextrap.extrapolate",
-    "OutputEntry": "nextrap.report",
-    "OutputOptions": "nextrap.writers",
-    "Report": "nextrap.report",
-    "extrapolate": "nextrap.extrapolate",
-    "push": "nextrap.hub",
+    "BacktestOptions": "nextrap.ops.backtest",
+    "BacktestResult": "nextrap.ops.backtest",
+    "backtest": "nextrap.ops.backtest",
+    "Jump": "nextrap.live.callbacks",
+    "JumpCycles": "nextrap.live.callbacks",
+    "JumpSchedule": "nextrap.live.callbacks",
+    "TrajectoryRecorder": "nextrap.live.callbacks",
+    "extrapolate_into": "nextrap.live.callbacks",
+    "ExtrapolateOptions": "nextrap.ops.options",
+    "ExtrapolationResult": "nextrap.ops.extrapolate",
+    "OutputEntry": "nextrap.formats.report",
+    "OutputOptions": "nextrap.output.writers",
+    "Report": "nextrap.formats.report",
+    "extrapolate": "nextrap.ops.extrapolate",
+    "push": "nextrap.publish.hub",
     "CheckpointRef": "nextrap.layouts",
     "Discovery": "nextrap.layouts",
     "discover": "nextrap.layouts",
@@ -60,30 +58,14 @@ _LAZY = {
     "NExtPredictor": "nextrap.predictors",
     "RelexConfig": "nextrap.predictors",
     "RelexPredictor": "nextrap.predictors",
-    "open_run": "nextrap.runs",
-    "scan": "nextrap.run_headers",
-    "Trajectory": "nextrap.trajectory",
-    "compute_features": "nextrap.trajectory",
+    "open_run": "nextrap.run.open",
+    "scan": "nextrap.run.scan",
+    "Trajectory": "nextrap.run.trajectory",
+    "compute_features": "nextrap.run.trajectory",
 }
 
 
 __getattr__ = lazy_getattr(__name__, _LAZY)
-
-
-class _Package(types.ModuleType):
-    """Keeps ``nextrap.extrapolate`` and ``nextrap.backtest`` the functions once their modules are imported.
-
-    Importing a submodule binds it as an attribute of its package (``nextrap.extrapolate`` = the module
-    ``nextrap/extrapolate.py``), which would shadow the lazily exported function of the same name.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _LAZY.get(name) == value.__name__ and hasattr(value, name):
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __dir__() -> list[str]:
@@ -91,18 +73,18 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from nextrap.backtest import BacktestOptions, BacktestResult, backtest
-    from nextrap.callbacks import Jump, JumpCycles, JumpSchedule, TrajectoryRecorder, extrapolate_into
-    from nextrap.extrapolate import ExtrapolationResult, extrapolate
-    from nextrap.hub import push
+    from nextrap.formats.report import OutputEntry, Report
     from nextrap.layouts import CheckpointRef, Discovery, discover, from_explicit
-    from nextrap.options import ExtrapolateOptions
+    from nextrap.live.callbacks import Jump, JumpCycles, JumpSchedule, TrajectoryRecorder, extrapolate_into
+    from nextrap.ops.backtest import BacktestOptions, BacktestResult, backtest
+    from nextrap.ops.extrapolate import ExtrapolationResult, extrapolate
+    from nextrap.ops.options import ExtrapolateOptions
+    from nextrap.output.writers import OutputOptions
     from nextrap.predictors import LinearPredictor, NExtConfig, NExtPredictor, RelexConfig, RelexPredictor
-    from nextrap.report import OutputEntry, Report
-    from nextrap.run_headers import scan
-    from nextrap.runs import open_run
-    from nextrap.trajectory import Trajectory, compute_features
-    from nextrap.writers import OutputOptions
+    from nextrap.publish.hub import push
+    from nextrap.run.open import open_run
+    from nextrap.run.scan import scan
+    from nextrap.run.trajectory import Trajectory, compute_features
 
 __all__ = [
     "BacktestOptions",

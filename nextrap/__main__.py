@@ -1,5 +1,5 @@
 """``python -m nextrap``: the same command line as the ``nextrap`` script."""
 
-from nextrap.cli import main
+from nextrap.cli.main import main
 
 main()

@@ -16,7 +16,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 import torch
 
-from nextrap.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
+from nextrap.testing.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
 
 gc.freeze()  # see pytest_collection_finish
 

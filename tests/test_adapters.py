@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import nextrap
-from nextrap.adapters import open_adapter, read_header
 from nextrap.layouts import CheckpointRef
+from nextrap.run.adapters import open_adapter, read_header
 
 from .conftest import tiny_llama
 
@@ -116,7 +116,7 @@ def test_legacy_bin_is_read_like_safetensors(tmp_path: Path):
 
 
 def test_dtype_names_say_floating_point_as_torch_does():
-    from nextrap.headers import is_float_dtype
+    from nextrap.run.headers import is_float_dtype
 
     dtypes = [d for d in vars(torch).values() if isinstance(d, torch.dtype)]
     assert len(dtypes) > 20 and torch.bfloat16 in dtypes and torch.int8 in dtypes

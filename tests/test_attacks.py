@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from nextrap.cli import main
+from nextrap.cli.main import main
 
 LINEAR = ["--method", "linear"]
 
@@ -138,7 +138,7 @@ def pushed(tmp_path: Path, tiny_run: Path) -> Path:
 
 
 def _plan(folder: Path) -> dict[str, Path]:
-    from nextrap.hub import plan_push
+    from nextrap.publish.hub import plan_push
 
     return plan_push(folder, "alice/jump").files
 
@@ -179,7 +179,7 @@ def test_push_refuses_an_adapter_file_that_is_not_a_safetensors_adapter(pushed: 
 def test_push_to_a_local_hub_commits_only_files_inside_the_folder(pushed: Path, tmp_path: Path, monkeypatch):
     from huggingface_hub import HfApi
 
-    from nextrap.hub import push
+    from nextrap.publish.hub import push
 
     from .hub_server import LocalHub
 
@@ -380,13 +380,13 @@ def test_train_reference_from_an_adapter_of_another_architecture_is_one_line(
 
 _SIGNALLED = r"""
 import os, signal, sys
-import nextrap.adapters
-real = nextrap.adapters.write_adapter
+import nextrap.run.adapters
+real = nextrap.run.adapters.write_adapter
 def write_then_signal(*a, **k):
     real(*a, **k)
     os.kill(os.getpid(), getattr(signal, sys.argv[1]))
-nextrap.adapters.write_adapter = write_then_signal
-from nextrap.cli import main
+nextrap.run.adapters.write_adapter = write_then_signal
+from nextrap.cli.main import main
 main(sys.argv[2:], prog_name="nextrap")
 """
 
@@ -412,7 +412,7 @@ def test_termination_signals_leave_nothing_behind(tiny_run: Path, tmp_path: Path
 
 
 def test_alternating_checkpoints_of_two_runs_are_detected(tmp_path: Path):
-    from nextrap.synthetic import PlantSpec, write_synthetic_run
+    from nextrap.testing.synthetic import PlantSpec, write_synthetic_run
 
     from .conftest import TINY_SHAPES
 
@@ -449,7 +449,7 @@ def test_plots_never_replace_an_existing_file_without_overwrite(tiny_run: Path, 
 
 
 def test_outputs_whose_long_names_share_a_prefix_have_their_own_locks(tmp_path: Path):
-    from nextrap.atomic import _lock_path
+    from nextrap.output.atomic import _lock_path
 
     a, b = tmp_path / ("x" * 130 + "-a"), tmp_path / ("x" * 130 + "-b")
     assert _lock_path(a) != _lock_path(b)
@@ -463,7 +463,7 @@ def test_outputs_whose_long_names_share_a_prefix_have_their_own_locks(tmp_path: 
 _FULL_DISK = r"""
 import resource, sys
 resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-from nextrap.atomic import output_lock
+from nextrap.output.atomic import output_lock
 try:
     with output_lock(sys.argv[1]):
         print("locked")

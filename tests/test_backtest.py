@@ -11,11 +11,11 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 import nextrap
-from nextrap.backtest import BacktestOptions, backtest
-from nextrap.cli import main
-from nextrap.diagnostics import diagnose
+from nextrap.cli.main import main
+from nextrap.ops.backtest import BacktestOptions, backtest
+from nextrap.ops.diagnostics import diagnose
 from nextrap.predictors import LinearPredictor, NExtConfig, RelexPredictor, line_fit
-from nextrap.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
+from nextrap.testing.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
 
 SHAPES = llama_like_shapes(layers=1, hidden=32, intermediate=64, kv_dim=16)
 STEPS = list(range(10, 161, 10))
@@ -37,8 +37,8 @@ def _dense(traj: nextrap.Trajectory, index: int) -> dict[str, torch.Tensor]:
 
 def _dense_adapter(folder: Path) -> dict[str, torch.Tensor]:
     """Scaled dW = s B A of every module of one adapter folder."""
-    from nextrap.adapters import open_adapter, read_header
     from nextrap.layouts import CheckpointRef
+    from nextrap.run.adapters import open_adapter, read_header
 
     ref = CheckpointRef(0, folder, folder / "adapter_model.safetensors", "explicit", "given")
     header = read_header(ref)

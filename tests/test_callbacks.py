@@ -8,7 +8,7 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 
 import nextrap
-from nextrap.callbacks import TrajectoryRecorder, extrapolate_into
+from nextrap.live.callbacks import TrajectoryRecorder, extrapolate_into
 
 from .conftest import tiny_llama
 
@@ -128,7 +128,7 @@ def test_extrapolate_into_needs_snapshots(tmp_path):
 def test_trainer_callback_swaps_weights_in_place_and_training_continues(tmp_path):
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from nextrap.integrations.transformers import NExtCallback
+    from nextrap.live.transformers import NExtCallback
 
     model = _peft_model()
     gen = torch.Generator().manual_seed(0)
@@ -182,7 +182,7 @@ def test_format_trl_is_resumed_by_the_trainer(tmp_path, optimizer: str):
     from click.testing import CliRunner
     from transformers import Trainer, TrainingArguments
 
-    from nextrap.cli import main
+    from nextrap.cli.main import main
 
     gen = torch.Generator().manual_seed(0)
     data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 61, (64, 12), generator=gen)]
@@ -287,7 +287,7 @@ def test_trl_grpo_trainer_with_the_callback(tmp_path, monkeypatch):
     """TRL's GRPOTrainer on the reference policy: the callback jumps in place and training goes on."""
     from transformers import TrainerCallback
 
-    from nextrap.integrations.transformers import NExtCallback
+    from nextrap.live.transformers import NExtCallback
 
     seen = {}
 
@@ -318,7 +318,7 @@ def test_trl_grpo_trainer_with_the_callback(tmp_path, monkeypatch):
 def test_format_trl_is_resumed_by_trls_grpo_trainer(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from nextrap.cli import main
+    from nextrap.cli.main import main
 
     _trl_grpo(tmp_path, monkeypatch, tmp_path / "run", 4, save_steps=1).train()
     args = ["extrapolate", str(tmp_path / "run"), "-o", str(tmp_path / "jump"), "--format", "trl"]
@@ -337,7 +337,7 @@ def test_format_trl_is_resumed_by_trls_grpo_trainer(tmp_path, monkeypatch):
 
 def test_jump_cycles_linear_lands_where_a_straight_run_would(tmp_path):
     """RL-Extra's cycle with linear: on a run whose update grows linearly, each jump of N steps is exact."""
-    from nextrap.callbacks import JumpCycles, JumpSchedule
+    from nextrap.live.callbacks import JumpCycles, JumpSchedule
 
     model = _peft_model()
     gen = torch.Generator().manual_seed(7)
@@ -367,7 +367,7 @@ def test_jump_cycles_linear_lands_where_a_straight_run_would(tmp_path):
     ],
 )
 def test_bad_jump_schedule_is_a_one_line_error(kwargs, needle):
-    from nextrap.callbacks import JumpSchedule
+    from nextrap.live.callbacks import JumpSchedule
 
     with pytest.raises(nextrap.ConfigError, match=needle) as info:
         JumpSchedule(**kwargs)
@@ -377,8 +377,8 @@ def test_bad_jump_schedule_is_a_one_line_error(kwargs, needle):
 def test_trainer_callback_runs_jump_cycles(tmp_path):
     from transformers import Trainer, TrainingArguments
 
-    from nextrap.callbacks import JumpSchedule
-    from nextrap.integrations.transformers import NExtCallback
+    from nextrap.live.callbacks import JumpSchedule
+    from nextrap.live.transformers import NExtCallback
 
     model = _peft_model()
     gen = torch.Generator().manual_seed(0)

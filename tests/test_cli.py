@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from nextrap.cli import main
+from nextrap.cli.main import main
 
 
 def _ok(args: list[str]) -> str:

@@ -40,9 +40,9 @@ def killer(real):
 if hook.startswith("replace"):
     os.replace = killer(os.replace)
 elif hook.startswith("write_adapter"):
-    import nextrap.adapters  # the writers look write_adapter up there at each call
-    nextrap.adapters.write_adapter = killer(nextrap.adapters.write_adapter)
-from nextrap.cli import main
+    import nextrap.run.adapters  # the writers look write_adapter up there at each call
+    nextrap.run.adapters.write_adapter = killer(nextrap.run.adapters.write_adapter)
+from nextrap.cli.main import main
 main(sys.argv[3:], prog_name="nextrap")
 """
 
@@ -68,7 +68,7 @@ def _cli(args: list[str]) -> str:
     """Run the CLI in this process (cheaper than a new one); returns stderr+stdout, asserting success."""
     from click.testing import CliRunner
 
-    from nextrap.cli import main
+    from nextrap.cli.main import main
 
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -117,11 +117,11 @@ def test_kill_during_extrapolate_leaves_the_output_absent_or_whole(
     records: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: records.append(record.getMessage())
-    logging.getLogger("nextrap.atomic").addHandler(handler)
+    logging.getLogger("nextrap.output.atomic").addHandler(handler)
     try:
         _cli([*args, "--overwrite"])
     finally:
-        logging.getLogger("nextrap.atomic").removeHandler(handler)
+        logging.getLogger("nextrap.output.atomic").removeHandler(handler)
     assert _hidden(tmp_path, "out") == []  # ...which the next run removed
     assert any("removed" in r and "interrupted" in r for r in records), records
     assert _complete_adapter(out)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from nextrap.synthetic import write_synthetic_run
+from nextrap.testing.synthetic import write_synthetic_run
 
 from .conftest import STEPS, TINY_SHAPES, TINY_SPEC
 

@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from nextrap.cli import main
-from nextrap.synthetic import write_synthetic_run
+from nextrap.cli.main import main
+from nextrap.testing.synthetic import write_synthetic_run
 
 from .conftest import STEPS, TINY_SHAPES, TINY_SPEC, edit_config
 
@@ -180,11 +180,11 @@ def test_corrupt_safetensors(tmp_path: Path, tiny_run: Path):
 
 def test_failure_late_leaves_nothing(tmp_path: Path, tiny_run: Path, monkeypatch):
     """An error after files started to be written still leaves no output folder and no temporary."""
-    import nextrap.adapters
+    import nextrap.run.adapters
     from nextrap.errors import ConfigError
 
-    # the writers import write_adapter from nextrap.adapters when they write, so the patch reaches them
-    real_write, calls = nextrap.adapters.write_adapter, []
+    # the writers import write_adapter from nextrap.run.adapters when they write, so the patch reaches them
+    real_write, calls = nextrap.run.adapters.write_adapter, []
 
     def boom(folder, *args, **kwargs):
         calls.append(folder)
@@ -192,7 +192,7 @@ def test_failure_late_leaves_nothing(tmp_path: Path, tiny_run: Path, monkeypatch
             raise ConfigError("simulated failure while writing")
         real_write(folder, *args, **kwargs)
 
-    monkeypatch.setattr(nextrap.adapters, "write_adapter", boom)
+    monkeypatch.setattr(nextrap.run.adapters, "write_adapter", boom)
     _assert_fails(
         ["extrapolate", str(tiny_run), "-o", str(tmp_path / "out"), "--coef", "1", "--coef", "2"] + FAST,
         "simulated",
@@ -218,7 +218,7 @@ def test_atomic_output_gets_ordinary_permissions(tmp_path: Path):
     import os
     import stat
 
-    from nextrap.atomic import atomic_directory
+    from nextrap.output.atomic import atomic_directory
 
     old = os.umask(0o022)
     try:

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import nextrap
-from nextrap import lowrank
-from nextrap.extrapolate import ExtrapolateOptions
+from nextrap.linalg import lowrank
+from nextrap.ops.extrapolate import ExtrapolateOptions
 from nextrap.predictors import NExtConfig
-from nextrap.runs import resolve_horizon
-from nextrap.synthetic import PlantSpec, llama_like_shapes, planted_factors, write_synthetic_run
+from nextrap.run.open import resolve_horizon
+from nextrap.testing.synthetic import PlantSpec, llama_like_shapes, planted_factors, write_synthetic_run
 
 from .conftest import STEPS, TINY_SHAPES, TINY_SPEC, tiny_llama
 
@@ -95,7 +95,7 @@ def test_chunking_does_not_change_features(tiny_run: Path):
 
 
 def test_small_runs_get_small_chunks(tiny_run: Path):
-    from nextrap.memory import MIN_CHUNK_BYTES, chunk_limit
+    from nextrap.util.memory import MIN_CHUNK_BYTES, chunk_limit
 
     MiB = 2**20
     assert chunk_limit(64 * MiB, 152 * MiB) == 19 * MiB  # 7B at r = 16: an eighth of 152 MiB of float32 factors

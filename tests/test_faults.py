@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from nextrap.synthetic import write_synthetic_run
+from nextrap.testing.synthetic import write_synthetic_run
 
 from .conftest import STEPS, TINY_SHAPES, TINY_SPEC
 
@@ -32,10 +32,10 @@ _CHILD = r"""
 import json, os, resource, sys
 # Import everything the commands load lazily, then give up root: files are now checked as for a user.
 import matplotlib; matplotlib.use("Agg"); import matplotlib.pyplot, matplotlib.backends.backend_agg
-import peft, safetensors.torch, huggingface_hub, nextrap.extrapolate, nextrap.backtest, nextrap.diagnostics
-import nextrap.plots, nextrap.hub, nextrap.merge
+import peft, safetensors.torch, huggingface_hub, nextrap.extrapolate, nextrap.backtest, nextrap.ops.diagnostics
+import nextrap.ops.plots, nextrap.publish.hub, nextrap.output.merge
 from click.testing import CliRunner
-from nextrap.cli import main
+from nextrap.cli.main import main
 if os.geteuid() == 0:
     os.setgid(65534); os.setuid(65534)
 results = []

@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from nextrap.adapters import read_config, read_header
 from nextrap.errors import NextrapError
-from nextrap.headers import SAFETENSORS_DTYPES, read_safetensors_header
 from nextrap.layouts import CheckpointRef, discover
-from nextrap.runs import open_run
+from nextrap.run.adapters import read_config, read_header
+from nextrap.run.headers import SAFETENSORS_DTYPES, read_safetensors_header
+from nextrap.run.open import open_run
 
 FAST = settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 SLOW = settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
@@ -105,7 +105,7 @@ def _check_bytes(data: bytes, mutate_valid: bool) -> None:
 
         def read_all() -> None:
             header = read_header(ref)
-            from nextrap.adapters import open_adapter
+            from nextrap.run.adapters import open_adapter
 
             with open_adapter(ref) as reader:
                 for key in header.keys:

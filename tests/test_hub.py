@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from huggingface_hub import HfApi, ModelCard
 
 import nextrap
-from nextrap.cli import main
+from nextrap.cli.main import main
 from nextrap.errors import HubError
-from nextrap.hub import push
-from nextrap.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
+from nextrap.publish.hub import push
+from nextrap.testing.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
 
 from .hub_server import LocalHub
 
@@ -204,7 +204,7 @@ def test_live_push(adapter: Path):  # pragma: no cover - needs the real Hub
 
 def _fixed_report():
     """A report with every field the card reads, fixed: the card's text depends on nothing else."""
-    from nextrap.report import OutputEntry, Report
+    from nextrap.formats.report import OutputEntry, Report
     entries = [
         OutputEntry(coef=1.0, path="coef-1.0", virtual_step=150.0, rank=8, max_relative_truncation_error=1.5e-3),
         OutputEntry(coef=2.0, path="coef-2.0", virtual_step=200.0, rank=8, max_relative_truncation_error=3.25e-3),
@@ -242,7 +242,7 @@ GOLDEN = Path(__file__).parent / "golden"
 )  # fmt: skip
 def test_card_says_what_it_said_before(golden: str, args):
     """The card's YAML now comes from huggingface_hub's ModelCardData: the same metadata, the same text."""
-    from nextrap.card import model_card
+    from nextrap.publish.card import model_card
 
     repo_id, config, report, subfolders = args
     card = model_card(repo_id, config, _fixed_report() if report else None, subfolders)

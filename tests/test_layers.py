@@ -9,11 +9,11 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from nextrap import peft_format
-from nextrap.adapters import AdapterConfig
-from nextrap.cli_spec import cli
-from nextrap.cli_support import options_from, values_for
+from nextrap.cli.support import options_from, values_for
+from nextrap.formats import peft as peft_format
 from nextrap.predictors import METHODS, REGISTRY, make_predictor
+from nextrap.run.adapters import AdapterConfig
+from nextrap.util.cli_spec import cli
 
 
 def test_file_names_equal_peft_own_constants():
@@ -55,7 +55,7 @@ def test_every_registered_method_builds_its_predictor_and_names_itself():
 
 
 def test_cli_method_choices_and_help_come_from_the_registry():
-    from nextrap.cli import main
+    from nextrap.cli.main import main
 
     out = CliRunner().invoke(main, ["extrapolate", "--help"], terminal_width=400).output
     for name, spec in REGISTRY.items():

@@ -15,12 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 import nextrap
-from nextrap.adapters import open_adapter
 from nextrap.errors import CheckpointError, LayoutError
 from nextrap.layouts import discover, from_explicit
-from nextrap.options import ExtrapolateOptions
+from nextrap.ops.options import ExtrapolateOptions
 from nextrap.predictors import NExtConfig
-from nextrap.synthetic import PlantSpec, planted_factors, write_synthetic_run
+from nextrap.run.adapters import open_adapter
+from nextrap.testing.synthetic import PlantSpec, planted_factors, write_synthetic_run
 
 from .fixtures.write_verl_run import planted_shapes, tiny_llama_config
 
@@ -162,7 +162,7 @@ def test_a_malicious_pickle_in_a_shard_is_refused(tmp_path: Path, rank: int):
     _evil_shard(shard, marker)
     from click.testing import CliRunner
 
-    from nextrap.cli import main
+    from nextrap.cli.main import main
 
     commands = [["extrapolate", str(run), "-o", str(tmp_path / "out")]]
     if rank == 0:

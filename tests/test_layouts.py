@@ -169,7 +169,7 @@ def test_layouts_imports_no_torch():
     """The layouts package is stdlib-only so discovery stays light: check its imports statically."""
     package = Path(__file__).parents[1] / "nextrap"
     modules = set()
-    for path in [*(package / "layouts").glob("*.py"), package / "shard_format.py", package / "pickle_header.py"]:
+    for path in [*(package / "layouts").glob("*.py"), package / "formats" / "verl_shards.py", package / "formats" / "pickle_header.py"]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 modules |= {a.name for a in node.names if a.name.startswith("nextrap.")}
@@ -186,10 +186,10 @@ def test_layouts_imports_no_torch():
         "dataclasses",
         "pathlib",
         "nextrap.errors",
-        "nextrap.files",  # safe reads of trainer records: stdlib-only as well
-        "nextrap.peft_format",  # PEFT's file names and rules: stdlib-only as well
-        "nextrap.shard_format",  # verl's shard files: stdlib-only as well
-        "nextrap.pickle_header",
+        "nextrap.util.files",  # safe reads of trainer records: stdlib-only as well
+        "nextrap.formats.peft",  # PEFT's file names and rules: stdlib-only as well
+        "nextrap.formats.verl_shards",  # verl's shard files: stdlib-only as well
+        "nextrap.formats.pickle_header",
         "io",
         "pickle",
         "zipfile",

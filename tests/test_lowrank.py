@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nextrap import lowrank
+from nextrap.linalg import lowrank
 
 
 def _factors(seed: int, M: int, out: int, inn: int, r: int):

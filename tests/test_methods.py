@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 import nextrap
-from nextrap.backtest import BacktestOptions, backtest
-from nextrap.cli import main
+from nextrap.cli.main import main
+from nextrap.ops.backtest import BacktestOptions, backtest
 from nextrap.predictors import NExtConfig, RelexConfig
 
 FAST = NExtConfig(epochs=300, patience=50)
@@ -364,7 +364,7 @@ def test_bad_method_options_are_one_line_errors(tmp_path, args, needle):
 
 
 def test_inspect_measures_match_dense(tmp_path):
-    from nextrap.diagnostics import diagnose
+    from nextrap.ops.diagnostics import diagnose
 
     run = random_run(tmp_path / "run", STEPS, 3, 6.0, seed=5)
     traj = nextrap.open_run(run)
@@ -428,11 +428,11 @@ def test_cli_backtest_far_targets(tmp_path):
 
 
 def test_public_functions_survive_importing_their_modules():
-    import nextrap.backtest
-    import nextrap.extrapolate
+    import nextrap.ops.backtest
+    import nextrap.ops.extrapolate
 
     assert callable(nextrap.extrapolate) and callable(nextrap.backtest)
-    assert nextrap.extrapolate is nextrap.extrapolate.__globals__["extrapolate"]
+    assert nextrap.extrapolate is nextrap.ops.extrapolate.extrapolate and nextrap.backtest is nextrap.ops.backtest.backtest
 
 
 def test_next_plus_linear_reuses_the_next_fit_of_a_backtest(tmp_path, monkeypatch):
@@ -440,7 +440,7 @@ def test_next_plus_linear_reuses_the_next_fit_of_a_backtest(tmp_path, monkeypatc
     next+linear's rank-1 column is next's prediction exactly."""
     from nextrap.predictors import NExtPredictor, make_predictor
     from nextrap.predictors import next as next_module
-    from nextrap.trajectory import SharedFeatures
+    from nextrap.run.trajectory import SharedFeatures
 
     run = random_run(tmp_path / "run", STEPS, 3, 6.0, seed=32)
     traj = nextrap.open_run(run)

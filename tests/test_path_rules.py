@@ -1,4 +1,4 @@
-"""Property tests of the one rule about inputs and outputs (nextrap.inputs), against an independent model.
+"""Property tests of the one rule about inputs and outputs (nextrap.util.inputs), against an independent model.
 
 Hypothesis builds random trees of folders, files, hard links (a second name for a file) and symbolic links
 (to folders, to files, to missing places, to themselves and to each other: loops), which give every
@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nextrap.errors import UnsafeOutputError
-from nextrap.inputs import check_outside_inputs
+from nextrap.util.inputs import check_outside_inputs
 
 NAMES = ("a", "b", "c", "d")
 REPO = Path(__file__).parents[1]
@@ -180,7 +180,7 @@ def test_an_output_is_refused_exactly_when_it_meets_an_input_many_trees(data):
 _BIND = r"""
 import sys
 from pathlib import Path
-from nextrap.atomic import check_output
+from nextrap.output.atomic import check_output
 from nextrap.errors import UnsafeOutputError
 from nextrap.layouts import from_explicit
 run, view = Path(sys.argv[1]), Path(sys.argv[2])

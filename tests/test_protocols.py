@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nextrap.extrapolate import ExtrapolateOptions, extrapolate
+from nextrap.ops.extrapolate import ExtrapolateOptions, extrapolate
 from nextrap.reference import GRPOConfig
 from nextrap.reference.grpo import RUN_INFO
 from nextrap.reference.protocols import ProtocolConfig, run_seed

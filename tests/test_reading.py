@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 import nextrap
-from nextrap.adapters import FileReader, ReaderPool, open_adapter
 from nextrap.errors import CheckpointError
-from nextrap.synthetic import write_synthetic_run
+from nextrap.run.adapters import FileReader, ReaderPool, open_adapter
+from nextrap.testing.synthetic import write_synthetic_run
 
 from .conftest import STEPS, TINY_SHAPES, TINY_SPEC
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 import nextrap
-from nextrap.cli import main
+from nextrap.cli.main import main
 from nextrap.reference import (
     EndToEndConfig,
     GRPOConfig,
@@ -240,8 +240,8 @@ def test_cli_demo_runs_the_whole_loop(tmp_path: Path):
 
 
 def _dense_lora(folder: Path) -> dict[str, torch.Tensor]:
-    from nextrap.adapters import open_adapter, read_header
     from nextrap.layouts import CheckpointRef
+    from nextrap.run.adapters import open_adapter, read_header
 
     ref = CheckpointRef(0, folder, folder / "adapter_model.safetensors", "explicit", "given")
     header = read_header(ref)
@@ -252,7 +252,7 @@ def _dense_lora(folder: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_jump_cycles_follow_rl_extra(tmp_path: Path):
     """Train 3, jump 3 ahead with RL-Extra's linear rule, train 3 more from the jump at the virtual step."""
-    from nextrap.callbacks import JumpSchedule
+    from nextrap.live.callbacks import JumpSchedule
     from nextrap.reference.cycles import train_cycles
 
     cfg = GRPOConfig(steps=6, save_steps=1, prompts_per_step=8, group_size=2, eval_size=16, seed=1)

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 import nextrap
 from nextrap.predictors import METHODS, NExtConfig
-from nextrap.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
+from nextrap.testing.synthetic import PlantSpec, llama_like_shapes, write_synthetic_run
 
 STORED = Path(__file__).parent / "regression"
 REGENERATE = os.environ.get("NEXTRAP_REGENERATE") == "1"

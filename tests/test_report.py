@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nextrap.errors import CheckpointError
-from nextrap.report import REPORT_NAME, SCHEMA_VERSION, OutputEntry, Report
+from nextrap.formats.report import REPORT_NAME, SCHEMA_VERSION, OutputEntry, Report
 
 
 def _report(outputs: list[OutputEntry]) -> Report:

@@ -19,10 +19,10 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from nextrap.atomic import atomic_directory, output_lock
-from nextrap.cli import main
+from nextrap.cli.main import main
 from nextrap.errors import NextrapError, OutputLockedError
-from nextrap.synthetic import PlantSpec, write_synthetic_run
+from nextrap.output.atomic import atomic_directory, output_lock
+from nextrap.testing.synthetic import PlantSpec, write_synthetic_run
 
 from .conftest import STEPS, TINY_SHAPES, TINY_SPEC, edit_config
 
@@ -69,7 +69,7 @@ def test_second_writer_fails_with_one_line_while_the_first_holds_the_output(tiny
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom nextrap.atomic import output_lock\n"
+            "import sys, time\nfrom nextrap.output.atomic import output_lock\n"
             f"with output_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)",
         ],
         cwd=REPO,
@@ -101,7 +101,7 @@ def test_lock_is_reentrant_in_one_process_and_exclusive_across_open_files(tmp_pa
 def test_stale_hidden_folders_of_dead_writers_are_removed_and_reported(
     tiny_run: Path, tmp_path: Path, caplog
 ):
-    from nextrap.atomic import MARKER, _host
+    from nextrap.output.atomic import MARKER, _host
 
     out = tmp_path / "out"
     pid = _dead_pid()
@@ -261,7 +261,7 @@ def test_output_overflow_names_the_module_and_suggests_a_smaller_coef():
     # A coefficient large enough to overflow float16 weights is refused before the work (a jump over 1000x the
     # observed span, see test_attacks); the overflow check stays behind it, for weights near their dtype's limit.
     from nextrap.errors import NonFiniteError
-    from nextrap.extrapolate import _finite_output
+    from nextrap.ops.extrapolate import _finite_output
 
     big = torch.tensor([60000.0], dtype=torch.float32).to(torch.float16) * 2
     with pytest.raises(NonFiniteError, match=r"module model.layers.0.q_proj: .*overflow float16.*smaller --coef"):
@@ -302,12 +302,12 @@ def test_two_runs_mixed_in_one_folder_are_refused_naming_the_step(tmp_path: Path
 
 
 def test_a_continuous_run_passes_the_continuity_check(tiny_run: Path):
-    from nextrap.runs import open_run
+    from nextrap.run.open import open_run
 
     check = open_run(tiny_run).check
     assert check is not None and check.jumps == ()
     # the distances are the Frobenius norms of dense differences, computed independently
-    from nextrap.adapters import open_adapter
+    from nextrap.run.adapters import open_adapter
 
     traj = open_run(tiny_run, verify=False)
     dense = []
@@ -427,7 +427,7 @@ def test_library_errors_stay_nextrap_errors(tmp_path: Path):
     with output_lock(out):
         child = textwrap.dedent(
             f"""
-            from nextrap.atomic import output_lock
+            from nextrap.output.atomic import output_lock
             from nextrap.errors import OutputLockedError
             try:
                 with output_lock({str(out)!r}):

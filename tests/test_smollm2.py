@@ -342,7 +342,7 @@ def test_one_grpo_step_on_the_real_smollm2(tmp_path):
 def test_cli_trains_resumes_and_evaluates_the_smollm2_policy(fetched, tmp_path):
     from click.testing import CliRunner
 
-    from nextrap.cli import main
+    from nextrap.cli.main import main
 
     run = tmp_path / "run"
     small = [
@@ -380,7 +380,7 @@ def test_cli_trains_resumes_and_evaluates_the_smollm2_policy(fetched, tmp_path):
 def test_cli_says_how_to_fetch_missing_weights(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from nextrap.cli import main
+    from nextrap.cli.main import main
 
     monkeypatch.setenv("NEXTRAP_CACHE", str(tmp_path / "empty"))
     out = CliRunner().invoke(

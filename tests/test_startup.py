@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 import nextrap
-from nextrap.synthetic import write_synthetic_run
+from nextrap.testing.synthetic import write_synthetic_run
 
 from .conftest import STEPS, TINY_SHAPES, TINY_SPEC
 
@@ -36,9 +36,9 @@ def test_every_public_name_resolves():
 def test_cli_help_and_its_options_import_no_torch():
     # The CLI module, with every command registered (the reference trainer's too), builds its options
     # from the option dataclasses without importing torch or transformers.
-    assert not _imports_torch("import nextrap.cli")
+    assert not _imports_torch("import nextrap.cli.main")
     probe = (
-        "import sys\nfrom click.testing import CliRunner\nfrom nextrap.cli import main\n"
+        "import sys\nfrom click.testing import CliRunner\nfrom nextrap.cli.main import main\n"
         "for args in (['--help'], ['extrapolate', '--help'], ['train-reference', '--help']):\n"
         "    assert CliRunner().invoke(main, args).exit_code == 0, args\n"
         "print('torch' in sys.modules or 'transformers' in sys.modules)"
@@ -51,7 +51,7 @@ def test_scan_of_a_safetensors_run_imports_no_torch_and_reads_what_torch_reads(t
     # bfloat16 and the verl layout: the dtype name and the folder rules are part of what scan reports.
     run = write_synthetic_run(tmp_path / "run", STEPS, TINY_SHAPES, TINY_SPEC, torch.bfloat16, "verl")
     probe = (
-        "import sys\nfrom click.testing import CliRunner\nfrom nextrap.cli import main\n"
+        "import sys\nfrom click.testing import CliRunner\nfrom nextrap.cli.main import main\n"
         f"result = CliRunner().invoke(main, ['scan', {str(run)!r}, '--json'])\n"
         "assert result.exit_code == 0, result.output\n"
         "print(result.output)\nprint('torch' in sys.modules or 'numpy' in sys.modules)"
@@ -81,7 +81,7 @@ def _cli_without(module: str, *args: str) -> subprocess.CompletedProcess:
         "import importlib.util as u, sys\n"
         "found = u.find_spec\n"
         f"u.find_spec = lambda name, *a, **k: None if name == {module!r} else found(name, *a, **k)\n"
-        "from nextrap.cli import main\n"
+        "from nextrap.cli.main import main\n"
         "main(prog_name='nextrap')\n"
     )
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
@@ -90,7 +90,7 @@ def _cli_without(module: str, *args: str) -> subprocess.CompletedProcess:
 def test_reference_commands_appear_only_with_the_reference_extra():
     """Without nextrap[reference] (scipy), --help lists the post-processing commands only, and asking for
     a reference command says which extra to install; with it, all are there."""
-    from nextrap.reference.cli import NAMES
+    from nextrap.cli.reference import NAMES
 
     bare = _cli_without("scipy", "--help")
     assert bare.returncode == 0, bare.stderr
@@ -108,7 +108,7 @@ def test_core_install_needs_neither_scipy_nor_gguf():
 
     import tomllib
 
-    from nextrap.reference.cli import EXTRA
+    from nextrap.cli.reference import EXTRA
 
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     names = {re.split(r"[<>=\[ ;]", d)[0].lower() for d in project["dependencies"]}

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from nextrap.errors import ConfigError
-from nextrap.threads import choose_threads, free_cores
+from nextrap.util.threads import choose_threads, free_cores
 
 
 def test_free_cores_is_cores_minus_load_between_one_and_all():
@@ -34,7 +34,7 @@ def test_explicit_choices_win_in_order():
 
 def _torch_threads(args: list[str], env: dict[str, str]) -> int:
     probe = (
-        "import sys\nfrom click.testing import CliRunner\nfrom nextrap.cli import main\n"
+        "import sys\nfrom click.testing import CliRunner\nfrom nextrap.cli.main import main\n"
         f"r = CliRunner().invoke(main, {args!r} + ['scan', '--help'])\nassert r.exit_code == 0, r.output\n"
         "import torch\nprint(torch.get_num_threads())"
     )

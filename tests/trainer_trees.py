@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import nextrap
-from nextrap.options import ExtrapolateOptions
+from nextrap.ops.options import ExtrapolateOptions
 from nextrap.predictors import NExtConfig
-from nextrap.synthetic import PlantSpec, planted_factors, write_synthetic_run
+from nextrap.testing.synthetic import PlantSpec, planted_factors, write_synthetic_run
 
 from .fixtures.write_verl_run import planted_shapes
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nextrap.errors import CheckpointError, LayoutError
-from nextrap.files import read_regular
-from nextrap.peft_format import CONFIG_NAME, WEIGHT_FILES
+from nextrap.formats.peft import CONFIG_NAME, WEIGHT_FILES
+from nextrap.util.files import read_regular
 
 __all__ = [
     "LAST_NUMBER",
@@ -43,7 +43,7 @@ class CheckpointRef:
     """One saved adapter of a run.
 
     ``format`` is ``peft`` (an adapter folder) or ``fsdp-shards`` (verl's rank shards, read through
-    :mod:`nextrap.shard_format`); for shards ``weights`` is rank 0's file and ``shards`` lists every rank's.
+    :mod:`nextrap.formats.verl_shards`); for shards ``weights`` is rank 0's file and ``shards`` lists every rank's.
     """
 
     step: int
@@ -75,7 +75,7 @@ class Discovery:
 
     @property
     def input_paths(self) -> tuple[Path, ...]:
-        """Every folder and file this run was read from: no output may touch them (:mod:`nextrap.inputs`).
+        """Every folder and file this run was read from: no output may touch them (:mod:`nextrap.util.inputs`).
 
         A checkpoint's parent folder counts too (as named, and where its links lead): a new folder
         there would be taken for a checkpoint by the next scan, and would sit among the user's own.

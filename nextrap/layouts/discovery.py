@@ -22,6 +22,9 @@ import nextrap.layouts.roll as roll
 import nextrap.layouts.trl as trl
 import nextrap.layouts.verl as verl
 from nextrap.errors import CheckpointError, InputNotFoundError, LayoutError
+from nextrap.formats.peft import CONFIG_NAME, WEIGHT_FILES
+from nextrap.formats.verl_shards import FORMAT as SHARDS
+from nextrap.formats.verl_shards import META_NAME, SHARD_FILE, rank_files, shard_files
 from nextrap.layouts.base import (
     LAST_NUMBER,
     PEFT,
@@ -35,9 +38,6 @@ from nextrap.layouts.base import (
     given_step,
     json_step,
 )
-from nextrap.peft_format import CONFIG_NAME, WEIGHT_FILES
-from nextrap.shard_format import FORMAT as SHARDS
-from nextrap.shard_format import META_NAME, SHARD_FILE, rank_files, shard_files
 
 __all__ = ["LAYOUTS", "discover", "from_explicit"]
 

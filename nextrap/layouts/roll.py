@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nextrap.formats.peft import CONFIG_NAME
 from nextrap.layouts.base import Layout, Match, Sighting, find_adapter_weights
 from nextrap.layouts.ms_swift import VERSION
 from nextrap.layouts.trl import CHECKPOINT
-from nextrap.peft_format import CONFIG_NAME
 
 
 def _classify(root: Path, folder: Path, fmt: str) -> Match | None:

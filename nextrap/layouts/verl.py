@@ -9,7 +9,7 @@
 * verl 0.8.0 to 0.9.1, FSDP engine (the default; ``verl/utils/checkpoint/fsdp_checkpoint_manager.py``
   ``FSDPCheckpointManager.save_checkpoint``): no adapter, only ``model_world_size_W_rank_R.pt`` shards
   of DTensors (LoRA keys only with ``checkpoint.save_lora_only``, 0.9.0+), ``lora_train_meta.json``
-  and ``fsdp_config.json``; read directly (:mod:`nextrap.shard_format`). Verified by running verl
+  and ``fsdp_config.json``; read directly (:mod:`nextrap.formats.verl_shards`). Verified by running verl
   0.9.1's own ``FSDPCheckpointManager`` on CPU (``tests/fixtures/verl-0.9.1``);
 * verl 0.8.0 to 0.9.1, Megatron engine with megatron-bridge and ``hf_model`` in the checkpoint's
   ``save_contents`` (``verl/utils/checkpoint/megatron_checkpoint_manager.py``
@@ -25,10 +25,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from nextrap.files import read_regular
+from nextrap.formats.verl_shards import FORMAT as SHARDS
+from nextrap.formats.verl_shards import META_NAME, shard_files
 from nextrap.layouts.base import LAST_NUMBER, PEFT, Layout, Match, Sighting
-from nextrap.shard_format import FORMAT as SHARDS
-from nextrap.shard_format import META_NAME, shard_files
+from nextrap.util.files import read_regular
 
 STEP = re.compile(r"^global_step_(\d+)$")
 LATEST = "latest_checkpointed_iteration.txt"

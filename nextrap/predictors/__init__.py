@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from nextrap.lazy import lazy_getattr
 from nextrap.predictors.config import PRESETS, NExtConfig, RelexConfig
 from nextrap.predictors.registry import METHODS, REGISTRY, MethodSettings, make_predictor, method_help
+from nextrap.util.lazy import lazy_getattr
 
 _LAZY = {
     "Prediction": "nextrap.predictors.base",

@@ -8,8 +8,8 @@ from typing import Any, Protocol
 
 import torch
 
-from nextrap.progress import Progress
-from nextrap.trajectory import Features, SharedFeatures, Trajectory
+from nextrap.run.trajectory import Features, SharedFeatures, Trajectory
+from nextrap.util.progress import Progress
 
 __all__ = ["Prediction", "Predictor"]
 
@@ -147,7 +147,7 @@ class Predictor(Protocol):
     """A method: predicts the update of the ``horizon`` checkpoint intervals after the last checkpoint.
 
     ``features`` are the run's rank-1 features, computed on first use by whichever method asks for them
-    and shared by the others (:class:`~nextrap.trajectory.SharedFeatures`); methods that do not need
+    and shared by the others (:class:`~nextrap.run.trajectory.SharedFeatures`); methods that do not need
     them never trigger the computation. A method given None computes what it needs itself.
     """
 

@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from nextrap import lowrank
+from nextrap.linalg import lowrank
 from nextrap.predictors.base import Prediction
 from nextrap.predictors.config import NExtConfig
 from nextrap.predictors.linear import LinearPredictor
 from nextrap.predictors.next import NExtPredictor, features_at
-from nextrap.progress import Progress, no_progress
-from nextrap.trajectory import Features, MatrixFeatures, SharedFeatures, Trajectory, VectorFeatures
+from nextrap.run.trajectory import Features, MatrixFeatures, SharedFeatures, Trajectory, VectorFeatures
+from nextrap.util.progress import Progress, no_progress
 
 if TYPE_CHECKING:
     from nextrap.predictors.registry import MethodSettings

@@ -28,9 +28,9 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from nextrap.cli_spec import cli
 from nextrap.errors import ConfigError
-from nextrap.validate import check_types
+from nextrap.util.cli_spec import cli
+from nextrap.util.validate import check_types
 
 __all__ = [
     "PRECISIONS",

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from nextrap.predictors.base import Prediction
-from nextrap.progress import Progress, no_progress
-from nextrap.trajectory import Features, SharedFeatures, Trajectory
+from nextrap.run.trajectory import Features, SharedFeatures, Trajectory
+from nextrap.util.progress import Progress, no_progress
 
 if TYPE_CHECKING:
     from nextrap.predictors.registry import MethodSettings

@@ -29,8 +29,8 @@ from nextrap.predictors.base import Prediction
 from nextrap.predictors.config import NExtConfig
 from nextrap.predictors.frames import history_frames
 from nextrap.predictors.next_fit import fit_network, group_loss, threads
-from nextrap.progress import Progress, no_progress
-from nextrap.trajectory import Features, SharedFeatures, Trajectory
+from nextrap.run.trajectory import Features, SharedFeatures, Trajectory
+from nextrap.util.progress import Progress, no_progress
 
 if TYPE_CHECKING:
     from nextrap.predictors.registry import MethodSettings

@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from nextrap import lowrank
+from nextrap.linalg import lowrank
 from nextrap.predictors.base import Prediction
 from nextrap.predictors.config import check_relex_options
-from nextrap.progress import Progress, no_progress
-from nextrap.trajectory import DEFAULT_CHUNK_BYTES, Features, SharedFeatures, Trajectory
+from nextrap.run.trajectory import DEFAULT_CHUNK_BYTES, Features, SharedFeatures, Trajectory
+from nextrap.util.progress import Progress, no_progress
 
 if TYPE_CHECKING:
     from nextrap.predictors.registry import MethodSettings
@@ -70,7 +70,7 @@ def lora_gram(B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """``G[m, i, j] = <dW_i, dW_j>_F`` of ``dW_t = B[m, t] @ A[m, t]``, exact, float64 ``(M, T, T)``.
 
     ``B (M, T, out, r)`` (scaling folded in), ``A (M, T, r, in)``: the ``r x r`` products of the block
-    pairs ``(i, j)``, ``i <= j`` (:func:`nextrap.lowrank.update_gram`), then the block-wise Hadamard sum.
+    pairs ``(i, j)``, ``i <= j`` (:func:`nextrap.linalg.lowrank.update_gram`), then the block-wise Hadamard sum.
     """
     return lowrank.update_gram(B, A)
 

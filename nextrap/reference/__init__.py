@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nextrap.lazy import lazy_getattr
-from nextrap.peft_format import CONFIG_NAME
+from nextrap.formats.peft import CONFIG_NAME
+from nextrap.util.lazy import lazy_getattr
 
 _LAZY = {
     "CHAT_TASKS": "chat",

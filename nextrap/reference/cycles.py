@@ -19,13 +19,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nextrap.atomic import atomic_directory, check_output
-from nextrap.callbacks import JumpSchedule
 from nextrap.errors import ConfigError
-from nextrap.extrapolate import ExtrapolateOptions, extrapolate
-from nextrap.files import write_new
+from nextrap.live.callbacks import JumpSchedule
+from nextrap.ops.extrapolate import ExtrapolateOptions, extrapolate
+from nextrap.output.atomic import atomic_directory, check_output
+from nextrap.output.writers import OutputOptions
 from nextrap.reference.grpo import GRPOConfig, TrainResult, start_inputs, train
-from nextrap.writers import OutputOptions
+from nextrap.util.files import write_new
 
 __all__ = ["CYCLES_REPORT", "CycleResult", "train_cycles"]
 
@@ -149,7 +149,7 @@ def _jump_after_cycle(
     if jump_options.method == "linear" and jump_options.horizon is None:
         jump_options = replace(jump_options, horizon=len(paths) - 1)
     # The previous jump (an input now) lies beside this one, and a checkpoint's folder is an input too
-    # (nextrap.inputs): the jump is written into scratch space, then moved into this output under construction.
+    # (nextrap.util.inputs): the jump is written into scratch space, then moved into this output under construction.
     with tempfile.TemporaryDirectory(prefix="nextrap-jump-") as scratch:
         jump = extrapolate(
             None, Path(scratch) / folder.name, jump_options, OutputOptions(hash_inputs=False), checkpoints=paths,

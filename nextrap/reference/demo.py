@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from nextrap.errors import ConfigError, OutputExistsError
-from nextrap.files import read_regular, replace_file
 from nextrap.reference.endtoend import final_accuracy
 from nextrap.reference.grpo import GRPOConfig
 from nextrap.reference.protocols import ArmResult, ProtocolConfig, run_seed
 from nextrap.reference.stats import accuracy_at, steps_saved, steps_to_reach
+from nextrap.util.files import read_regular, replace_file
 
 __all__ = ["DemoResult", "demo_config", "run_demo"]
 
@@ -130,10 +130,10 @@ def _prepare(output: Path, record: dict[str, Any], overwrite: bool) -> None:
 
 def _backtest_verdict(arms: dict[str, ArmResult], output: Path, config: ProtocolConfig) -> dict[str, Any]:
     """Backtest every method on the plain run's checkpoints up to the jump point: what the user would see."""
-    from nextrap.backtest import BacktestOptions, backtest
-    from nextrap.devices import resolve_device
     from nextrap.errors import LayoutError
-    from nextrap.runs import open_run
+    from nextrap.ops.backtest import BacktestOptions, backtest
+    from nextrap.run.open import open_run
+    from nextrap.util.devices import resolve_device
 
     plain = output / "plain"
     save = config.grpo.save_steps

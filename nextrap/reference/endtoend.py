@@ -17,13 +17,13 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from nextrap.atomic import check_output
 from nextrap.errors import ConfigError
-from nextrap.extrapolate import ExtrapolateOptions, ExtrapolationResult, extrapolate
-from nextrap.files import replace_file
+from nextrap.ops.extrapolate import ExtrapolateOptions, ExtrapolationResult, extrapolate
+from nextrap.output.atomic import check_output
+from nextrap.output.writers import OutputOptions
 from nextrap.reference.grpo import GRPOConfig, TrainResult, train
 from nextrap.reference.stats import steps_to_reach
-from nextrap.writers import OutputOptions
+from nextrap.util.files import replace_file
 
 __all__ = [
     "Arm",

@@ -30,20 +30,20 @@ import torch
 from peft import PeftModel, get_peft_model
 
 import nextrap.reference.smollm2 as smollm2
-from nextrap.atomic import atomic_directory, check_output
-from nextrap.devices import resolve_device
 from nextrap.errors import ConfigError, InputNotFoundError
-from nextrap.files import read_regular, replace_file, write_new
-from nextrap.headers import read_header
+from nextrap.formats.report import REPORT_NAME, Report
 from nextrap.layouts import CheckpointRef, find_adapter_weights
-from nextrap.merge import check_fits
+from nextrap.output.atomic import atomic_directory, check_output
+from nextrap.output.merge import check_fits
 from nextrap.reference.model import ModelSpec, encode, lora_config
 from nextrap.reference.policy import accuracy, answer_logprobs, generate, model_device
 from nextrap.reference.smollm2 import SmolLM2Config
 from nextrap.reference.tasks import get_task
 from nextrap.reference.warmstart import WarmStartConfig, load_base
-from nextrap.report import REPORT_NAME, Report
-from nextrap.validate import check_types
+from nextrap.run.headers import read_header
+from nextrap.util.devices import resolve_device
+from nextrap.util.files import read_regular, replace_file, write_new
+from nextrap.util.validate import check_types
 
 __all__ = [
     "POLICIES",
@@ -287,7 +287,7 @@ def train(
 
 
 def start_inputs(init_adapter=None, init_optimizer=None) -> list[Path]:
-    """What a run started from an adapter reads, which its output may not touch (:mod:`nextrap.inputs`):
+    """What a run started from an adapter reads, which its output may not touch (:mod:`nextrap.util.inputs`):
     the adapter, the report it takes its virtual step from, the checkpoint whose optimizer it takes."""
     paths = [Path(p) for p in (init_adapter, init_optimizer) if p]
     report = Report.find(init_adapter) if init_adapter else None

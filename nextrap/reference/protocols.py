@@ -34,14 +34,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nextrap.callbacks import JumpSchedule
 from nextrap.errors import ConfigError
-from nextrap.extrapolate import ExtrapolateOptions
-from nextrap.files import read_regular, replace_file
+from nextrap.live.callbacks import JumpSchedule
+from nextrap.ops.extrapolate import ExtrapolateOptions
 from nextrap.reference.cycles import train_cycles
 from nextrap.reference.endtoend import jump_from
 from nextrap.reference.evaluation import EvaluationCache
 from nextrap.reference.grpo import GRPOConfig, TrainResult, train
+from nextrap.util.files import read_regular, replace_file
 
 __all__ = ["ArmResult", "ProtocolConfig", "arm_folder", "run_seed"]
 

@@ -1,0 +1,1 @@
+"""The command line: the ``nextrap`` group (:mod:`.main`), its commands, and the support they share."""

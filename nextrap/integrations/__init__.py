@@ -1,1 +1,0 @@
-"""Adapters to other people's training frameworks; each submodule imports its framework, nothing here does."""

@@ -1,0 +1,1 @@
+"""Planted LoRA trajectories written in a trainer's layout, for tests, benchmarks and ``demo --synthetic``."""
