@@ -12,6 +12,7 @@ differs from a fresh generation, or when a public function or class has no docst
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def _signature(obj: object) -> str:
         text = str(inspect.signature(obj))
     except (TypeError, ValueError):
         return "(...)"
+    text = re.sub(r"<function (\w+) at 0x[0-9a-f]+>", r"\1", text)  # defaults that are functions: their name
     return text.replace("'", "")  # postponed annotations are strings: drop the quotes
 
 

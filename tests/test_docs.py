@@ -354,3 +354,21 @@ def test_the_version_is_written_once_and_the_metadata_reads_it():
     origin = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
     if origin.removeprefix("file://") == str(ROOT):
         assert dist.version == __version__, "the installed metadata lags nextrap/version.py: pip install -e ."
+
+
+# -- the API reference ---------------------------------------------------------------------------------
+
+
+def test_the_api_reference_is_what_the_code_says():
+    """docs/api.md is generated from nextrap.__all__ and the docstrings; every public name has one."""
+    spec = importlib.util.spec_from_file_location("gen_api", ROOT / "docs" / "gen_api.py")
+    gen_api = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen_api)
+    assert gen_api.undocumented() == [], "public names or methods without a docstring"
+    fresh = gen_api.render()
+    import nextrap
+
+    assert all(f"## `{name}`" in fresh for name in nextrap.__all__ if name != "__version__")
+    assert "Returns:" in fresh.split("## `extrapolate`")[1].split("## `")[0]  # parameters and returns documented
+    committed = (ROOT / "docs" / "api.md").read_text()
+    assert committed == fresh, "docs/api.md is out of date with the code: run `python docs/gen_api.py` and commit it"

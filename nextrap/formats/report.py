@@ -73,6 +73,7 @@ class Report:
     # -- files --------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON-able form written as ``nextrap.json`` (with the schema version)."""
         d = asdict(self)
         d.pop("folder")
         if d["backtest"] is None:
@@ -86,6 +87,7 @@ class Report:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], folder: Path | None = None) -> Report:
+        """A report from its JSON (``folder``: where it was read, for messages); refuses a newer schema."""
         version = int(data.get("schema_version", 0))
         if version > SCHEMA_VERSION:
             raise CheckpointError(
@@ -147,6 +149,7 @@ class Report:
 
     @property
     def checkpoint_steps(self) -> list[int]:
+        """The steps of the checkpoints the extrapolation read, in order."""
         return [c["step"] for c in self.inputs.get("checkpoints", [])]
 
 

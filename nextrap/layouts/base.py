@@ -71,6 +71,7 @@ class Discovery:
 
     @property
     def steps(self) -> tuple[int, ...]:
+        """The checkpoints' steps, ascending."""
         return tuple(c.step for c in self.checkpoints)
 
     @property
@@ -86,6 +87,7 @@ class Discovery:
         return tuple(dict.fromkeys(paths))
 
     def to_dict(self) -> dict:
+        """The discovery as JSON (what the report records of the inputs)."""
         return {
             "root": str(self.root) if self.root else None,
             "layout": self.layout,

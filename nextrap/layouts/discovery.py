@@ -109,7 +109,10 @@ def _walk(root: Path, notes: list[str]) -> tuple[list[tuple[Path, str]], list[Pa
 
 
 def discover(root: str | os.PathLike, *, adapter_name: str | None = None) -> Discovery:
-    """Find the LoRA checkpoints of one run under ``root``.
+    """Find the LoRA checkpoints of one run under ``root``, whatever the trainer (docs/inputs.md).
+
+    Returns a :class:`Discovery`: the layout, one :class:`CheckpointRef` per step (sorted) and notes on
+    folders passed over.
 
     ``adapter_name``: PEFT saves adapters not named "default" in ``<folder>/<name>/``; with it, only
     such subfolders count (and verl's rank shards, which hold the "default" adapter, only for "default").
@@ -293,7 +296,10 @@ def _checkpoint_refs(matches: dict[Path, Match], notes: list[str]) -> dict[int, 
 def from_explicit(paths: Sequence[str | os.PathLike], steps: Sequence[int] | None) -> Discovery:
     """Checkpoints named one by one (``--checkpoint PATH [--step N]``); a weights file stands for its folder.
 
-    A folder of verl's rank shards (with ``lora_train_meta.json``) counts as one checkpoint.
+    A folder of verl's rank shards (with ``lora_train_meta.json``) counts as one checkpoint. ``steps``
+    (one per path, whole numbers in [0, 10^12]) default to each folder's ``trainer_state.json``
+    ``global_step``, else the last number in its name. Returns a :class:`Discovery` with layout
+    ``explicit``.
     """
     if steps is not None and len(steps) != len(paths):
         raise LayoutError(

@@ -368,4 +368,5 @@ class JumpCycles:
         return jump
 
     def close(self) -> None:
+        """Release the recorder (its temporary folder, when it made one)."""
         self.recorder.close()

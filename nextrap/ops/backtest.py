@@ -91,6 +91,7 @@ class BacktestResult:
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """The scores and recommendation as JSON (what ``nextrap backtest --json`` prints)."""
         return {k: v for k, v in asdict(self).items() if k != "inputs"}
 
     def table(self) -> str:
@@ -431,7 +432,24 @@ def backtest(
     device: torch.device | None = None,
     progress: Progress = no_progress,
 ) -> BacktestResult:
-    """Hold out the last checkpoints, fit every method on the rest, and score the predictions."""
+    """Hold out the last checkpoints, fit every method on the rest, and score the predictions.
+
+    Each held-out checkpoint is scored in factored form: the relative Frobenius error of the predicted
+    update (staying at the last fitted checkpoint scores 1), the cosine of the predicted move with the
+    true one, the coefficient that would have been best, and the same split into the true move's top
+    singular direction and the rest (docs/method.md, "The parts of the move").
+
+    Args:
+        trajectory: the run, from :func:`open_run`.
+        options: the methods, the held-out checkpoints (``holdout`` or ``observe_until``), the horizon;
+            default :class:`BacktestOptions`.
+        device: where the math runs (default the CPU).
+        progress: a progress wrapper (default silent).
+
+    Returns:
+        A :class:`BacktestResult`: ``scores`` (one row per method, held-out checkpoint and module kind)
+        and the ``recommendation`` (the method with the lowest mean error and how far it beat staying).
+    """
     options = options or BacktestOptions()
     if not isinstance(trajectory, Trajectory) or not isinstance(options, BacktestOptions):
         raise ConfigError(

@@ -66,6 +66,7 @@ class ExtrapolationResult:
 
     @property
     def report_path(self) -> Path:
+        """``output/nextrap.json``."""
         return self.output / REPORT_NAME
 
 
@@ -97,6 +98,30 @@ def extrapolate(
     ``output/coef-<c>/`` (``step-<N>/`` for target steps). ``output/nextrap.json`` is the report.
     Everything that can fail on bad input is checked before the expensive work; the output appears
     complete or not at all.
+
+    Args:
+        run: a run folder (any trainer's layout), a :class:`Discovery`, an opened :class:`Trajectory`,
+            or None with ``checkpoints``.
+        output: the folder to write; it must not exist (``write.overwrite`` replaces it) and must not
+            be, contain or lie inside any input.
+        options: what to compute (method, coefficients or target steps, horizon, predictor settings);
+            default :class:`ExtrapolateOptions` (``linear``, c = 1).
+        write: how to write it (PEFT adapter, TRL checkpoint or merged weights; overwrite); default
+            :class:`OutputOptions`.
+        checkpoints: adapter folders named one by one, instead of ``run``; ``steps`` gives their steps
+            (default: from each folder's ``trainer_state.json`` or name).
+        adapter_name: read adapters saved under this name (``<checkpoint>/<name>/``).
+        progress: True for progress bars on stderr, or a :data:`~nextrap.util.progress.Progress` wrapper.
+
+    Returns:
+        An :class:`ExtrapolationResult`: ``output``, ``report`` (the :class:`Report` saved as
+        ``nextrap.json``, one :class:`OutputEntry` per adapter with its virtual step), ``adapters``
+        (coefficient -> folder) and the ``prediction``.
+
+    Raises:
+        NextrapError: one subclass per kind of bad input (no checkpoints, mismatched runs, NaN/Inf, an
+        existing or unsafe output...), each a one-line message naming the file or step; nothing is
+        written.
     """
     options, write = options or ExtrapolateOptions(), write or OutputOptions()
     if not isinstance(options, ExtrapolateOptions) or not isinstance(write, OutputOptions):

@@ -120,6 +120,7 @@ class ExtrapolateOptions:
             raise ConfigError(f"chunk_bytes = {self.chunk_bytes}: expected a positive number of bytes")
 
     def to_dict(self) -> dict[str, Any]:
+        """The options as JSON-able values (as the report records them)."""
         d = asdict(self)
         d["coefs"] = list(self.coefs)
         d["to_steps"] = list(self.to_steps)

@@ -38,7 +38,7 @@ FORMATS = ("peft", "trl")
 
 @dataclass(frozen=True)
 class OutputOptions:
-    """How the outputs are written (what they hold is :class:`~nextrap.extrapolate.ExtrapolateOptions`).
+    """How the outputs are written (what they hold is :class:`~nextrap.ops.options.ExtrapolateOptions`).
 
     ``format``: ``peft`` adapters or ``trl`` checkpoint folders; ``optimizer`` (``keep``/``reset``, TRL
     only): whether the last checkpoint's optimizer and scheduler go along; ``merge`` with ``base_model``:

@@ -146,6 +146,7 @@ class NExtConfig:
         return min(self.lr, self.lr_dim_scale / dim) if self.lr_dim_scale > 0 else self.lr
 
     def fit_settings(self, dim: int = 1) -> FitSettings:
+        """How one group's network of vectors of length ``dim`` is trained (the learning rate may scale with it)."""
         return FitSettings(
             lr=self.group_lr(dim),
             epochs=self.epochs,

@@ -39,6 +39,7 @@ class LinearPredictor:
         device: torch.device | None = None,
         progress: Progress = no_progress,
     ) -> Prediction:
+        """``dW_K - dW_{K - horizon}`` per module, as weights (-1, +1) on the run's own checkpoints."""
         last = len(trajectory.headers) - 1
         idx = (last - horizon, last)
         no_offset = torch.zeros(2, dtype=torch.float64)

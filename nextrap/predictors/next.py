@@ -151,6 +151,7 @@ class NExtPredictor:
         device: torch.device | None = None,
         progress: Progress = no_progress,
     ) -> Prediction:
+        """Fit one network per vector length on the features, then predict the next horizon's rank-1 move."""
         device = device or torch.device("cpu")
         shared = features if isinstance(features, SharedFeatures) else None
         key = ("next", self.config, str(device))

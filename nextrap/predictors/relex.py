@@ -146,6 +146,7 @@ class RelexPredictor:
 
     @property
     def name(self) -> str:
+        """``relex`` (denoised, as published) or ``relex-anchored`` (the line started from the last checkpoint)."""
         return "relex" if self.mode == "denoised" else "relex-anchored"
 
     def predict(
@@ -156,6 +157,7 @@ class RelexPredictor:
         device: torch.device | None = None,
         progress: Progress = no_progress,
     ) -> Prediction:
+        """Fit the temporal components and their lines on ``trajectory``; the prediction combines its own updates."""
         device = device or torch.device("cpu")
         K = len(trajectory.headers)
         anchored = self.mode == "anchored"

@@ -229,8 +229,25 @@ def push(
 ) -> PushResult:
     """Upload an adapter folder and its model card to ``repo_id`` in one commit.
 
-    ``api``: an ``HfApi``-like client (tests inject one bound to a local server); by default
-    ``HfApi(endpoint=endpoint)``. With ``dry_run`` nothing is contacted and no token is needed.
+    Only the folder's own adapter files are sent (regular files inside it, each checked as a LoRA
+    adapter), with a model card built from its ``nextrap.json``; the token is never printed or stored.
+
+    Args:
+        adapter_dir: a folder :func:`extrapolate` wrote (with ``any_adapter``, any PEFT adapter folder).
+        repo_id: ``user/name`` on the Hub; created if missing (``private`` then applies).
+        revision: the branch to commit to, created if missing (default ``main``).
+        token: default ``HF_TOKEN``, else the saved login.
+        dry_run: plan only: nothing is contacted and no token is needed.
+        endpoint: the Hub's URL (default ``HF_ENDPOINT``, else huggingface.co).
+        api: an ``HfApi``-like client (tests inject one bound to a local server); by default
+            ``HfApi(endpoint=endpoint)``.
+
+    Returns:
+        A ``PushResult``: the ``plan`` (repository, revision, the files and where they go), ``dry_run``
+        and, after a commit, its ``commit_url``.
+
+    Raises:
+        HubError: one line (a bad repository id or revision, no token, offline mode, the Hub's refusal).
     """
     plan = plan_push(adapter_dir, repo_id, revision, private, any_adapter)
     if dry_run:

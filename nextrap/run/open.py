@@ -41,6 +41,10 @@ def open_run(
 ) -> Trajectory:
     """Find and check a run's checkpoints: a folder to search, or explicit ``checkpoints`` (+ ``steps``).
 
+    Returns the :class:`Trajectory` that :func:`backtest`, :func:`compute_features` and
+    :func:`extrapolate` take; a :class:`Discovery` or a :class:`Trajectory` given as ``run`` is opened
+    (or checked) as it is.
+
     ``verify`` reads every tensor once (:func:`check_run`: NaN/Inf anywhere, discontinuous updates,
     which ``force`` lets through as notes), its math on ``device`` (default the CPU); without it only
     headers are read.

@@ -145,8 +145,21 @@ def scan(
     steps: Sequence[int] | None = None,
     adapter_name: str | None = None,
 ) -> dict[str, Any]:
-    """What a run folder holds (layout, steps, modules, rank, dtype), read from headers only (no torch,
-    unless the run's checkpoints are legacy ``.bin`` pickles)."""
+    """What a run folder holds, read from headers only (no torch, unless the run's checkpoints are legacy
+    ``.bin`` pickles).
+
+    Args:
+        run: a run folder (any trainer's layout) or a :class:`Discovery`; or None with ``checkpoints``.
+        checkpoints: adapter folders named one by one; ``steps`` gives their steps.
+        adapter_name: read adapters saved under this name (``<checkpoint>/<name>/``).
+
+    Returns:
+        A JSON-able dict: ``layout``, ``steps``, the checkpoint folders, the modules with their shapes,
+        ranks, scalings and dtypes, and ``notes`` (folders passed over and why).
+
+    Raises:
+        InputNotFoundError, LayoutError, CheckpointError, MismatchError: one line naming the folder.
+    """
     return read_run_headers(find_checkpoints(run, checkpoints, steps, adapter_name)).summary()
 
 
