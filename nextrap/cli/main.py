@@ -6,6 +6,7 @@ Errors on bad input print one line (``error: ...``) and exit with code 1 (2 for 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -17,8 +18,10 @@ import click
 
 from nextrap.cli import reference as reference_cli
 from nextrap.cli.support import (
+    GroupedCommand,
     error_line,
     handle_errors,
+    option,
     options_from,
     raise_on_termination,
     stack,
@@ -27,8 +30,9 @@ from nextrap.cli.support import (
 from nextrap.errors import ConfigError
 from nextrap.ops.options import ExtrapolateOptions
 from nextrap.output.writers import OutputOptions
-from nextrap.predictors.config import PRESETS, NExtConfig, RelexConfig
+from nextrap.predictors.config import FitOptions, NExtConfig, RelexConfig
 from nextrap.predictors.registry import METHODS
+from nextrap.publish.options import HubOptions
 from nextrap.util.threads import apply_threads, choose_threads
 from nextrap.version import __version__
 
@@ -38,6 +42,8 @@ logger = logging.getLogger("nextrap")
 
 
 class _Commands(click.Group):
+    command_class = GroupedCommand
+
     """The command group: the reference trainer's commands are there only with its extra installed;
     asked for without it, they say how to install it instead of "No such command"."""
 
@@ -116,21 +122,23 @@ def _quiet_transformers_progress() -> None:
 
 _input_options = [
     click.argument("run_dir", required=False, type=click.Path(path_type=Path)),
-    click.option(
+    option(
         "--checkpoint",
         "checkpoints",
         multiple=True,
         type=click.Path(path_type=Path),
         help="An adapter folder; repeat for each checkpoint (instead of RUN_DIR).",
+        group="Input",
     ),
-    click.option(
+    option(
         "--step",
         "steps",
         multiple=True,
         type=int,
         help="The step of each --checkpoint, in the same order (default: from the folder).",
+        group="Input",
     ),
-    click.option("--adapter-name", default=None, help="Adapters saved under a name sit in <ckpt>/<name>/."),
+    option("--adapter-name", default=None, help="Adapters saved under a name sit in <ckpt>/<name>/.", group="Input"),
 ]
 
 
@@ -138,88 +146,14 @@ _with_inputs = stack(_input_options)
 
 _force_option = options_from(ExtrapolateOptions, only=["force"])
 
-
-_fit_options = [
-    click.option(
-        "--preset",
-        type=click.Choice(sorted(PRESETS)),
-        default="auto",
-        show_default=True,
-        help="Predictor settings: 'auto' learns corrections to 'the next move repeats the latest one' and stops when "
-        "the most recent pair, held out, stops improving; vectors of 2048 entries or more are fitted on their own "
-        "frame, their history's 16 leading directions (seconds to a minute on a CPU, 7B shapes included); "
-        "'frames' frames vectors from 512 entries (faster on mid-sized models, a little less accurate); "
-        "'reference' is the paper's schedule.",
-    ),
-    click.option(
-        "--epochs",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Most predictor epochs per group (default 1000); the exact count with --preset reference.",
-    ),
-    click.option(
-        "--lr",
-        type=click.FloatRange(min=0, min_open=True),
-        default=None,
-        help="Predictor learning rate (auto, frames: 1e-3; reference: 2e-5).",
-    ),
-    click.option(
-        "--loss", type=click.Choice(["l1", "l2"]), default=None, help="Predictor loss (preset: l1)."
-    ),
-    click.option(
-        "--patience",
-        type=click.IntRange(min=0),
-        default=None,
-        help="Stop after this many epochs without a 0.1% improvement of the held-out pair's loss (auto, frames; "
-        "default 30); 0 never stops early.",
-    ),
-    click.option(
-        "--frame",
-        type=click.IntRange(min=0),
-        default=None,
-        help="Width of the frame (the leading directions of a vector's own history) on which long vectors are "
-        "fitted (auto, frames: 16); 0: every vector at full length.",
-    ),
-    click.option(
-        "--residual/--no-residual",
-        default=None,
-        help="Add the latest move to the networks' output as a skip connection, so that they learn corrections to "
-        "'the next move repeats the latest one' (a nextrap addition; default: the preset's).",
-    ),
-    click.option(
-        "--seed",
-        type=click.IntRange(0, 2**63 - 1),
-        default=None,
-        help="Seed of the predictor's initialization (default 0).",
-    ),
-]
-
-
 # --horizon and --device come from ExtrapolateOptions' fields, shared by every command that fits a predictor.
-_plot_overwrite_option = click.option("--overwrite", is_flag=True, help="Replace existing plot files.")
+_plot_overwrite_option = option("--overwrite", is_flag=True, help="Replace existing plot files.", group="Output")
 
-_with_fit_options = stack([*_fit_options, options_from(ExtrapolateOptions, only=["horizon", "device"])])
-
+_with_fit_options = stack([options_from(FitOptions), options_from(ExtrapolateOptions, only=["horizon", "device"])])
 
 _with_relex_options = options_from(RelexConfig)
 
-
-_hub_options = [
-    click.option("--private", is_flag=True, help="Create the repository as private (if it does not exist)."),
-    click.option("--revision", default=None, help="Branch to commit to; created if missing [default: main]."),
-    click.option(
-        "--token",
-        default=None,
-        envvar=None,
-        help="Hugging Face token [default: HF_TOKEN, else the saved login]. Never printed or stored.",
-    ),
-    click.option(
-        "--hub-endpoint", default=None, help="Hub URL [default: HF_ENDPOINT, else https://huggingface.co]."
-    ),
-]
-
-
-_with_hub_options = stack(_hub_options)
+_with_hub_options = options_from(HubOptions)
 
 
 def _echo_push(result: Any) -> None:
@@ -234,8 +168,41 @@ def _echo_push(result: Any) -> None:
 
 def _next_config(params: dict[str, Any]) -> NExtConfig:
     """NExt's settings from the fit options: the preset, with the options given on top."""
-    names = ("epochs", "lr", "loss", "patience", "frame", "residual", "seed")
-    return NExtConfig.from_preset(params["preset"], **{n: params[n] for n in names})
+    return FitOptions(**values_for(FitOptions, params)).to_config()
+
+
+def _given(ctx: click.Context, cls: type, params: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``cls`` whose options were given on the command line (not left at their default)."""
+    from click.core import ParameterSource
+
+    values = values_for(cls, params)
+    dest = {f.name: f.metadata["cli"].get("dest", f.name) for f in dataclasses.fields(cls) if "cli" in f.metadata}
+    return {k: v for k, v in values.items() if ctx.get_parameter_source(dest[k]) is not ParameterSource.DEFAULT}
+
+
+def _rerun(ctx: click.Context, report: Path, params: dict[str, Any]) -> tuple[tuple, ExtrapolateOptions, OutputOptions]:
+    """``--from-report``: the recorded job, with the options given on the command line on top."""
+    from nextrap.ops.options import recorded_job
+
+    job = recorded_job(report)
+    given_inputs = params["run_dir"] is not None or params["checkpoints"]
+    run = (
+        (params["run_dir"], list(params["checkpoints"]) or None, list(params["steps"]) or None, params["adapter_name"])
+        if given_inputs
+        else (job.run, list(job.checkpoints) or None, list(job.steps) or None, job.adapter_name)
+    )
+    fit = _given(ctx, FitOptions, params)
+    preset = fit.pop("preset", None)
+    predictor = (
+        NExtConfig.from_preset(preset, **fit) if preset else dataclasses.replace(job.options.predictor, **fit)
+    )
+    relex = dataclasses.replace(job.options.relex, **_given(ctx, RelexConfig, params))
+    changes = _given(ctx, ExtrapolateOptions, params)
+    if "coefs" in changes or "to_steps" in changes:  # one replaces the other
+        changes = {"coefs": None, "to_steps": (), **changes}
+    options = dataclasses.replace(job.options, predictor=predictor, relex=relex, **changes)
+    write = dataclasses.replace(job.write, **_given(ctx, OutputOptions, params))
+    return run, options, write
 
 
 @main.command()
@@ -286,12 +253,13 @@ def scan(
 
 @main.command()
 @_with_inputs
-@click.option(
+@option(
     "-o",
     "--output",
     required=True,
     type=click.Path(path_type=Path),
     help="Output folder: the adapter (one --coef) or coef-<c>/ (step-<N>/ with --to-step) subfolders, plus nextrap.json.",
+    group="Output",
 )
 @options_from(ExtrapolateOptions, only=["coefs", "to_steps", "method"])
 @_with_fit_options
@@ -299,18 +267,28 @@ def scan(
 @options_from(ExtrapolateOptions, only=["rank_policy"])
 @options_from(OutputOptions)
 @_force_option
-@click.option("--json", "as_json", is_flag=True, help="Print the report (nextrap.json) instead of a summary.")
-@click.option(
-    "--push-to-hub", "push_to_hub", default=None, metavar="REPO_ID", help="Then publish the result there."
+@option("--json", "as_json", is_flag=True, help="Print the report (nextrap.json) instead of a summary.", group="Output")
+@option(
+    "--push-to-hub", "push_to_hub", default=None, metavar="REPO_ID", help="Then publish the result there.", group="Publishing"
 )
 @_with_hub_options
+@option(
+    "--from-report",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run the job recorded in this nextrap.json (or its folder) again: its inputs and every option, "
+    "except --overwrite; options given here replace the recorded ones.",
+    group="Input",
+)
 @click.pass_context
 @handle_errors
-def extrapolate(ctx: click.Context, output: Path, as_json: bool, push_to_hub: str | None, **params: Any) -> None:
+def extrapolate(
+    ctx: click.Context, output: Path, as_json: bool, push_to_hub: str | None, from_report: Path | None, **params: Any
+) -> None:
     """Predict where the run goes next and write adapters to resume from."""
     from nextrap.ops.extrapolate import extrapolate as run_extrapolate
 
-    hub = {k: params.pop(k) for k in ("private", "revision", "token", "hub_endpoint")}
+    hub = {f.name: params.pop(f.name) for f in dataclasses.fields(HubOptions)}
     if push_to_hub:
         from nextrap.publish.hub import check_online, check_repo_id, check_revision, resolve_token
 
@@ -318,19 +296,18 @@ def extrapolate(ctx: click.Context, output: Path, as_json: bool, push_to_hub: st
         check_revision(hub["revision"])
         check_online()
         hub["token"] = resolve_token(hub["token"])
-    options = ExtrapolateOptions(
-        **values_for(ExtrapolateOptions, params),
-        predictor=_next_config(params),
-        relex=RelexConfig(**values_for(RelexConfig, params)),
-    )
+    if from_report is not None:
+        run, options, write = _rerun(ctx, from_report, params)
+    else:
+        run = (params["run_dir"], list(params["checkpoints"]) or None, list(params["steps"]) or None, params["adapter_name"])
+        options = ExtrapolateOptions(
+            **values_for(ExtrapolateOptions, params),
+            predictor=_next_config(params),
+            relex=RelexConfig(**values_for(RelexConfig, params)),
+        )
+        write = OutputOptions(**values_for(OutputOptions, params))
     result = run_extrapolate(
-        params["run_dir"],
-        output,
-        options,
-        OutputOptions(**values_for(OutputOptions, params)),
-        checkpoints=list(params["checkpoints"]) or None,
-        steps=list(params["steps"]) or None,
-        adapter_name=params["adapter_name"],
+        run[0], output, options, write, checkpoints=run[1], steps=run[2], adapter_name=run[3],
         progress=ctx.obj["progress"],
     )
     pushed = None

@@ -24,9 +24,13 @@ import click
 from nextrap.errors import NextrapError
 
 __all__ = [
+    "GROUPS",
+    "GroupedCommand",
+    "GroupedOption",
     "Terminated",
     "error_line",
     "handle_errors",
+    "option",
     "options_from",
     "raise_on_termination",
     "stack",
@@ -41,8 +45,46 @@ def _spec(f: dataclasses.Field) -> dict[str, Any] | None:
     return dict(spec) if spec is not None else None
 
 
+# The sections of a command's --help, in the order they are shown; an option names its own (``group=``).
+GROUPS = ("Input", "What to compute", "How far", "NExt fit", "Output", "Publishing", "Options")
+
+
+class GroupedOption(click.Option):
+    """A click option that knows its ``--help`` section (``group``, one of :data:`GROUPS`)."""
+
+    def __init__(self, *args: Any, group: str = "Options", **kwargs: Any) -> None:
+        if group not in GROUPS:
+            raise ValueError(f"option group {group!r}: expected one of {GROUPS}")
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+
+class GroupedCommand(click.Command):
+    """A command whose ``--help`` lists its options by section (what to compute, how far, output...),
+    as mergekit groups its merge options, instead of one list of thirty."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            if not isinstance(param, click.Option):  # arguments are in the usage line
+                continue
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(getattr(param, "group", "Options"), []).append(record)
+        for name in sorted(sections, key=GROUPS.index):
+            with formatter.section(name):
+                formatter.write_dl(sections[name])
+
+
+def option(*decls: str, group: str = "Options", **kwargs: Any) -> _Decorator:
+    """``click.option`` in a ``--help`` section (for the few options no dataclass field declares)."""
+    return click.option(*decls, cls=GroupedOption, group=group, **kwargs)
+
+
 def _option(f: dataclasses.Field, spec: dict[str, Any]) -> _Decorator:
-    flags = spec.pop("flag").split("/")
+    parts = spec.pop("flag").split("/")
+    # "--x/--no-x" is one on/off switch; "-o/--output" two names of one option
+    flags = ["/".join(parts)] if len(parts) == 2 and all(p.startswith("--") for p in parts) else parts
     dest = spec.pop("dest", f.name)
     spec.pop("invert", None)
     spec.pop("empty_is_none", None)
@@ -52,12 +94,12 @@ def _option(f: dataclasses.Field, spec: dict[str, Any]) -> _Decorator:
     low, high = spec.pop("min", None), spec.pop("max", None)
     if low is not None or high is not None:
         kind = click.FloatRange if spec.get("type") is float else click.IntRange
-        spec["type"] = kind(min=low, max=high)
+        spec["type"] = kind(min=low, max=high, min_open=spec.pop("min_open", False))
     if not spec.get("is_flag") and not spec.get("multiple") and "default" not in spec:
         default = f.default if f.default is not dataclasses.MISSING else None
         spec["default"] = default
         spec.setdefault("show_default", default is not None)
-    return click.option(*flags, dest, **spec)
+    return option(*flags, dest, **spec)
 
 
 def stack(decorators: Sequence[_Decorator]) -> _Decorator:

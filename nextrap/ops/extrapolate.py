@@ -155,7 +155,7 @@ def extrapolate(
                 _write_output(tmp, traj, prediction, plan, target, options, writer, device)
                 for target in wrap(plan.targets, "writing adapters")
             ]
-            report = _report(traj, options, write, method, evidence, prediction, plan, entries, device, started)
+            report = _report(traj, options, write, method, evidence, prediction, plan, entries, device, started, adapter_name)
             report.save(tmp)
     report.folder = output
     return ExtrapolationResult(output=output, report=report, prediction=prediction)
@@ -487,6 +487,7 @@ def _report(
     outputs: list[OutputEntry],
     device: torch.device,
     started: float,
+    adapter_name: str | None = None,
 ) -> Report:
     inputs = []
     for ref in traj.refs:
@@ -501,7 +502,12 @@ def _report(
     return Report(
         nextrap_version=__version__,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        inputs={"root": str(traj.discovery.root), "layout": traj.discovery.layout, "checkpoints": inputs},
+        inputs={
+            "root": str(traj.discovery.root),
+            "layout": traj.discovery.layout,
+            "adapter_name": adapter_name,
+            "checkpoints": inputs,
+        },
         options={**options.to_dict(), **asdict(write)},
         device=str(device),
         method=method,

@@ -6,7 +6,9 @@ Torch-free, so the CLI builds its options from these fields' metadata without im
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from nextrap.errors import ConfigError
@@ -17,7 +19,7 @@ from nextrap.util.cli_spec import cli
 from nextrap.util.memory import DEFAULT_CHUNK_BYTES
 from nextrap.util.validate import check_types
 
-__all__ = ["DEVICE_OPTION", "FORCE_OPTION", "HORIZON_OPTION", "RANK_POLICIES", "ExtrapolateOptions"]
+__all__ = ["DEVICE_OPTION", "FORCE_OPTION", "HORIZON_OPTION", "RANK_POLICIES", "ExtrapolateOptions", "RecordedJob", "recorded_job"]
 
 # Shared by every command that fits a predictor (extrapolate, backtest, inspect).
 HORIZON_OPTION = cli(
@@ -25,12 +27,14 @@ HORIZON_OPTION = cli(
     "Prediction horizon in checkpoint intervals [default: 5, shortened for short runs].",
     type=int,
     min=1,
+    group="How far",
 )
-DEVICE_OPTION = cli("--device", "auto, cpu, cuda, cuda:N or mps.")
+DEVICE_OPTION = cli("--device", "Where the math runs: auto, cpu, cuda, cuda:N or mps.")
 FORCE_OPTION = cli(
     "--force",
     "Go on past a discontinuity between checkpoints (two runs mixed in one folder?); it is noted.",
     is_flag=True,
+    group="Input",
 )
 
 RANK_POLICIES = ("keep", "grow")
@@ -56,7 +60,7 @@ class ExtrapolateOptions:
         metadata=cli(
             "--coef",
             "Extending coefficient c: jump c horizons ahead [default: 1]. Repeat for several adapters.",
-            dest="coefs", multiple=True, type=float, empty_is_none=True,
+            dest="coefs", multiple=True, type=float, empty_is_none=True, group="How far",
         ),
     )
     to_steps: tuple[int, ...] = field(
@@ -64,7 +68,7 @@ class ExtrapolateOptions:
         metadata=cli(
             "--to-step",
             "Jump to this training step instead of --coef (beyond the last checkpoint). Repeatable.",
-            dest="to_steps", multiple=True, type=int,
+            dest="to_steps", multiple=True, type=int, group="How far",
         ),
     )
     method: str = field(
@@ -73,6 +77,7 @@ class ExtrapolateOptions:
             "--method",
             method_help({"auto": "backtest the run and take the method it recommends"}),
             choices=[*METHODS, "auto"],
+            group="What to compute",
         ),
     )
     horizon: int | None = field(default=None, metadata=HORIZON_OPTION)
@@ -83,6 +88,7 @@ class ExtrapolateOptions:
             "keep: the best rank-r adapter (resumable by any trainer); grow: rank r+1, the last checkpoint plus "
             "the move's top direction (exact for next, whose move is rank 1; not for linear or relex).",
             choices=["keep", "grow"],
+            group="Output",
         ),
     )
     device: str = field(default="auto", metadata=DEVICE_OPTION)
@@ -139,3 +145,55 @@ class ExtrapolateOptions:
         return [((t - last_step) / horizon_steps, t) for t in self.to_steps]
 
 
+
+
+@dataclass(frozen=True)
+class RecordedJob:
+    """An extrapolation as its ``nextrap.json`` recorded it: the inputs, what it computed, how it wrote.
+
+    ``run``: the run folder searched, or None when ``checkpoints`` (with ``steps``) were named one by one.
+    ``write`` is an :class:`~nextrap.output.writers.OutputOptions` (typed loosely: that module needs torch).
+    """
+
+    run: str | None
+    checkpoints: tuple[str, ...]
+    steps: tuple[int, ...]
+    options: ExtrapolateOptions
+    write: Any
+    adapter_name: str | None = None
+
+
+def recorded_job(report: str | os.PathLike) -> RecordedJob:
+    """The job recorded in ``report`` (a ``nextrap.json`` or the folder holding it), to run it again.
+
+    Everything is taken as recorded except ``overwrite``, which is never carried over: a rerun writes a
+    new output unless its caller asks again. Raises :class:`CheckpointError` for a missing or foreign file.
+    """
+    from nextrap.formats.report import REPORT_NAME, Report
+    from nextrap.output.writers import OutputOptions
+
+    path = Path(report)
+    loaded = Report.load(path.parent if path.name == REPORT_NAME else path)
+    recorded = dict(loaded.options)
+    write_fields = {f.name for f in fields(OutputOptions)}
+    write = {k: recorded.pop(k) for k in list(recorded) if k in write_fields}
+    write["overwrite"] = False
+    known = {f.name for f in fields(ExtrapolateOptions)}
+    values = {k: v for k, v in recorded.items() if k in known}
+    values["predictor"] = NExtConfig(**values.get("predictor", {}))
+    values["relex"] = RelexConfig(**values.get("relex", {}))
+    values["to_steps"] = tuple(values.get("to_steps") or ())
+    values["coefs"] = None if values["to_steps"] else tuple(values.get("coefs") or ()) or None
+    inputs = loaded.inputs
+    root = inputs.get("root")
+    explicit = root in (None, "None") or inputs.get("layout") == "explicit"
+    checkpoints = tuple(str(c["path"]) for c in inputs.get("checkpoints", [])) if explicit else ()
+    steps = tuple(int(c["step"]) for c in inputs.get("checkpoints", [])) if explicit else ()
+    return RecordedJob(
+        run=None if explicit else str(root),
+        checkpoints=checkpoints,
+        steps=steps,
+        options=ExtrapolateOptions(**values),
+        write=OutputOptions(**write),
+        adapter_name=inputs.get("adapter_name"),
+    )

@@ -53,6 +53,7 @@ class OutputOptions:
             "peft: adapter folders; trl: a checkpoint-<virtual step>/ folder TRL's resume_from_checkpoint accepts.",
             dest="out_format",
             choices=FORMATS,
+            group="Output",
         ),
     )
     optimizer: str = field(
@@ -61,20 +62,24 @@ class OutputOptions:
             "--optimizer",
             "With --format trl: copy the last checkpoint's optimizer.pt/scheduler.pt (keep) or not (reset).",
             choices=OPTIMIZER_POLICIES,
+            group="Output",
         ),
     )
     merge: bool = field(
         default=False,
-        metadata=cli("--merge", "Write merged full weights (needs --base-model) instead of adapters.", is_flag=True),
+        metadata=cli(
+            "--merge", "Write merged full weights (needs --base-model) instead of adapters.", is_flag=True, group="Output"
+        ),
     )
-    base_model: str | None = field(default=None, metadata=cli("--base-model", "Base model folder, for --merge."))
+    base_model: str | None = field(default=None, metadata=cli("--base-model", "Base model folder, for --merge.", group="Output"))
     overwrite: bool = field(
-        default=False, metadata=cli("--overwrite", "Replace the output folder if it exists.", is_flag=True)
+        default=False, metadata=cli("--overwrite", "Replace the output folder if it exists.", is_flag=True, group="Output")
     )
     hash_inputs: bool = field(
         default=True,
         metadata=cli(
-            "--no-hash", "Skip the sha256 of the input files in nextrap.json.", dest="no_hash", is_flag=True, invert=True
+            "--no-hash", "Skip the sha256 of the input files in nextrap.json.", dest="no_hash", is_flag=True, invert=True,
+            group="Output",
         ),
     )
 

@@ -25,7 +25,7 @@ NExt's three presets:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from nextrap.errors import ConfigError
@@ -38,10 +38,12 @@ __all__ = [
     "PRESET_NAMES",
     "RELEX_MODES",
     "STOP_RULES",
+    "FitOptions",
     "FitSettings",
     "NExtConfig",
     "RelexConfig",
     "check_relex_options",
+    "preset_values",
 ]
 
 RELEX_MODES = ("denoised", "anchored")
@@ -181,16 +183,120 @@ PRESETS: dict[str, NExtConfig] = {
 }
 
 
+def preset_values(name: str) -> str:
+    """``auto, frames: 1e-3; reference: 2e-5``: a field's value in each preset, for ``--help`` (never retyped)."""
+    by_value: dict[str, list[str]] = {}
+    for preset, config in PRESETS.items():
+        value = getattr(config, name)
+        if isinstance(value, bool):
+            text = "on" if value else "off"
+        else:
+            text = format(value, "g") if isinstance(value, float) else str(value)
+        by_value.setdefault(text, []).append(preset)
+    return "; ".join(f"{', '.join(presets)}: {value}" for value, presets in by_value.items())
+
+
+def _fit(flag: str, help: str, name: str, **kw: Any) -> dict[str, Any]:
+    return cli(flag, f"{help} [{preset_values(name)}].", group="NExt fit", **kw)
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """The NExt fit as the command line sets it: a preset, and the fields given on top of it (None: the
+    preset's). :meth:`to_config` makes the :class:`NExtConfig`."""
+
+    preset: str = field(
+        default="auto",
+        metadata=cli(
+            "--preset",
+            "Predictor settings: 'auto' learns corrections to 'the next move repeats the latest one' and stops "
+            "when the most recent pair, held out, stops improving, fitting long vectors on their history's "
+            "leading directions (their frame); 'frames' frames shorter vectors too (faster on mid-sized "
+            "models, a little less accurate); 'reference' is the paper's schedule.",
+            choices=PRESET_NAMES,
+            group="NExt fit",
+        ),
+    )
+    epochs: int | None = field(
+        default=None,
+        metadata=_fit(
+            "--epochs",
+            "Most predictor epochs per group (the exact count with --preset reference)",
+            "epochs",
+            type=int,
+            min=1,
+        ),
+    )
+    lr: float | None = field(
+        default=None, metadata=_fit("--lr", "Predictor learning rate", "lr", type=float, min=0, min_open=True)
+    )
+    loss: str | None = field(
+        default=None, metadata=_fit("--loss", "Predictor loss", "loss", choices=("l1", "l2"))
+    )
+    patience: int | None = field(
+        default=None,
+        metadata=_fit(
+            "--patience",
+            "Stop after this many epochs without a 0.1% improvement of the held-out pair's loss; 0 never stops early",
+            "patience",
+            type=int,
+            min=0,
+        ),
+    )
+    frame: int | None = field(
+        default=None,
+        metadata=_fit(
+            "--frame",
+            "Width of the frame (the leading directions of a vector's own history) on which long vectors are "
+            "fitted; 0: every vector at full length",
+            "frame",
+            type=int,
+            min=0,
+        ),
+    )
+    residual: bool | None = field(
+        default=None,
+        metadata=_fit(
+            "--residual/--no-residual",
+            "Add the latest move to the networks' output as a skip connection, so that they learn corrections "
+            "to 'the next move repeats the latest one' (a nextrap addition)",
+            "residual",
+        ),
+    )
+    seed: int | None = field(
+        default=None,
+        metadata=_fit(
+            "--seed", "Seed of the predictor's initialization", "seed", type=int, min=0, max=2**63 - 1
+        ),
+    )
+
+    def to_config(self) -> NExtConfig:
+        """The preset with the options given on top."""
+        overrides = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "preset"}
+        return NExtConfig.from_preset(self.preset, **overrides)
+
+
 @dataclass(frozen=True)
 class RelexConfig:
     """RELEX's options: ``rank`` temporal components (paper: 1), line ``window`` in checkpoints (None: all)."""
 
     rank: int = field(
-        default=1, metadata=cli("--relex-rank", "RELEX: temporal components kept (the paper uses 1).", type=int)
+        default=1,
+        metadata=cli(
+            "--relex-rank",
+            "RELEX: temporal components kept (the paper uses 1).",
+            type=int,
+            group="What to compute",
+        ),
     )
     window: int | None = field(
         default=None,
-        metadata=cli("--relex-window", "RELEX: fit the lines to the last N checkpoints [default: all observed].", type=int),
+        metadata=cli(
+            "--relex-window",
+            "RELEX: fit the lines to the last N checkpoints [default: all observed].",
+            type=int,
+            group="What to compute",
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -201,7 +307,9 @@ class RelexConfig:
 def check_relex_options(rank: int, window: int | None, mode: str) -> None:
     """One-line errors for RELEX options that cannot work."""
     if rank < 1:
-        raise ConfigError(f"--relex-rank {rank}: RELEX keeps at least 1 temporal component; use 1 (the paper's)")
+        raise ConfigError(
+            f"--relex-rank {rank}: RELEX keeps at least 1 temporal component; use 1 (the paper's)"
+        )
     if window is not None and window < 2:
         raise ConfigError(
             f"--relex-window {window}: a line needs at least 2 checkpoints; give 2 or more (default: all)"

@@ -22,7 +22,10 @@ def cli(flag: str, help: str, **click_kwargs: Any) -> dict[str, Any]:
     the rest goes to :func:`click.option` (``type`` as a Python type, ``multiple``, ``is_flag``,
     ``metavar``...), plus:
 
-    * ``min`` / ``max``: bounds, made into ``click.IntRange`` (``click.FloatRange`` for ``type=float``);
+    * ``min`` / ``max`` (and ``min_open``): bounds, made into ``click.IntRange`` (``click.FloatRange``
+      for ``type=float``);
+    * ``group``: the ``--help`` section it is listed in (``nextrap.cli.support.GROUPS``);
+    * ``flag="--x/--no-x"`` is an on/off switch (``default=None``: neither given);
     * ``choices``: a sequence, made into ``click.Choice``;
     * ``dest``: the parameter name when it differs from the field's;
     * ``invert``: a flag that sets the field to False (``--no-hash`` for ``hash_inputs``);
