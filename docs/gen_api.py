@@ -55,17 +55,17 @@ def _section(name: str, obj: object) -> str:
         bases = ", ".join(b.__name__ for b in obj.__bases__)
         return f"## `{name}`\n\nException ({bases}), from `{module}`.\n\n{_doc(obj)}\n"
     if isinstance(obj, type):
-        parts = [f"## `{name}`\n", f"```python\nclass {name}{_signature(obj)}\n```\n", f"From `{module}`.\n", _doc(obj) + "\n"]
+        parts = [f"## `{name}`\n", f"```text\nclass {name}{_signature(obj)}\n```\n", f"From `{module}`.\n", _doc(obj) + "\n"]
         for member in _members(obj):
             value = vars(obj)[member]
             if isinstance(value, property):
                 parts.append(f"### `{name}.{member}` (property)\n\n{_doc(value)}\n")
             else:
                 fn = value.__func__ if isinstance(value, staticmethod | classmethod) else value
-                parts.append(f"### `{name}.{member}`\n\n```python\n{member}{_signature(fn)}\n```\n\n{_doc(fn)}\n")
+                parts.append(f"### `{name}.{member}`\n\n```text\n{member}{_signature(fn)}\n```\n\n{_doc(fn)}\n")
         return "\n".join(parts)
     if callable(obj):
-        return f"## `{name}`\n\n```python\n{name}{_signature(obj)}\n```\n\nFrom `{module}`.\n\n{_doc(obj)}\n"
+        return f"## `{name}`\n\n```text\n{name}{_signature(obj)}\n```\n\nFrom `{module}`.\n\n{_doc(obj)}\n"
     return f"## `{name}`\n\n`{obj!r}`\n"
 
 
