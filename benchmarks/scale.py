@@ -208,8 +208,8 @@ def measure(args: list[str], timeout: float | None = None) -> tuple[float, float
 IDLE_IMPORTS = {
     "scan": "import nextrap.cli.main, nextrap.run.scan",
     "inspect": "import torch, nextrap.cli.main, nextrap.ops.diagnostics, safetensors.torch",
-    "backtest": "import torch, nextrap.cli.main, nextrap.backtest, safetensors.torch",
-    "extrapolate": "import torch, nextrap.cli.main, nextrap.extrapolate, safetensors.torch, peft",
+    "backtest": "import torch, nextrap.cli.main, nextrap.ops.backtest, safetensors.torch",
+    "extrapolate": "import torch, nextrap.cli.main, nextrap.ops.extrapolate, safetensors.torch, peft",
 }
 
 

@@ -32,7 +32,7 @@ _CHILD = r"""
 import json, os, resource, sys
 # Import everything the commands load lazily, then give up root: files are now checked as for a user.
 import matplotlib; matplotlib.use("Agg"); import matplotlib.pyplot, matplotlib.backends.backend_agg
-import peft, safetensors.torch, huggingface_hub, nextrap.extrapolate, nextrap.backtest, nextrap.ops.diagnostics
+import peft, safetensors.torch, huggingface_hub, nextrap.ops.extrapolate, nextrap.ops.backtest, nextrap.ops.diagnostics
 import nextrap.ops.plots, nextrap.publish.hub, nextrap.output.merge
 from click.testing import CliRunner
 from nextrap.cli.main import main
