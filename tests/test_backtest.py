@@ -275,3 +275,20 @@ def test_auto_on_a_run_too_short_to_backtest(tmp_path: Path):
     res = CliRunner().invoke(main, ["extrapolate", str(run), "-o", str(tmp_path / "out"), "--method", "auto"])
     assert res.exit_code == 1 and "--method auto could not backtest" in res.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.gpu
+def test_the_backtest_on_cuda_scores_as_on_the_cpu(tmp_path):
+    """Every method's scores on a CUDA device equal the CPU's (the combinations' weights, built on the CPU,
+    follow the factors to the device; RELEX's step times too)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    traj = nextrap.open_run(_run(tmp_path, "run"))
+    methods = ("linear", "relex", "next+linear")
+    options = BacktestOptions(methods=methods, horizon=2, predictor=NExtConfig(epochs=30, patience=0))
+    on_cpu = backtest(traj, options, torch.device("cpu")).to_dict()["scores"]
+    on_gpu = backtest(traj, options, torch.device("cuda")).to_dict()["scores"]
+    assert len(on_cpu) == len(on_gpu)
+    for a, b in zip(on_cpu, on_gpu, strict=True):
+        assert (a["method"], a["step"], a["kind"]) == (b["method"], b["step"], b["kind"])
+        assert b["relative_error"] == pytest.approx(a["relative_error"], rel=1e-3, abs=1e-6)

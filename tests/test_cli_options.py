@@ -83,3 +83,28 @@ def test_from_report_reruns_the_recorded_job_and_options_given_replace_recorded_
 def test_from_report_of_something_else_is_one_line(tmp_path: Path):
     out = CliRunner().invoke(main, ["extrapolate", "--from-report", str(tmp_path), "-o", str(tmp_path / "x")])
     assert out.exit_code == 1 and "no nextrap.json" in out.output and not (tmp_path / "x").exists()
+
+
+def test_from_report_takes_the_inputs_given_and_refuses_a_lone_step(tiny_run: Path, tmp_path: Path):
+    first = tmp_path / "first"
+    _run("-q", "extrapolate", str(tiny_run), "-o", str(first), "--no-hash")
+    lone = CliRunner().invoke(main, ["extrapolate", "--from-report", str(first), "-o", str(tmp_path / "x"), "--step", "5"])
+    assert lone.exit_code == 2 and "--step goes with --checkpoint" in lone.output
+    # an --adapter-name given replaces the recorded one: the run has no such adapter, as without --from-report
+    named = ["-o", str(tmp_path / "y"), "--adapter-name", "other"]
+    plain = CliRunner().invoke(main, ["extrapolate", str(tiny_run), *named])
+    rerun = CliRunner().invoke(main, ["extrapolate", "--from-report", str(first), *named])
+    assert plain.exit_code == rerun.exit_code == 1 and plain.output == rerun.output
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_from_report_of_another_version_names_the_unknown_field(tiny_run: Path, tmp_path: Path):
+    first = tmp_path / "first"
+    _run("-q", "extrapolate", str(tiny_run), "-o", str(first), "--no-hash")
+    report = json.loads((first / "nextrap.json").read_text())
+    report["options"]["predictor"]["dropout"] = 0.1
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "nextrap.json").write_text(json.dumps(report))
+    out = CliRunner().invoke(main, ["extrapolate", "--from-report", str(other), "-o", str(tmp_path / "z")])
+    assert out.exit_code == 1 and "options.predictor has dropout" in out.output and len(out.output.splitlines()) == 1

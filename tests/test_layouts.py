@@ -195,3 +195,13 @@ def test_layouts_imports_no_torch():
         "zipfile",
         "typing",
     }, modules
+
+
+def test_a_given_step_that_is_not_a_whole_number_is_one_error():
+    from nextrap.errors import LayoutError
+    from nextrap.layouts.base import given_step
+
+    for bad in (float("inf"), float("-inf"), float("nan"), 2.5, -1, 10**13, True):
+        with pytest.raises(LayoutError, match="--step"):
+            given_step(bad, Path("ckpt"))
+    assert given_step(7.0, Path("ckpt")) == 7

@@ -32,10 +32,10 @@ logger = logging.getLogger("nextrap")
 
 
 class _Commands(click.Group):
-    command_class = GroupedCommand
-
     """The command group: the reference trainer's commands are there only with its extra installed;
     asked for without it, they say how to install it instead of "No such command"."""
+
+    command_class = GroupedCommand
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         command = super().get_command(ctx, name)

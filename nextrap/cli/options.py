@@ -88,12 +88,13 @@ def rerun(ctx: click.Context, report: Path, params: dict[str, Any]) -> tuple[tup
     from nextrap.ops.options import recorded_job
 
     job = recorded_job(report)
-    given_inputs = params["run_dir"] is not None or params["checkpoints"]
-    run = (
-        (params["run_dir"], list(params["checkpoints"]) or None, list(params["steps"]) or None, params["adapter_name"])
-        if given_inputs
-        else (job.run, list(job.checkpoints) or None, list(job.steps) or None, job.adapter_name)
-    )
+    if params["run_dir"] is not None or params["checkpoints"]:  # new inputs: all of them from the command line
+        run = (params["run_dir"], list(params["checkpoints"]) or None, list(params["steps"]) or None, params["adapter_name"])
+    elif params["steps"]:
+        raise click.UsageError("--step goes with --checkpoint; with --from-report alone the recorded steps are used")
+    else:  # the recorded inputs; an --adapter-name given replaces the recorded one
+        adapter = params["adapter_name"] if params["adapter_name"] is not None else job.adapter_name
+        run = (job.run, list(job.checkpoints) or None, list(job.steps) or None, adapter)
     fit = _given(ctx, FitOptions, params)
     preset = fit.pop("preset", None)
     predictor = (

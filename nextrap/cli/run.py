@@ -16,7 +16,7 @@ from nextrap.cli.options import (
     with_inputs,
     with_relex_options,
 )
-from nextrap.cli.support import GroupedCommand, handle_errors, options_from, values_for
+from nextrap.cli.support import GroupedCommand, handle_errors, option, options_from, values_for
 from nextrap.ops.options import ExtrapolateOptions
 from nextrap.predictors.config import RelexConfig
 from nextrap.predictors.registry import METHODS
@@ -26,7 +26,7 @@ __all__ = ["backtest", "inspect", "scan"]
 
 @click.command(cls=GroupedCommand)
 @with_inputs
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@option("--json", "as_json", is_flag=True, help="Print the summary as JSON.", group="Output")
 @click.pass_context
 @handle_errors
 def scan(
@@ -72,30 +72,33 @@ def scan(
 
 @click.command(cls=GroupedCommand)
 @with_inputs
-@click.option(
+@option(
     "--holdout",
     type=click.IntRange(min=1),
     default=None,
     help="Checkpoints held out at the end [default: one horizon's worth, so the coefficient reaches 1].",
+    group="How far",
 )
-@click.option(
+@option(
     "--observe-until",
     type=int,
     default=None,
     help="Fit on the checkpoints up to this step and score every later one, to the end of the run "
     "(RELEX's protocol) instead of --holdout.",
+    group="How far",
 )
-@click.option(
+@option(
     "--method",
     "methods",
     multiple=True,
     type=click.Choice(METHODS),
     help="Methods to compare (repeatable) [default: all].",
+    group="What to compute",
 )
 @with_fit_options
 @with_relex_options
-@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
-@click.option("--plot", type=click.Path(path_type=Path), default=None, help="Write a PNG of the scores here.")
+@option("--json", "as_json", is_flag=True, help="Print the scores as JSON.", group="Output")
+@option("--plot", type=click.Path(path_type=Path), default=None, help="Write a PNG of the scores here.", group="Output")
 @plot_overwrite_option
 @force_option
 @click.pass_context
@@ -153,11 +156,9 @@ def backtest(
 
 @click.command(cls=GroupedCommand)
 @with_inputs
-@click.option(
-    "--plot", type=click.Path(path_type=Path), default=None, help="Write PNG plots into this folder."
-)
+@option("--plot", type=click.Path(path_type=Path), default=None, help="Write PNG plots into this folder.", group="Output")
 @options_from(ExtrapolateOptions, only=["device"])
-@click.option("--json", "as_json", is_flag=True, help="Print per-kind medians as JSON.")
+@option("--json", "as_json", is_flag=True, help="Print per-kind medians as JSON.", group="Output")
 @plot_overwrite_option
 @force_option
 @click.pass_context

@@ -216,7 +216,10 @@ def json_step(path: Path, key: str, notes: list[str]) -> int | None:
 
 def given_step(value: object, folder: Path) -> int:
     """A step given for an explicit checkpoint: a whole number in [0, MAX_STEP], as a recorded one must be."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or value != int(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or value in (
+        float("inf"),
+        float("-inf"),
+    ) or value != int(value):
         raise LayoutError(f"--step {value!r} for {folder}: expected a whole number of steps")
     if not 0 <= value <= MAX_STEP:
         raise LayoutError(f"--step {value!r} for {folder}: expected a step in [0, {MAX_STEP}]")

@@ -290,7 +290,7 @@ def _move(
         L, R = prediction.stacked(names, device)
         return L.double(), R.double()
     which = 0 if part == "offset" else 1
-    w = torch.stack([prediction.combinations[n][which] for n in names]).to(torch.float64)  # (M, T)
+    w = torch.stack([prediction.combinations[n][which] for n in names]).to(B.device, torch.float64)  # (M, T)
     used = [t for t in range(w.shape[1]) if bool((w[:, t] != 0).any())]
     if not used:
         return None
@@ -300,9 +300,9 @@ def _move(
         L, R = _differences(B, A, [rows[1]], rows[0])
         scale = w[:, used[1]].to(L.dtype).view(-1, 1, 1)
         return L[:, 0] * scale, R[:, 0]
-    weights = torch.zeros(len(names), len(at), dtype=torch.float64)
+    weights = torch.zeros(len(names), len(at), dtype=torch.float64, device=B.device)
     weights[:, rows] = w[:, used]
-    return weights.to(B.device)
+    return weights
 
 
 def _along(move: _Factored | None, top: lowrank.Triplets) -> torch.Tensor:

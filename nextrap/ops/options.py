@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from nextrap.errors import ConfigError
+from nextrap.errors import CheckpointError, ConfigError
 from nextrap.layouts import MAX_STEP
 from nextrap.predictors.config import NExtConfig, RelexConfig
 from nextrap.predictors.registry import METHODS, method_help
@@ -180,8 +180,15 @@ def recorded_job(report: str | os.PathLike) -> RecordedJob:
     write["overwrite"] = False
     known = {f.name for f in fields(ExtrapolateOptions)}
     values = {k: v for k, v in recorded.items() if k in known}
-    values["predictor"] = NExtConfig(**values.get("predictor", {}))
-    values["relex"] = RelexConfig(**values.get("relex", {}))
+    for name, cls in (("predictor", NExtConfig), ("relex", RelexConfig)):
+        given = dict(values.get(name) or {})
+        unknown = sorted(set(given) - {f.name for f in fields(cls)})
+        if unknown:  # a report of another nextrap version: say so, do not guess
+            raise CheckpointError(
+                f"{path}: options.{name} has {', '.join(unknown)}, unknown to this nextrap "
+                f"({loaded.nextrap_version} wrote it); rerun with the same nextrap version"
+            )
+        values[name] = cls(**given)
     values["to_steps"] = tuple(values.get("to_steps") or ())
     values["coefs"] = None if values["to_steps"] else tuple(values.get("coefs") or ()) or None
     inputs = loaded.inputs

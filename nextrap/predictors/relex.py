@@ -54,7 +54,7 @@ def line_fit(t: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
     ``t (K,)``; ``a (..., K)``. R^2 is 1 for a flat series (a line explains it fully).
     """
-    t = t.to(a.dtype)
+    t = t.to(a.device, a.dtype)
     tc = t - t.mean()
     ac = a - a.mean(-1, keepdim=True)
     denom = tc.square().sum()
@@ -69,8 +69,8 @@ def line_fit(t: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 def lora_gram(B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """``G[m, i, j] = <dW_i, dW_j>_F`` of ``dW_t = B[m, t] @ A[m, t]``, exact, float64 ``(M, T, T)``.
 
-    ``B (M, T, out, r)`` (scaling folded in), ``A (M, T, r, in)``: the ``r x r`` products of the block
-    pairs ``(i, j)``, ``i <= j`` (:func:`nextrap.linalg.lowrank.update_gram`), then the block-wise Hadamard sum.
+    ``B (M, T, out, r)`` (scaling folded in), ``A (M, T, r, in)``: two ``(T r) x (T r)`` products of the
+    stacked factors, then the block-wise Hadamard sum (:func:`nextrap.linalg.lowrank.update_gram`).
     """
     return lowrank.update_gram(B, A)
 
@@ -115,7 +115,7 @@ def temporal_fit(
     inv_s = torch.where(keep, 1 / S.clamp_min(1e-300), torch.zeros_like(S))
     Uk = U[..., :k]  # (M, T, k)
     C = Uk * S.unsqueeze(-2)  # (M, T, k)
-    times = times.to(torch.float64)
+    times = times.to(G.device, torch.float64)
     w = T if window is None else min(window, T)
     intercept, slope, r2 = line_fit(times[-w:], C[..., -w:, :].transpose(-1, -2))  # (M, k) each
     proj = Uk * inv_s.unsqueeze(-2)  # (M, T, k): c -> weights over rows
