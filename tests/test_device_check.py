@@ -18,9 +18,9 @@ def test_device_check_runs_on_the_cpu_and_records_every_part(tmp_path: Path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "device_check.py"), "--device", "cpu", "--out", str(tmp_path),
-         "--threads", "1", "--budget", "240"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+         "--threads", "1", "--budget", "1200"],
+        capture_output=True, text=True, env=env, timeout=1500,
+    )  # fmt: skip  (the budget is generous: this checks what is recorded, not how fast a loaded machine is)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "device_check.json").read_text())
     assert report["device"] == "cpu" and report["device_name"].startswith("cpu")

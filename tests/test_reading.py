@@ -53,7 +53,7 @@ def test_factors_match_the_tensors_whatever_the_chunking_and_pool_size(tiny_run:
     assert len(small.readers._open) <= 2
 
 
-def test_nan_is_named_once_per_chunk_and_not_checked_again_after_the_run_check(tiny_run: Path):
+def test_an_inf_is_named_with_its_key_and_step_and_the_check_can_be_turned_off(tiny_run: Path):
     path = tiny_run / "checkpoint-40" / "adapter_model.safetensors"
     tensors = load_file(str(path))
     key = sorted(k for k in tensors if k.endswith("lora_A.weight"))[0]

@@ -80,3 +80,24 @@ def test_find_and_entry_for_locate_an_adapter_in_the_folder_or_its_parent(tmp_pa
     _report([OutputEntry(1.0, ".", 40.0)]).save(tmp_path / "single")
     single = Report.find(tmp_path / "single")
     assert single.path_of(single.outputs[0]) == tmp_path / "single"
+
+
+def _refuse(constant: str) -> float:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def test_the_report_is_strict_json_for_every_method(tiny_run: Path, tmp_path: Path):
+    """NaN and Infinity are not JSON: a linear extrapolation (no predicted sigma) writes null, not NaN."""
+    import nextrap
+
+    for method in ("linear", "relex"):
+        out = tmp_path / method
+        nextrap.extrapolate(tiny_run, out, nextrap.ExtrapolateOptions(method=method))
+        data = json.loads((out / REPORT_NAME).read_text(), parse_constant=_refuse)
+        modules = data["outputs"][0]["modules"]
+        assert modules and all(m["predicted_sigma"] is None for m in modules.values())
+    saved = Report.from_dict({**json.loads((tmp_path / "linear" / REPORT_NAME).read_text()), "seconds": float("nan")})
+    again = tmp_path / "again"
+    again.mkdir()
+    saved.save(again)  # any figure that is not finite is written as null
+    assert json.loads((again / REPORT_NAME).read_text(), parse_constant=_refuse)["seconds"] is None

@@ -464,7 +464,7 @@ def test_gpu_benchmark_script_runs_the_protocol_per_seed_and_tabulates(fetched, 
             "--arms", "restart", "linear c=2", "--coef", "2"]  # fmt: skip
     results = tmp_path / "results"
     done = subprocess.run(
-        [sys.executable, str(script), "--device", "cpu", "--seeds", "0", "1", "--parallel", "2",
+        [sys.executable, str(script), "--device", "cpu", "--seeds", "0", "1", "--parallel", "2", "--deadline", "3000",
          "--out", str(tmp_path / "out"), "--results", str(results), "--", *tiny],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip

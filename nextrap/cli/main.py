@@ -73,7 +73,7 @@ def _needs_reference_extra(name: str) -> click.Command:
 )
 @click.pass_context
 def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool, threads: int | None) -> None:
-    """Extrapolate LoRA checkpoints of an RLVR run along their rank-1 trajectory (NExt).
+    """Extrapolate LoRA checkpoints of an RLVR run: predict where the adapter is going and jump there.
 
     Typical use: `nextrap scan RUN_DIR`, then `nextrap extrapolate RUN_DIR -o OUT --coef 1 --coef 2`,
     then resume training with your own trainer from OUT/coef-2.0.

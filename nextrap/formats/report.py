@@ -10,6 +10,7 @@ as version 0, whose fields are the same. ``docs/report.md`` describes every fiel
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,8 @@ class Report:
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/nextrap.json`` (the caller makes it atomic); returns its path."""
         path = Path(folder) / REPORT_NAME
-        return write_new(path, json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
+        text = json.dumps(_strict(self.to_dict()), indent=2, default=_json_default, allow_nan=False)
+        return write_new(path, text + "\n")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], folder: Path | None = None) -> Report:
@@ -155,6 +157,18 @@ class Report:
 
 def _looks_like_report(data: Any) -> bool:
     return isinstance(data, dict) and "nextrap_version" in data and isinstance(data.get("outputs"), list)
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with every non-finite float as None: NaN and Infinity are not JSON, and strict parsers
+    (JavaScript's, Python's with ``parse_constant``) refuse the file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
 
 
 def _json_default(obj: Any) -> Any:

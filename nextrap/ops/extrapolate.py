@@ -369,7 +369,7 @@ def _extended_tensors(
             tensors[mod.a_key] = _finite_output(new.A[j].to("cpu", torch_dtype(mod.dtype)), name, coef)
             err, norm = float(new.error[j]), float(new.norm[j])
             figures[name] = {
-                "predicted_sigma": float(sigmas.get(name, float("nan"))),
+                "predicted_sigma": float(sigmas[name]) if name in sigmas else None,  # NExt's methods only
                 "update_norm": float(new.update_norm[j]),
                 "truncation_error": err,
                 "relative_truncation_error": err / norm if norm > 0 else 0.0,
