@@ -2,7 +2,7 @@
 
 Runs ``rl_steps.py`` (beside this file) once per seed, as parallel processes sharing the device, with
 the SmolLM2 protocol of ``benchmarks/results/rl_steps-smollm2*`` (plain run, restart control, linear
-c = 2, NExt c = 1.5 with AdamW's moments kept, ``auto``), then tabulates whatever finished in the
+c = 2, NExt c = 1.5 with AdamW's moments kept, ``next-horizon+linear`` c = 2, ``auto``), then tabulates whatever finished in the
 same format (``rl_steps-smollm2.{txt,md,json,png}``) plus ``device.json`` (the card, the time each seed
 took, which seeds were cut by the deadline). Arms are recorded as they finish and the plain runs resume
 from their last checkpoint, so a second call continues where the deadline stopped the first.
@@ -27,7 +27,7 @@ HERE = Path(__file__).parent
 PROTOCOL = [
     "--policy", "smollm2", "--dtype", "bfloat16", "--lr", "5e-5", "--prompts", "8", "--group-size", "4",
     "--steps", "80", "--save-steps", "5", "--horizon", "3", "--eval-size", "640", "--eval-every", "10",
-    "--arms", "restart", "linear c=2", "next c=1.5 keep", "auto c=2", "--coef", "1.5", "2",
+    "--arms", "restart", "linear c=2", "next c=1.5 keep", "next-horizon+linear c=2", "auto c=2", "--coef", "1.5", "2",
 ]  # fmt: skip
 
 
