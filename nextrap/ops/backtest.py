@@ -215,7 +215,10 @@ def _lora_inner_products(
     at = {j: n for n, j in enumerate(uses)}
     base = idx[0]
     rows = [at[j] for j in targets]
-    for names, B, A in trajectory.iter_factors(trajectory.module_chunks(len(uses), chunk_bytes), device, uses):
+    # Size the chunks by the working set, not by the factors read alone: the true moves (2r columns per
+    # target) are taken in float64, four times a checkpoint's float32 factors per target.
+    working = len(uses) + 4 * len(targets)
+    for names, B, A in trajectory.iter_factors(trajectory.module_chunks(working, chunk_bytes), device, uses):
         M, n = len(names), len(targets)
         truth = _differences(B, A, rows, at[base])  # (M, n, out, 2r), (M, n, 2r, in)
         top = lowrank.top_triplet(*(x.double() for x in truth))  # u (M, n, out), s (M, n), v (M, n, in)
