@@ -533,9 +533,10 @@ def check_run(
     notes += _alternation(traj.steps, distances, tuple(float(d) for d in sq_skip.sqrt()))
     if notes and not force:
         raise MismatchError(notes[0] + "; remove the other run's checkpoints, or pass --force to go on")
-    if not any(n > 0 for n in norms) and not any(d > 0 for d in distances):
-        notes.append("the run never moved: every checkpoint holds a zero update, so every method predicts zero")
     check = RunCheck(traj.steps, distances, norms, tuple(jumps), tuple(notes))
+    if not check.moved:
+        still = "the run never moved: every checkpoint holds a zero update, so every method predicts zero"
+        check = replace(check, notes=(*check.notes, still))
     return replace(traj, check=check, notes=traj.notes + check.notes)
 
 
