@@ -277,6 +277,20 @@ def test_auto_on_a_run_too_short_to_backtest(tmp_path: Path):
     assert not (tmp_path / "out").exists()
 
 
+def test_auto_backtests_a_short_run_at_the_longest_horizon_it_allows(tmp_path: Path):
+    # 6 checkpoints at horizon 3: holding out one horizon leaves 3 to fit on, too few for horizon 3 (the
+    # SmolLM2 protocol's jump point). auto backtests at horizon 2 instead, says so, and takes that
+    # backtest's winner; the jump itself keeps the horizon asked for.
+    run = write_synthetic_run(tmp_path / "run", [5, 10, 15, 20, 25, 30], SHAPES, PlantSpec(rank=4, alpha=8.0, noise=0.03))
+    options = nextrap.ExtrapolateOptions(method="auto", horizon=3, predictor=FAST)
+    res = nextrap.extrapolate(run, tmp_path / "out", options)
+    expected = backtest(nextrap.open_run(run), BacktestOptions(horizon=2, predictor=FAST)).recommendation
+    assert res.report.method == expected["method"]
+    assert res.report.backtest["recommendation"]["ranking"] == expected["ranking"]
+    assert res.report.backtest["heldout_steps"] == [25, 30] and res.report.horizon["steps"] == 15
+    assert any("backtest ran at horizon 2" in n for n in res.report.notes)
+
+
 @pytest.mark.gpu
 def test_the_backtest_on_cuda_scores_as_on_the_cpu(tmp_path):
     """Every method's scores on a CUDA device equal the CPU's (the combinations' weights, built on the CPU,

@@ -16,9 +16,9 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -36,6 +36,9 @@ from nextrap.run.trajectory import SharedFeatures, Trajectory
 from nextrap.util.devices import resolve_device
 from nextrap.util.progress import Progress, progress_bar
 from nextrap.version import __version__
+
+if TYPE_CHECKING:
+    from nextrap.ops.backtest import BacktestOptions, BacktestResult
 
 __all__ = [
     "REPORT_NAME",
@@ -263,9 +266,17 @@ def _auto_method(
     try:
         result = backtest(traj, bt_options, device, wrap)
     except LayoutError as exc:
-        raise ConfigError(
-            f"--method auto could not backtest this run ({exc}); choose one of --method {', '.join(METHODS)}"
-        ) from exc
+        # A short run may hold out one horizon and leave too few checkpoints to fit that horizon on
+        # (6 checkpoints, horizon 3): the longest horizon that fits is still evidence, so use it and say so.
+        result = _shorter_horizon_backtest(traj, bt_options, device, wrap)
+        if result is None:
+            raise ConfigError(
+                f"--method auto could not backtest this run ({exc}); choose one of --method {', '.join(METHODS)}"
+            ) from exc
+        notes.append(
+            f"method auto: the backtest ran at horizon {result.horizon} (holding out {len(result.heldout_steps)} "
+            f"checkpoint(s)): at horizon {options.horizon} the {len(traj.headers)} checkpoints leave too few to fit on"
+        )
     rec = result.recommendation
     notes.append(f"method auto: {rec['text']}")
     if not rec["beats_staying"]:
@@ -277,6 +288,20 @@ def _auto_method(
         "scores": [s for s in result.scores if s["kind"] == "all"],
     }
     return rec["method"], evidence
+
+
+def _shorter_horizon_backtest(
+    traj: Trajectory, bt_options: BacktestOptions, device: torch.device, wrap: Progress
+) -> BacktestResult | None:
+    """``auto``'s backtest at the longest horizon below the requested one that the run allows, or None."""
+    from nextrap.ops.backtest import backtest
+
+    for horizon in range((bt_options.horizon or 1) - 1, 0, -1):
+        try:
+            return backtest(traj, replace(bt_options, horizon=horizon), device, wrap)
+        except LayoutError:
+            continue
+    return None
 
 
 def _check_outside_run(output: Path, traj: Trajectory) -> None:
