@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -26,6 +26,7 @@ from nextrap.errors import ConfigError, LayoutError, NonFiniteError
 from nextrap.formats.report import REPORT_NAME, OutputEntry, Report
 from nextrap.layouts import MAX_STEP, Discovery
 from nextrap.linalg import lowrank
+from nextrap.ops.backtest import BacktestOptions, BacktestResult, backtest
 from nextrap.ops.options import ExtrapolateOptions
 from nextrap.output.atomic import atomic_directory, check_output, output_lock
 from nextrap.output.writers import NewAdapter, OutputOptions, OutputWriter, writer_for
@@ -37,9 +38,6 @@ from nextrap.util.devices import resolve_device
 from nextrap.util.progress import Progress, progress_bar
 from nextrap.version import __version__
 
-if TYPE_CHECKING:
-    from nextrap.ops.backtest import BacktestOptions, BacktestResult
-
 __all__ = [
     "REPORT_NAME",
     "ExtrapolateOptions",
@@ -49,6 +47,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ExtrapolationResult:
@@ -255,8 +254,6 @@ def _auto_method(
     traj: Trajectory, options: ExtrapolateOptions, device: torch.device, wrap: Progress, notes: list[str]
 ) -> tuple[str, dict[str, Any]]:
     """``--method auto``: backtest the run's own checkpoints and take the recommended method."""
-    from nextrap.ops.backtest import BacktestOptions, backtest
-
     bt_options = BacktestOptions(
         horizon=options.horizon,
         predictor=options.predictor,
@@ -294,8 +291,6 @@ def _shorter_horizon_backtest(
     traj: Trajectory, bt_options: BacktestOptions, device: torch.device, wrap: Progress
 ) -> BacktestResult | None:
     """``auto``'s backtest at the longest horizon below the requested one that the run allows, or None."""
-    from nextrap.ops.backtest import backtest
-
     for horizon in range((bt_options.horizon or 1) - 1, 0, -1):
         try:
             return backtest(traj, replace(bt_options, horizon=horizon), device, wrap)
