@@ -218,3 +218,67 @@ def test_refactoring_a_wide_update_is_the_dense_best_rank_r_approximation():
         assert float((ours[m] - best[m]).norm() / D[m].norm()) < 1e-4
     assert torch.allclose(new.error.double(), S[:, r:].square().sum(-1).sqrt(), rtol=1e-3)
     assert torch.allclose(new.norm.double(), D.flatten(1).norm(dim=-1), rtol=1e-5)
+
+
+@given(seed=st.integers(0, 2**16), wide=st.booleans(), columns=st.booleans())
+@settings(max_examples=10, deadline=None)
+def test_gram_matches_the_plain_product(seed, wide, columns):
+    # Wide ones go through BLAS syrk (upper triangle, mirrored), narrow ones through torch.
+    k = 80 if wide else 12
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(2, 3, 50, k, generator=g) if columns else torch.randn(2, 3, k, 50, generator=g)
+    want = X.transpose(-1, -2) @ X if columns else X @ X.transpose(-1, -2)
+    got = lowrank.gram(X, columns=columns)
+    assert got.shape == (2, 3, k, k)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(lowrank.gram(X.double(), columns=columns), want.double(), rtol=1e-5, atol=1e-4)
+
+
+def _drifting_run(seed: int, M: int, T: int, out: int, inn: int, r: int, drift: float):
+    """Factors of ``T`` checkpoints of a run (a steady drift plus noise, rounded to bf16 like saved ones) and
+    RELEX-like weights of a move (summing to zero), float32 and float64."""
+    g = torch.Generator().manual_seed(seed)
+    steps = torch.arange(T).view(1, T, 1, 1).float()
+    B = torch.randn(M, 1, out, r, generator=g) + drift * steps * torch.randn(M, 1, out, r, generator=g)
+    A = (torch.randn(M, 1, r, inn, generator=g) + drift * steps * torch.randn(M, 1, r, inn, generator=g)) / inn**0.5
+    B = (B + 0.1 * drift * torch.randn(M, T, out, r, generator=g)).bfloat16().float()
+    A = (A + 0.1 * drift * torch.randn(M, T, r, inn, generator=g) / inn**0.5).bfloat16().float()
+    w = 0.3 * torch.randn(M, T, generator=g, dtype=torch.float64)
+    return B, A, w - w.mean(-1, keepdim=True)
+
+
+@given(seed=st.integers(0, 2**16), drift=st.sampled_from([1e-1, 1e-2, 1e-3]), anchor=st.sampled_from([0, 5]))
+@settings(max_examples=12, deadline=None)
+def test_stacked_combination_gives_the_dense_best_rank_r_approximation(seed, drift, anchor):
+    # The write path of RELEX and the linear move: float32 Gram products in the difference basis, the weights
+    # only in T x T coefficients. Its rank-r result must be the dense float64 SVD's best approximation of the
+    # new update, to well within what the move itself is (the part a jump adds); the norm of the move and
+    # the cut-off error as a dense computation gives them.
+    from nextrap.linalg.combinations import StackedUpdates
+
+    M, T, out, inn, r = 2, 6, 96, 80, 4
+    B, A, w_move = _drifting_run(seed, M, T, out, inn, r, drift)
+    w_new = w_move.clone()
+    w_new[:, anchor] += 1.0
+    stack = StackedUpdates(B, A, anchor=anchor)
+
+    def dense(w):
+        return torch.einsum("mt,mtor,mtri->moi", w, B.double(), A.double())
+
+    new, move = dense(w_new), dense(w_move)
+    U, S, Vh = torch.linalg.svd(new)
+    best = U[..., :r] @ torch.diag_embed(S[:, :r]) @ Vh[..., :r, :]
+    svd = stack.truncated_svd(w_new, r)
+    assert svd is not None
+    ours = svd.U.double() @ torch.diag_embed(svd.S[:, :r]) @ svd.Vh.double()
+    for m in range(M):
+        assert float((ours[m] - best[m]).norm() / move[m].norm()) < 2e-3
+    torch.testing.assert_close(stack.norm(w_move), move.flatten(1).norm(dim=-1), rtol=1e-3, atol=0)
+    torch.testing.assert_close(stack.norm(w_new), new.flatten(1).norm(dim=-1), rtol=1e-5, atol=0)
+    cut = S[:, r:].square().sum(-1).sqrt()
+    torch.testing.assert_close(svd.S[:, r:].square().sum(-1).sqrt(), cut, rtol=1e-2, atol=1e-6 * float(S.max()))
+    # ... and refactored to rank r against the previous factors, still that approximation
+    refactored = lowrank.refactor_svd(svd, r, 0.5, B[:, anchor], A[:, anchor])
+    again = 0.5 * refactored.B.double() @ refactored.A.double()
+    for m in range(M):
+        assert float((again[m] - best[m]).norm() / move[m].norm()) < 2e-3

@@ -12,6 +12,7 @@ core, which is exact and costs ``O((out + in) k^2)`` instead of ``O(out * in * m
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,9 +28,12 @@ __all__ = [
     "factored_svd",
     "frobenius_inner",
     "frobenius_norm",
+    "gram",
     "norms_and_steps",
+    "refactor_svd",
     "refactor_to_rank",
     "relative_error",
+    "svd_from_grams",
     "top_triplet",
     "truncated_svd",
     "update_gram",
@@ -96,25 +100,61 @@ def truncated_svd(L: torch.Tensor, R: torch.Tensor, keep: int) -> FactoredSVD | 
     if L.shape[-1] != R.shape[-2]:
         raise ValueError(f"inner dimensions differ: L is {tuple(L.shape)}, R is {tuple(R.shape)}")
     Ld, Rd = L.double(), R.double()
-    lam, V = torch.linalg.eigh(Ld.transpose(-1, -2) @ Ld)
-    gram_r = Rd @ Rd.transpose(-1, -2)
+    svd = svd_from_grams(Ld, Rd, torch.linalg.eigh(Ld.transpose(-1, -2) @ Ld), Rd @ Rd.transpose(-1, -2), keep)
+    return None if svd is None else FactoredSVD(U=svd.U.to(L.dtype), S=svd.S.to(L.dtype), Vh=svd.Vh.to(L.dtype))
+
+
+def svd_from_grams(
+    L: torch.Tensor,
+    R: torch.Tensor,
+    eigen_left: tuple[torch.Tensor, torch.Tensor],
+    gram_right: torch.Tensor,
+    keep: int,
+    right_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    left_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    floor: float | None = None,
+) -> FactoredSVD | None:
+    """The top ``keep`` singular triplets of ``L @ M @ R`` from Gram matrices computed elsewhere (see
+    :func:`truncated_svd` for the method; ``M`` is the identity unless ``right_map`` is given).
+
+    Args:
+        L: ``(..., out, k)``; R: ``(..., k', in)``: the products with them are taken in their dtype.
+        eigen_left: ``torch.linalg.eigh`` of ``L^T L`` (float64).
+        gram_right: ``(M R)(M R)^T`` (float64, ``k x k``).
+        keep: how many triplets to return.
+        right_map: ``X -> X M`` for a ``(..., keep, k)`` float64 coefficient matrix, when the right
+            factor is ``M R`` rather than ``R`` (:class:`~nextrap.linalg.combinations.StackedUpdates`).
+        left_map: ``Y -> N Y`` for a ``(..., k, keep)`` one, when the left factor is ``L N`` rather than ``L``.
+        floor: eigenvalues of the left Gram matrix below this, relative to the largest, are taken as zero
+            (default: float64 rounding; more where the Gram matrix was computed less exactly).
+
+    Returns float64 ``S`` (all ``k``) and ``U``, ``Vh`` in ``L``'s and ``R``'s dtype, or None where some
+    matrix has fewer than ``keep`` nonzero singular values.
+    """
+    lam, V = eigen_left
     lam = lam.clamp_min(0)
-    tiny = lam[..., -1:] * (L.shape[-1] * torch.finfo(torch.float64).eps * 16)
+    tiny = lam[..., -1:] * (floor if floor is not None else lam.shape[-1] * torch.finfo(torch.float64).eps * 16)
     root = lam.sqrt()
     inv_root = torch.where(lam > tiny, 1 / root.clamp_min(1e-300), torch.zeros_like(root))
     W = V * root.unsqueeze(-2)  # C = W^T R
-    mu, P = torch.linalg.eigh(W.transpose(-1, -2) @ gram_r @ W)
+    mu, P = torch.linalg.eigh(W.transpose(-1, -2) @ gram_right @ W)
     mu, P = mu.flip(-1).clamp_min(0), P.flip(-1)
     sigma = mu.sqrt()
     if keep > sigma.shape[-1] or bool((sigma[..., keep - 1] <= sigma[..., :1] * 1e-6).any()):
         return None
     Pk, sk = P[..., :keep], sigma[..., :keep]
-    U = Ld @ ((V * inv_root.unsqueeze(-2)) @ Pk)
-    Vh = ((Pk.transpose(-1, -2) @ W.transpose(-1, -2)) / sk.unsqueeze(-1)) @ Rd
-    # Renormalize away the rounding the Gram route leaves in the lengths (directions are float64-accurate).
+    coef_u = (V * inv_root.unsqueeze(-2)) @ Pk
+    if left_map is not None:
+        coef_u = left_map(coef_u)
+    U = L @ coef_u.to(L.dtype)
+    coef = (Pk.transpose(-1, -2) @ W.transpose(-1, -2)) / sk.unsqueeze(-1)
+    if right_map is not None:
+        coef = right_map(coef)
+    Vh = coef.to(R.dtype) @ R
+    # Renormalize away the rounding the Gram route leaves in the lengths.
     U = U / U.norm(dim=-2, keepdim=True)
     Vh = Vh / Vh.norm(dim=-1, keepdim=True)
-    return FactoredSVD(U=U.to(L.dtype), S=sigma.to(L.dtype), Vh=Vh.to(L.dtype))
+    return FactoredSVD(U=U, S=sigma, Vh=Vh)
 
 
 def top_triplet(L: torch.Tensor, R: torch.Tensor) -> Triplets:
@@ -250,6 +290,32 @@ def norms_and_steps(B: torch.Tensor, A: torch.Tensor, lags: tuple[int, ...] = (1
     return tuple(out)
 
 
+# From this many columns on, a Gram matrix of long factors goes to BLAS's symmetric rank-k update (half the
+# flops of a general product): 11 ms against 21 ms for 4 x (4096 x 256), one thread. Below it the per-call
+# overhead loses to torch's batched product (7 ms against 4 ms for 128 x (4096 x 16)).
+_SYRK_MIN_COLUMNS = 64
+
+
+def gram(X: torch.Tensor, columns: bool = True) -> torch.Tensor:
+    """``X^T X`` (``columns``: X is ``(..., n, k)``) or ``X X^T`` (X is ``(..., k, n)``): ``(..., k, k)`` in X's dtype.
+
+    Wide CPU ones use BLAS ``?syrk`` through SciPy, one batch element at a time (it releases the GIL, so
+    the reader thread keeps reading meanwhile); the rest ``torch.matmul``.
+    """
+    k = X.shape[-1] if columns else X.shape[-2]
+    syrk = {torch.float32: "ssyrk", torch.float64: "dsyrk"}.get(X.dtype)
+    if X.device.type != "cpu" or syrk is None or k < _SYRK_MIN_COLUMNS or X.requires_grad:
+        return X.transpose(-1, -2) @ X if columns else X @ X.transpose(-1, -2)
+    from scipy.linalg import blas  # imported here: only wide Gram matrices need it
+
+    routine = getattr(blas, syrk)
+    flat = X.contiguous().reshape(-1, *X.shape[-2:]).numpy()
+    # A row-major (n, k) matrix is a column-major (k, n) one: its transpose view is what BLAS reads without a copy.
+    upper = torch.stack([torch.from_numpy(routine(1.0, x.T, trans=0 if columns else 1)) for x in flat])
+    full = upper.triu() + upper.triu(1).transpose(-1, -2)
+    return full.reshape(*X.shape[:-2], k, k)
+
+
 def update_gram(B: torch.Tensor, A: torch.Tensor, products: torch.dtype | None = None) -> torch.Tensor:
     """``G[m, i, j] = <B_i A_i, B_j A_j>_F`` for a sequence ``B (M, T, out, r)``, ``A (M, T, r, in)``: float64 ``(M, T, T)``.
 
@@ -264,8 +330,8 @@ def update_gram(B: torch.Tensor, A: torch.Tensor, products: torch.dtype | None =
     M, T, out_f, r = B.shape
     Bf = B.permute(0, 2, 1, 3).reshape(M, out_f, T * r)
     Af = A.reshape(M, T * r, A.shape[-1])
-    gb = (Bf.transpose(-1, -2) @ Bf).double().view(M, T, r, T, r)
-    ga = (Af @ Af.transpose(-1, -2)).double().view(M, T, r, T, r)
+    gb = gram(Bf).double().view(M, T, r, T, r)
+    ga = gram(Af, columns=False).double().view(M, T, r, T, r)
     G = (gb * ga).sum(dim=(2, 4))
     return (G + G.transpose(-1, -2)) / 2
 
@@ -336,7 +402,21 @@ def refactor_to_rank(
     # times faster than the QR of out x k and in x k factors, and exact to float32 (tests/test_lowrank.py).
     wide = L.shape[-1] > 4 * rank
     svd = (truncated_svd(L, R, rank) if wide else None) or factored_svd(L, R)
-    S = svd.S
+    return refactor_svd(svd, rank, scaling, B_prev, A_prev, max_condition)
+
+
+def refactor_svd(
+    svd: FactoredSVD,
+    rank: int,
+    scaling: torch.Tensor | float,
+    B_prev: torch.Tensor,
+    A_prev: torch.Tensor,
+    max_condition: float = 1e4,
+) -> Refactored:
+    """:func:`refactor_to_rank` from the target's SVD (at least ``rank`` columns of ``U`` and rows of ``Vh``
+    where the target has that rank; every singular value in ``S``, for the error). Factors come out in
+    ``B_prev``'s dtype."""
+    S = svd.S.to(B_prev.dtype)
     error = S[..., rank:].square().sum(-1).sqrt()
     norm = S.square().sum(-1).sqrt()
     U, S_r, Vh = svd.U[..., :rank], S[..., :rank], svd.Vh[..., :rank, :]
@@ -345,9 +425,10 @@ def refactor_to_rank(
         U = torch.nn.functional.pad(U, (0, short))
         Vh = _complete_rows(Vh, A_prev, short)
         S_r = torch.nn.functional.pad(S_r, (0, short))
-    scaling_t = torch.as_tensor(scaling, dtype=L.dtype, device=L.device)
+    U, Vh = U.to(B_prev.dtype), Vh.to(B_prev.dtype)
+    scaling_t = torch.as_tensor(scaling, dtype=B_prev.dtype, device=B_prev.device)
     if scaling_t.dim() == 0:
-        scaling_t = scaling_t.reshape(1, 1, 1).expand(L.shape[0], 1, 1)
+        scaling_t = scaling_t.reshape(1, 1, 1).expand(B_prev.shape[0], 1, 1)
     B_ls, A_ls, ok = _least_squares_factors(U, S_r, Vh, scaling_t, A_prev, max_condition)
     if bool(ok.all()):
         return Refactored(B=B_ls, A=A_ls, error=error, norm=norm, aligned=ok)

@@ -26,6 +26,7 @@ from nextrap.errors import ConfigError, LayoutError, NonFiniteError
 from nextrap.formats.report import REPORT_NAME, OutputEntry, Report
 from nextrap.layouts import MAX_STEP, Discovery
 from nextrap.linalg import lowrank
+from nextrap.linalg.combinations import StackedUpdates
 from nextrap.ops.backtest import BacktestOptions, BacktestResult, backtest
 from nextrap.ops.options import ExtrapolateOptions
 from nextrap.output.atomic import atomic_directory, check_output, output_lock
@@ -440,6 +441,18 @@ def _new_factors(
     def move(offset: float, direction: float, plus_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return pred.factors_from(chunk, scaled, read.A, read.rows, read.last, device, offset, direction, plus_last)
 
+    rank = traj.modules[chunk[0]].rank
+    if rank_policy == "keep" and chunk[0] in pred.combinations and chunk[0] not in pred.matrices:
+        # A weighted sum of the run's own updates (linear, RELEX): one pair of Gram products serves the
+        # move's norm and the new update's SVD (nextrap.linalg.combinations), no product is taken twice.
+        w_move = pred.weights(chunk, read.rows, 1.0, coef)
+        _check_weights(w_move, scaled, chunk, pred.method, coef, pred.weights(chunk, read.rows))
+        stack = StackedUpdates(scaled, read.A, anchor=at)
+        w_new = w_move.clone()
+        w_new[:, at] += 1.0
+        svd = stack.truncated_svd(w_new, rank) or lowrank.factored_svd(*move(1.0, coef, plus_last=True))
+        new = lowrank.refactor_svd(svd, rank, scaling, B, A)
+        return _NewFactors(new.B, new.A, new.error, new.norm, stack.norm(w_move).float())
     Lp, Rp = move(1.0, coef)  # the move, offset + c * direction
     try:
         _check_prediction(Lp, Rp, chunk, pred.method, coef)
@@ -449,7 +462,7 @@ def _new_factors(
     update_norm = lowrank.frobenius_norm(Lp, Rp)
     if rank_policy == "keep":
         Ln, Rn = move(1.0, coef, plus_last=True)
-        new = lowrank.refactor_to_rank(Ln, Rn, traj.modules[chunk[0]].rank, scaling, B, A)
+        new = lowrank.refactor_to_rank(Ln, Rn, rank, scaling, B, A)
         return _NewFactors(new.B, new.A, new.error, new.norm, update_norm)
     top = lowrank.factored_svd(Lp, Rp)  # grow keeps the update's rank-1 part exactly
     root = (top.S[:, :1].sqrt().unsqueeze(-2)) / scaling.sqrt()
@@ -466,15 +479,32 @@ def _check_prediction(
     """The predicted update of a chunk ``L (M, out, k)``, ``R (M, k, in)`` is finite, before any SVD of it."""
     bad = ~(torch.isfinite(L).flatten(1).all(1) & torch.isfinite(R).flatten(1).all(1))
     if bool(bad.any()):
-        name = names[int(bad.nonzero()[0])]
-        if coef is None:
-            raise NonFiniteError(
-                f"module {name}: the {method} prediction is not finite (Inf/NaN); the predictor diverged: lower "
-                "--lr, or use --method linear"
-            )
-        raise NonFiniteError(
-            f"module {name}: the update times coefficient {coef:g} overflows float32; use a smaller --coef"
+        raise _non_finite(names[int(bad.nonzero()[0])], method, coef)
+
+
+def _check_weights(
+    w: torch.Tensor, B: torch.Tensor, names: list[str], method: str, coef: float, w_one: torch.Tensor
+) -> None:
+    """As :func:`_check_prediction` for a move given as weights ``w (M, T)`` over the factors ``B (M, T, out, r)``:
+    the weighted factors ``w_t B_t`` must be finite in float32 (``w_one``: the weights at coefficient 1, to
+    tell a diverged predictor from an overflowing coefficient)."""
+    amax = B.abs().amax((-1, -2)).double().cpu()
+    limit = torch.finfo(torch.float32).max
+    for weights, c in ((w_one, None), (w, coef)):
+        bound = weights.abs() * amax
+        bad = ~(torch.isfinite(bound) & (bound <= limit)).all(1)
+        if bool(bad.any()):
+            raise _non_finite(names[int(bad.nonzero()[0])], method, c)
+
+
+def _non_finite(name: str, method: str, coef: float | None) -> NonFiniteError:
+    """The error for module ``name``'s move: the predictor diverged (``coef`` None), or the coefficient overflowed."""
+    if coef is None:
+        return NonFiniteError(
+            f"module {name}: the {method} prediction is not finite (Inf/NaN); the predictor diverged: lower "
+            "--lr, or use --method linear"
         )
+    return NonFiniteError(f"module {name}: the update times coefficient {coef:g} overflows float32; use a smaller --coef")
 
 
 def _finite_output(tensor: torch.Tensor, name: str, coef: float) -> torch.Tensor:

@@ -84,6 +84,26 @@ class Prediction:
         rows = list(self.indices)
         return rows + [last] if plus_last and last not in rows else rows
 
+    def weights(
+        self,
+        names: Sequence[str],
+        rows: Sequence[int],
+        offset_scale: float = 1.0,
+        direction_scale: float = 1.0,
+        plus: int | None = None,
+    ) -> torch.Tensor:
+        """The combination ``offset_scale * offset + direction_scale * direction`` of ``names`` as weights over
+        the checkpoint indices ``rows`` (which hold :attr:`indices`): ``(M, len(rows))`` float64 on the CPU,
+        one added at checkpoint ``plus`` when given (``last``: the new update instead of the move)."""
+        w = torch.stack(
+            [offset_scale * self.combinations[n][0] + direction_scale * self.combinations[n][1] for n in names]
+        ).double()
+        out = torch.zeros(len(names), len(rows), dtype=torch.float64)
+        out[:, [list(rows).index(i) for i in self.indices]] = w
+        if plus is not None:
+            out[:, list(rows).index(plus)] += 1.0
+        return out
+
     def factors_from(
         self,
         names: Sequence[str],

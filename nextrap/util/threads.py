@@ -83,8 +83,12 @@ def _load() -> float:
 
 
 def apply_threads(choice: ThreadChoice) -> None:
-    """Give torch ``choice.threads`` intra-op threads: through the environment when torch is not imported
-    yet (it reads ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` at import), else ``torch.set_num_threads``."""
+    """Give torch (and SciPy's BLAS) ``choice.threads`` intra-op threads: through the environment when torch is
+    not imported yet (it reads ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` at import), else ``torch.set_num_threads``."""
+    # SciPy's OpenBLAS (the wide Gram products, nextrap.linalg.lowrank.gram) reads this when SciPy's BLAS is
+    # first loaded, which nextrap does only when it needs it: after this, whenever torch came in.
+    if "scipy.linalg" not in sys.modules:
+        os.environ["OPENBLAS_NUM_THREADS"] = str(choice.threads)
     if "torch" in sys.modules:
         import torch
 
