@@ -282,3 +282,18 @@ def test_stacked_combination_gives_the_dense_best_rank_r_approximation(seed, dri
     again = 0.5 * refactored.B.double() @ refactored.A.double()
     for m in range(M):
         assert float((again[m] - best[m]).norm() / move[m].norm()) < 2e-3
+
+
+@given(seed=st.integers(0, 2**16), M=st.integers(1, 3), K=st.integers(1, 5))
+@settings(max_examples=15, deadline=None)
+def test_norms_and_steps_match_the_dense_updates(seed, M, K):
+    # The run check's distances: every module's ||dW_k|| and ||dW_k - dW_{k-lag}||, against the dense matrices
+    # (module and checkpoint axes are flattened inside; pairs across two modules must not leak in).
+    g = torch.Generator().manual_seed(seed)
+    B = torch.randn(M, K, 9, 3, generator=g, dtype=torch.float64)
+    A = torch.randn(M, K, 3, 7, generator=g, dtype=torch.float64)
+    W = B @ A
+    norms, step1, step2 = lowrank.norms_and_steps(B, A, (1, 2))
+    torch.testing.assert_close(norms, W.square().sum((-1, -2)))
+    torch.testing.assert_close(step1, (W[:, 1:] - W[:, :-1]).square().sum((-1, -2)))
+    torch.testing.assert_close(step2, (W[:, 2:] - W[:, :-2]).square().sum((-1, -2)) if K > 2 else torch.zeros(M, 0, dtype=W.dtype))

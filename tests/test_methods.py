@@ -385,6 +385,10 @@ def test_inspect_measures_match_dense(tmp_path):
     assert summary["straightness_pooled"] == pytest.approx(float((pooled[-1] - pooled[0]).norm()) / path, rel=1e-5)
     res = CliRunner().invoke(main, ["inspect", str(run)])
     assert res.exit_code == 0 and "E1 = sigma_1 / sum sigma_i" in res.output and "straightness" in res.output
+    # The step lengths come from the run check when it ran, else from the factors: the same numbers.
+    unchecked = diagnose(nextrap.open_run(run, verify=False))
+    for name, lengths in diag.step_lengths.items():
+        assert unchecked.step_lengths[name] == pytest.approx(lengths, rel=1e-5)
 
 
 @pytest.mark.parametrize("rescale", [False, True])

@@ -23,6 +23,7 @@ from nextrap.cli.support import (
     raise_on_termination,
 )
 from nextrap.errors import ConfigError
+from nextrap.util.allocator import keep_freed_memory
 from nextrap.util.threads import apply_threads, choose_threads
 from nextrap.version import __version__
 
@@ -99,6 +100,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool, debug: bool, threads: in
         raise click.UsageError(str(exc)) from None
     apply_threads(choice)
     logger.info("%d intra-op thread(s) (%s)", choice.threads, choice.source)
+    keep_freed_memory()  # a command's chunks reuse freed memory instead of page-faulting it in anew
 
 
 def _quiet_transformers_progress() -> None:

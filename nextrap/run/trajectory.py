@@ -469,7 +469,8 @@ class RunCheck:
 
     ``distances[k]``: ``||dW_{k+1} - dW_k||_F`` over all trainable tensors (float, K - 1 entries);
     ``norms[k]``: ``||dW_k||_F`` (LoRA modules only; raw tensors have no known start);
-    ``jumps``: steps whose update from the previous checkpoint is discontinuous.
+    ``jumps``: steps whose update from the previous checkpoint is discontinuous; ``module_steps[name]``:
+    ``||dW_{k+1} - dW_k||_F`` of each LoRA module (K - 1 entries; ``inspect`` reports them).
     """
 
     steps: tuple[int, ...]
@@ -477,6 +478,7 @@ class RunCheck:
     norms: tuple[float, ...]
     jumps: tuple[int, ...] = ()
     notes: tuple[str, ...] = ()
+    module_steps: dict[str, tuple[float, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def moved(self) -> bool:
@@ -508,11 +510,14 @@ def check_run(
     chunks = traj.module_chunks(K, chunk_bytes)
     ticks = iter(progress(range(len(chunks) + len(traj.raw)), "checking checkpoints"))
     lags = (1, 2) if K > 2 else (1,)
-    for _, B, A in traj.iter_factors(chunks, device or cpu):  # traj.check is None: every tensor is checked
+    module_steps: dict[str, tuple[float, ...]] = {}
+    for names, B, A in traj.iter_factors(chunks, device or cpu):  # traj.check is None: every tensor is checked
         next(ticks, None)
         norms2, dists2, *skips2 = lowrank.norms_and_steps(B, A, lags)
         sq_norm += norms2.double().sum(0).cpu()
         sq_dist += dists2.double().sum(0).cpu()
+        for name, row in zip(names, dists2.double().sqrt().cpu().tolist(), strict=True):
+            module_steps[name] = tuple(row)
         if skips2:
             sq_skip += skips2[0].double().sum(0).cpu()
     for key in traj.raw:
@@ -533,7 +538,7 @@ def check_run(
     notes += _alternation(traj.steps, distances, tuple(float(d) for d in sq_skip.sqrt()))
     if notes and not force:
         raise MismatchError(notes[0] + "; remove the other run's checkpoints, or pass --force to go on")
-    check = RunCheck(traj.steps, distances, norms, tuple(jumps), tuple(notes))
+    check = RunCheck(traj.steps, distances, norms, tuple(jumps), tuple(notes), module_steps)
     if not check.moved:
         still = "the run never moved: every checkpoint holds a zero update, so every method predicts zero"
         check = replace(check, notes=(*check.notes, still))
