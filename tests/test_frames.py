@@ -73,3 +73,21 @@ def test_short_vectors_keep_the_full_networks_and_long_ones_move_within_their_hi
         top = vh[: min(4, int((s > s[0] * 1e-5).sum()))]
         residual = u - top.T @ (top @ u)
         assert float(residual.norm()) <= 1e-4 * max(float(u.norm()), 1e-12), name
+
+
+def test_framing_a_group_a_slice_at_a_time_gives_the_same_fit(tiny_run, monkeypatch):
+    # A group is framed a few vectors at a time to bound memory; every vector's frame is its own, so the
+    # coordinates, the fit and the prediction must equal framing the whole group at once.
+    import nextrap
+    from nextrap.predictors import NExtConfig, NExtPredictor, next as next_module
+
+    traj = nextrap.open_run(tiny_run)
+    feats = nextrap.compute_features(traj, 2, torch.device("cpu"))
+    config = NExtConfig(frame=4, frame_min_dim=2, epochs=5)
+    whole = NExtPredictor(config).predict(traj, 2, feats)
+    monkeypatch.setattr(next_module, "_FRAME_BATCH_BYTES", 1)  # one vector per slice
+    sliced = NExtPredictor(config).predict(traj, 2, feats)
+    assert whole.matrices.keys() == sliced.matrices.keys()
+    for name, (L, R) in whole.matrices.items():
+        torch.testing.assert_close(sliced.matrices[name][0], L, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(sliced.matrices[name][1], R, rtol=1e-5, atol=1e-7)

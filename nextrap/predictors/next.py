@@ -27,7 +27,7 @@ from torch import nn
 
 from nextrap.predictors.base import Prediction
 from nextrap.predictors.config import NExtConfig
-from nextrap.predictors.frames import history_frames
+from nextrap.predictors.frames import Frames, history_frames
 from nextrap.predictors.next_fit import fit_network, group_loss, threads
 from nextrap.run.trajectory import Features, SharedFeatures, Trajectory
 from nextrap.util.progress import Progress, no_progress
@@ -205,13 +205,13 @@ class NExtPredictor:
 
 def _predict_group(grp: _Group, pairs: int, cfg: NExtConfig) -> tuple[torch.Tensor, dict[str, Any]]:
     """Fit one group's network and predict each item's target from the last checkpoint: ``(items, d)``."""
-    G = torch.stack(grp.global_)  # (items, K, d)
-    Lc = torch.stack(grp.local)
-    T = torch.stack(grp.target)  # (items, P, d)
     frames = None
     if cfg.frame and grp.dim >= cfg.frame_min_dim:
-        frames = history_frames(torch.cat([G, Lc, T], 1), G[:, -1], cfg.frame)
-        G, Lc, T = frames.project(G), frames.project(Lc), frames.project(T)
+        frames, (G, Lc, T) = _framed(grp, cfg.frame)
+    else:
+        G = torch.stack(grp.global_)  # (items, K, d)
+        Lc = torch.stack(grp.local)
+        T = torch.stack(grp.target)  # (items, P, d)
     width = G.shape[-1]
     x_g, x_l, y = G[:, :pairs].reshape(-1, width), Lc[:, :pairs].reshape(-1, width), T.reshape(-1, width)
     if cfg.normalize:
@@ -227,6 +227,28 @@ def _predict_group(grp: _Group, pairs: int, cfg: NExtConfig) -> tuple[torch.Tens
         report.update(frame_kept_energy=float(frames.kept_energy.mean()))
     report.update(dim=grp.dim, width=width, vectors=len(grp.items), rows=int(x_g.shape[0]))
     return pred, report
+
+
+# Histories framed at once, in bytes of float32 rows: each vector's frame is its own, so the group is
+# framed a slice of vectors at a time and only the coordinates (``size`` per row) and the bases are kept.
+# Stacking and framing a whole group at once held it three more times (stacked, joined, float64): 1 GB
+# for the 4096-long group of a 7B-shaped run.
+_FRAME_BATCH_BYTES = 32 * 2**20
+
+
+def _framed(grp: _Group, size: int) -> tuple[Frames, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The group's frames and its global, local and target rows in frame coordinates ``(items, n, size)``."""
+    rows = grp.global_[0].shape[0] + grp.local[0].shape[0] + grp.target[0].shape[0]
+    step = max(1, _FRAME_BATCH_BYTES // (rows * grp.dim * 4))
+    parts: list[tuple[Frames, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for i in range(0, len(grp.items), step):
+        G, Lc, T = (torch.stack(x[i : i + step]) for x in (grp.global_, grp.local, grp.target))
+        frames = history_frames(torch.cat([G, Lc, T], 1), G[:, -1], size)
+        parts.append((frames, frames.project(G), frames.project(Lc), frames.project(T)))
+    frames = Frames(
+        basis=torch.cat([p[0].basis for p in parts]), kept_energy=torch.cat([p[0].kept_energy for p in parts])
+    )
+    return frames, tuple(torch.cat([p[k] for p in parts]) for k in (1, 2, 3))
 
 
 def _fit(
