@@ -291,3 +291,28 @@ def test_uneven_spacing_is_noted_and_virtual_step_uses_real_steps(tmp_path: Path
     assert any("unevenly spaced" in n for n in res.report.notes)
     assert res.report.horizon["steps"] == 110 - 70  # the last 2 intervals span 40 steps
     assert res.report.outputs[0].virtual_step == 110 + 0.5 * 40
+
+
+def test_relex_fitted_while_writing_is_the_relex_fit(tmp_path):
+    # extrapolate fits RELEX chunk by chunk from the write's own Gram products (difference basis, float32
+    # products) instead of a pass of its own: the weights must be the ones predict() fits from the factors.
+    import nextrap
+    from nextrap.predictors import RelexPredictor
+    from nextrap.testing.synthetic import PlantSpec, write_synthetic_run
+
+    run = write_synthetic_run(
+        tmp_path / "run", [10, 20, 30, 40, 50, 60], {"q_proj": (24, 16), "v_proj": (8, 16)},
+        PlantSpec(rank=4, alpha=8.0, tau=100.0, turn=0.2, seed=3, curve="saturating", noise=0.1),
+    )
+    for mode in ("relex", "relex-anchored"):
+        res = nextrap.extrapolate(run, tmp_path / mode, nextrap.ExtrapolateOptions(method=mode, coefs=(1.0, 2.0)))
+        assert res.prediction.deferred is not None and res.prediction.combinations
+        traj = nextrap.open_run(run)
+        plain = RelexPredictor(mode="denoised" if mode == "relex" else "anchored").predict(traj, res.report.horizon["intervals"])
+        assert res.prediction.combinations.keys() == plain.combinations.keys()
+        for name, (offset, direction) in plain.combinations.items():
+            torch.testing.assert_close(res.prediction.combinations[name][0], offset, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(res.prediction.combinations[name][1], direction, rtol=1e-4, atol=1e-6)
+        assert res.report.predictor["median_explained_variance"] == pytest.approx(
+            plain.diagnostics["median_explained_variance"], rel=1e-6
+        )

@@ -57,6 +57,24 @@ class StackedUpdates:
         self.gram_right = gram(self.right, columns=False).double()
         self._eigen: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def update_gram(self) -> torch.Tensor:
+        """``G[m, s, t] = <B_s A_s, B_t A_t>_F``, float64 ``(M, T, T)`` in the checkpoints' own order.
+
+        Checkpoint ``t`` is basis block 0 plus its own block (``B_t = B_a + D_t``), so each of its ``r x r``
+        products is a sum of four blocks of the Gram matrices already taken: no product of length
+        ``out`` or ``in`` again (RELEX's fit in ``extrapolate`` shares the write's products this way).
+        """
+        M, T, r = self.gram_left.shape[0], self.T, self.r
+        C = torch.zeros(T, T, dtype=torch.float64, device=self.gram_left.device)  # C[j, t]: block j in checkpoint t
+        for j, t in enumerate(self.order):
+            C[0, t] = 1.0
+            C[j, t] = 1.0
+        blocks = {}
+        for side, G in (("left", self.gram_left), ("right", self.gram_right)):
+            G = G.view(M, T, r, T, r)
+            blocks[side] = torch.einsum("as,marbq,bt->msrtq", C, G, C)
+        return torch.einsum("msrtq,msrtq->mst", blocks["left"], blocks["right"])
+
     def coefficients(self, weights: torch.Tensor) -> torch.Tensor:
         """``K (M, T, T)`` float64 with ``sum_t w_t B_t A_t = left (K kron I_r) right``, for ``weights (M, T)``."""
         w = weights.to(self.gram_left.device, torch.float64)[:, self.order]

@@ -32,6 +32,7 @@ from nextrap.ops.options import ExtrapolateOptions
 from nextrap.output.atomic import atomic_directory, check_output, output_lock
 from nextrap.output.writers import NewAdapter, OutputOptions, OutputWriter, writer_for
 from nextrap.predictors import METHODS, Prediction, make_predictor
+from nextrap.predictors.relex import RelexPredictor
 from nextrap.run.adapters import torch_dtype
 from nextrap.run.open import open_run, resolve_horizon
 from nextrap.run.trajectory import SharedFeatures, Trajectory
@@ -150,7 +151,11 @@ def extrapolate(
         method, evidence = _choose_method(traj, options, device, wrap, plan.notes)
         features = SharedFeatures(traj, plan.horizon, device, options.chunk_bytes, wrap)
         predictor = make_predictor(method, options.predictor, options.chunk_bytes, options.relex)
-        prediction = predictor.predict(traj, plan.horizon, features, device, wrap)
+        if isinstance(predictor, RelexPredictor) and options.rank_policy == "keep":
+            # fitted chunk by chunk as the adapter is written, from the write's own Gram products
+            prediction = predictor.deferred(traj, plan.horizon, device)
+        else:
+            prediction = predictor.predict(traj, plan.horizon, features, device, wrap)
         features.release()  # large on big models; not needed past this point
         plan.notes.extend(_frozen_notes(traj, prediction))
         with atomic_directory(output, write.overwrite, inputs) as tmp:
@@ -380,7 +385,7 @@ def _extended_tensors(
     widest = max((pred.inner_size(m.name, m.rank) / m.rank for m in traj.modules.values()), default=0.0)
     last = len(traj.headers) - 1
     # Each chunk is read once: the checkpoints the prediction combines and the last one, unscaled.
-    rows = pred.reads(last, plus_last=True) if pred.combinations else [last]
+    rows = pred.reads(last, plus_last=True) if pred.combinations or pred.deferred else [last]
     chunks = traj.module_chunks(math.ceil(4 * (1 + widest)), options.chunk_bytes)
     for chunk, B, A in traj.iter_factors(chunks, device, rows, scaled=False):
         new = _new_factors(traj, pred, chunk, _Read(B, A, rows, last), coef, options.rank_policy, device)
@@ -442,12 +447,15 @@ def _new_factors(
         return pred.factors_from(chunk, scaled, read.A, read.rows, read.last, device, offset, direction, plus_last)
 
     rank = traj.modules[chunk[0]].rank
-    if rank_policy == "keep" and chunk[0] in pred.combinations and chunk[0] not in pred.matrices:
+    if rank_policy == "keep" and pred.combines(chunk[0]) and chunk[0] not in pred.matrices:
         # A weighted sum of the run's own updates (linear, RELEX): one pair of Gram products serves the
-        # move's norm and the new update's SVD (nextrap.linalg.combinations), no product is taken twice.
+        # move's norm and the new update's SVD (nextrap.linalg.combinations), and a deferred fit (RELEX).
+        stack = StackedUpdates(scaled, read.A, anchor=at)
+        if chunk[0] not in pred.combinations:
+            assert pred.deferred is not None
+            pred.deferred(chunk, stack, read.rows)
         w_move = pred.weights(chunk, read.rows, 1.0, coef)
         _check_weights(w_move, scaled, chunk, pred.method, coef, pred.weights(chunk, read.rows))
-        stack = StackedUpdates(scaled, read.A, anchor=at)
         w_new = w_move.clone()
         w_new[:, at] += 1.0
         svd = stack.truncated_svd(w_new, rank) or lowrank.factored_svd(*move(1.0, coef, plus_last=True))

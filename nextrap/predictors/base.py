@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
+from nextrap.linalg.combinations import StackedUpdates
 from nextrap.run.trajectory import Features, SharedFeatures, Trajectory
 from nextrap.util.progress import Progress
 
@@ -36,6 +37,13 @@ class Prediction:
     combination's direction.
 
     ``diagnostics`` is JSON-able and goes into the report.
+
+    ``deferred``: when set, the LoRA modules' ``combinations`` are fitted chunk by chunk by whoever reads
+    the run's factors next: it calls ``deferred(names, stack, rows)`` with the chunk's
+    :class:`~nextrap.linalg.combinations.StackedUpdates` at the checkpoint indices ``rows`` (all of
+    :attr:`indices`), which fills ``combinations`` and ``diagnostics`` for those names. RELEX's
+    extrapolation uses it: the fit then shares the write's Gram products instead of reading the run once
+    more for its own.
     """
 
     method: str
@@ -46,6 +54,13 @@ class Prediction:
     combinations: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     indices: tuple[int, ...] = ()
     offsets: dict[str, torch.Tensor] = field(default_factory=dict)
+    deferred: Callable[[Sequence[str], StackedUpdates, Sequence[int]], None] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+    def combines(self, name: str) -> bool:
+        """Whether module ``name``'s move is (or, deferred, will be) a weighted sum of the run's own updates."""
+        return name in self.combinations or (self.deferred is not None and name not in self.matrices)
 
     def stacked(self, names: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The factored updates of ``names`` stacked, zero-padded to a common inner size: ``(M, out, k)``, ``(M, k, in)``."""
@@ -57,7 +72,7 @@ class Prediction:
 
     def inner_size(self, name: str, rank: int) -> int:
         """Columns of the factored move of module ``name`` of LoRA rank ``rank`` (to size memory chunks)."""
-        size = (len(self.indices) + 1) * rank if name in self.combinations else 0
+        size = (len(self.indices) + 1) * rank if self.combines(name) else 0
         return size + (self.matrices[name][0].shape[-1] if name in self.matrices else 0)
 
     def factors(

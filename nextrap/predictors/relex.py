@@ -28,12 +28,14 @@ line fit.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
 
 from nextrap.linalg import lowrank
+from nextrap.linalg.combinations import StackedUpdates
 from nextrap.predictors.base import Prediction
 from nextrap.predictors.config import check_relex_options
 from nextrap.run.trajectory import DEFAULT_CHUNK_BYTES, Features, SharedFeatures, Trajectory
@@ -159,20 +161,62 @@ class RelexPredictor:
     ) -> Prediction:
         """Fit the temporal components and their lines on ``trajectory``; the prediction combines its own updates."""
         device = device or torch.device("cpu")
-        K = len(trajectory.headers)
-        anchored = self.mode == "anchored"
-        h_steps = float(trajectory.steps[-1] - trajectory.steps[-1 - horizon])
-        times = torch.tensor(trajectory.steps, dtype=torch.float64)
-        combos: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        explained: dict[str, float] = {}
-        r2: dict[str, float] = {}
-        chunks = trajectory.module_chunks(K, self.chunk_bytes)
+        fit = _Fit(self, trajectory, horizon)
+        chunks = trajectory.module_chunks(len(trajectory.headers), self.chunk_bytes)
         for _, (names, B, A) in zip(progress(chunks, self.name), trajectory.iter_factors(chunks, device), strict=True):
-            fit = temporal_fit(lora_gram(B, A), times, self.rank, self.window, h_steps, anchored)
-            for j, name in enumerate(names):
-                combos[name] = (fit.offset[j].cpu(), fit.direction[j].cpu())
-                explained[name] = float(fit.explained[j])
-                r2[name] = float(fit.line_r2[j, 0])
+            fit.add(names, lora_gram(B, A))
+        return fit.prediction(device)
+
+    def deferred(self, trajectory: Trajectory, horizon: int, device: torch.device | None = None) -> Prediction:
+        """:meth:`predict` with the LoRA modules' fit left to the writer (:attr:`Prediction.deferred`): it fits
+        each chunk from the Gram products it takes for the refactoring anyway, so the run is read once less."""
+        fit = _Fit(self, trajectory, horizon)
+        every = list(range(len(trajectory.headers)))
+
+        def fill(names: Sequence[str], stack: StackedUpdates, rows: Sequence[int]) -> None:
+            if list(rows) != every:
+                raise ValueError(f"RELEX fits on every checkpoint of the run, in order; got the checkpoints {list(rows)}")
+            fit.add(names, stack.update_gram(), prediction)  # fills the prediction returned below
+
+        prediction = replace(fit.prediction(device or torch.device("cpu")), deferred=fill)
+        return prediction
+
+
+class _Fit:
+    """RELEX's fit of one run, module by module as their Gram matrices arrive, and the prediction it makes."""
+
+    def __init__(self, method: RelexPredictor, trajectory: Trajectory, horizon: int) -> None:
+        self.method, self.trajectory, self.horizon = method, trajectory, horizon
+        self.anchored = method.mode == "anchored"
+        self.h_steps = float(trajectory.steps[-1] - trajectory.steps[-1 - horizon])
+        self.times = torch.tensor(trajectory.steps, dtype=torch.float64)
+        self.combos: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.explained: dict[str, float] = {}
+        self.r2: dict[str, float] = {}
+
+    def add(self, names: Sequence[str], G: torch.Tensor, prediction: Prediction | None = None) -> None:
+        """Fit the modules ``names`` from their Gram matrices of updates ``G (M, K, K)``; with ``prediction``,
+        record the fit in it (a deferred prediction, filled as the writer goes)."""
+        m = self.method
+        fit = temporal_fit(G, self.times, m.rank, m.window, self.h_steps, self.anchored)
+        for j, name in enumerate(names):
+            self.combos[name] = (fit.offset[j].cpu(), fit.direction[j].cpu())
+            self.explained[name] = float(fit.explained[j])
+            self.r2[name] = float(fit.line_r2[j, 0])
+        if prediction is not None:
+            prediction.combinations.update({n: self.combos[n] for n in names})
+            prediction.diagnostics.update(self._summary())
+
+    def _summary(self) -> dict:
+        return {
+            "median_explained_variance": statistics.median(self.explained.values()) if self.explained else None,
+            "explained_variance": self.explained,
+            "median_line_r2": statistics.median(self.r2.values()) if self.r2 else None,
+        }
+
+    def prediction(self, device: torch.device) -> Prediction:
+        """The prediction of the modules fitted so far, with the raw tensors' (fitted here, on ``device``)."""
+        m, trajectory, K = self.method, self.trajectory, len(self.trajectory.headers)
         vectors: dict[str, torch.Tensor] = {}
         offsets: dict[str, torch.Tensor] = {}
         for key in trajectory.raw:
@@ -180,29 +224,27 @@ class RelexPredictor:
             if bool((X[:1] == X).all()) or K < 2:
                 continue
             rows = (X[1:] - X[:1]).reshape(K - 1, -1)  # deltas from the first checkpoint
-            fit = temporal_fit((rows @ rows.T)[None], times[1:], self.rank, self.window, h_steps, anchored)
+            fit = temporal_fit((rows @ rows.T)[None], self.times[1:], m.rank, m.window, self.h_steps, self.anchored)
             shape = X.shape[1:]
             vectors[key] = (fit.direction[0] @ rows).float().reshape(shape).cpu()
-            if not anchored:
+            if not self.anchored:
                 offsets[key] = (fit.offset[0] @ rows).float().reshape(shape).cpu()
-            explained[key] = float(fit.explained[0])
-        window = K if self.window is None else min(self.window, K)
+            self.explained[key] = float(fit.explained[0])
+        window = K if m.window is None else min(m.window, K)
         diagnostics = {
-            "rank": self.rank,
-            "mode": self.mode,
+            "rank": m.rank,
+            "mode": m.mode,
             "window_checkpoints": window,
             "window_steps": [trajectory.steps[K - window], trajectory.steps[-1]],
-            "median_explained_variance": statistics.median(explained.values()) if explained else None,
-            "explained_variance": explained,
-            "median_line_r2": statistics.median(r2.values()) if r2 else None,
+            **self._summary(),
         }
         return Prediction(
-            self.name,
-            horizon,
+            m.name,
+            self.horizon,
             {},
             vectors,
             diagnostics,
-            combinations=combos,
+            combinations=dict(self.combos),
             indices=tuple(range(K)),
             offsets=offsets,
         )
