@@ -111,8 +111,6 @@ def svd_from_grams(
     gram_right: torch.Tensor,
     keep: int,
     right_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    left_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    floor: float | None = None,
 ) -> FactoredSVD | None:
     """The top ``keep`` singular triplets of ``L @ M @ R`` from Gram matrices computed elsewhere (see
     :func:`truncated_svd` for the method; ``M`` is the identity unless ``right_map`` is given).
@@ -124,16 +122,13 @@ def svd_from_grams(
         keep: how many triplets to return.
         right_map: ``X -> X M`` for a ``(..., keep, k)`` float64 coefficient matrix, when the right
             factor is ``M R`` rather than ``R`` (:class:`~nextrap.linalg.combinations.StackedUpdates`).
-        left_map: ``Y -> N Y`` for a ``(..., k, keep)`` one, when the left factor is ``L N`` rather than ``L``.
-        floor: eigenvalues of the left Gram matrix below this, relative to the largest, are taken as zero
-            (default: float64 rounding; more where the Gram matrix was computed less exactly).
 
     Returns float64 ``S`` (all ``k``) and ``U``, ``Vh`` in ``L``'s and ``R``'s dtype, or None where some
     matrix has fewer than ``keep`` nonzero singular values.
     """
     lam, V = eigen_left
     lam = lam.clamp_min(0)
-    tiny = lam[..., -1:] * (floor if floor is not None else lam.shape[-1] * torch.finfo(torch.float64).eps * 16)
+    tiny = lam[..., -1:] * (lam.shape[-1] * torch.finfo(torch.float64).eps * 16)
     root = lam.sqrt()
     inv_root = torch.where(lam > tiny, 1 / root.clamp_min(1e-300), torch.zeros_like(root))
     W = V * root.unsqueeze(-2)  # C = W^T R
@@ -143,10 +138,7 @@ def svd_from_grams(
     if keep > sigma.shape[-1] or bool((sigma[..., keep - 1] <= sigma[..., :1] * 1e-6).any()):
         return None
     Pk, sk = P[..., :keep], sigma[..., :keep]
-    coef_u = (V * inv_root.unsqueeze(-2)) @ Pk
-    if left_map is not None:
-        coef_u = left_map(coef_u)
-    U = L @ coef_u.to(L.dtype)
+    U = L @ ((V * inv_root.unsqueeze(-2)) @ Pk).to(L.dtype)
     coef = (Pk.transpose(-1, -2) @ W.transpose(-1, -2)) / sk.unsqueeze(-1)
     if right_map is not None:
         coef = right_map(coef)
