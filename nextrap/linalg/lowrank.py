@@ -304,12 +304,14 @@ _SYRK_MIN_COLUMNS = 64
 def gram(X: torch.Tensor, columns: bool = True) -> torch.Tensor:
     """``X^T X`` (``columns``: X is ``(..., n, k)``) or ``X X^T`` (X is ``(..., k, n)``): ``(..., k, k)`` in X's dtype.
 
-    Wide CPU ones use BLAS ``?syrk`` through SciPy, one batch element at a time (it releases the GIL, so
-    the reader thread keeps reading meanwhile); the rest ``torch.matmul``.
+    Wide ones on a CPU with one torch thread use BLAS ``?syrk`` through SciPy, one batch element at a time
+    (it releases the GIL, so the reader thread keeps reading meanwhile); the rest ``torch.matmul``.
     """
     k = X.shape[-1] if columns else X.shape[-2]
     syrk = {torch.float32: "ssyrk", torch.float64: "dsyrk"}.get(X.dtype)
-    if X.device.type != "cpu" or syrk is None or k < _SYRK_MIN_COLUMNS or X.requires_grad:
+    # With several torch threads, torch's own product runs on all of them; SciPy's BLAS has one (util.threads).
+    serial = torch.get_num_threads() == 1
+    if X.device.type != "cpu" or syrk is None or k < _SYRK_MIN_COLUMNS or X.requires_grad or not serial:
         return X.transpose(-1, -2) @ X if columns else X @ X.transpose(-1, -2)
     from scipy.linalg import blas  # imported here: only wide Gram matrices need it
 
