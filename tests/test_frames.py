@@ -79,7 +79,8 @@ def test_framing_a_group_a_slice_at_a_time_gives_the_same_fit(tiny_run, monkeypa
     # A group is framed a few vectors at a time to bound memory; every vector's frame is its own, so the
     # coordinates, the fit and the prediction must equal framing the whole group at once.
     import nextrap
-    from nextrap.predictors import NExtConfig, NExtPredictor, next as next_module
+    from nextrap.predictors import NExtConfig, NExtPredictor
+    from nextrap.predictors import next as next_module
 
     traj = nextrap.open_run(tiny_run)
     feats = nextrap.compute_features(traj, 2, torch.device("cpu"))
