@@ -99,24 +99,19 @@ class Prediction:
         rows = list(self.indices)
         return rows + [last] if plus_last and last not in rows else rows
 
-    def weights(
-        self,
-        names: Sequence[str],
-        rows: Sequence[int],
-        offset_scale: float = 1.0,
-        direction_scale: float = 1.0,
-        plus: int | None = None,
-    ) -> torch.Tensor:
-        """The combination ``offset_scale * offset + direction_scale * direction`` of ``names`` as weights over
-        the checkpoint indices ``rows`` (which hold :attr:`indices`): ``(M, len(rows))`` float64 on the CPU,
-        one added at checkpoint ``plus`` when given (``last``: the new update instead of the move)."""
-        w = torch.stack(
+    def _combined(self, names: Sequence[str], offset_scale: float, direction_scale: float) -> torch.Tensor:
+        """``offset_scale * offset + direction_scale * direction`` of ``names``: ``(M, len(indices))`` float64, CPU."""
+        return torch.stack(
             [offset_scale * self.combinations[n][0] + direction_scale * self.combinations[n][1] for n in names]
         ).double()
+
+    def weights(
+        self, names: Sequence[str], rows: Sequence[int], offset_scale: float = 1.0, direction_scale: float = 1.0
+    ) -> torch.Tensor:
+        """The combination ``offset_scale * offset + direction_scale * direction`` of ``names`` as weights over
+        the checkpoint indices ``rows`` (which hold :attr:`indices`): ``(M, len(rows))`` float64 on the CPU."""
         out = torch.zeros(len(names), len(rows), dtype=torch.float64)
-        out[:, [list(rows).index(i) for i in self.indices]] = w
-        if plus is not None:
-            out[:, list(rows).index(plus)] += 1.0
+        out[:, [list(rows).index(i) for i in self.indices]] = self._combined(names, offset_scale, direction_scale)
         return out
 
     def factors_from(
@@ -142,9 +137,7 @@ class Prediction:
         if names[0] in self.combinations:
             assert B is not None and A is not None
             idx = list(self.indices)
-            w = torch.stack(
-                [offset_scale * self.combinations[n][0] + direction_scale * self.combinations[n][1] for n in names]
-            ).to(device, torch.float64)
+            w = self._combined(names, offset_scale, direction_scale).to(device)
             if plus_last:
                 if last not in idx:
                     idx.append(last)

@@ -85,10 +85,10 @@ def _load() -> float:
 def apply_threads(choice: ThreadChoice) -> None:
     """Give torch ``choice.threads`` intra-op threads: through the environment when torch is not imported yet
     (it reads ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` at import), else ``torch.set_num_threads``."""
-    # SciPy's OpenBLAS (the wide Gram products, nextrap.linalg.lowrank.gram) gets one thread: nextrap runs its
-    # calls side by side itself, one per torch thread. OpenBLAS's own threads spin beside torch's OpenMP ones
-    # and doubled the CPU time of a RELEX extrapolation with 2 threads on 2 cores. Read when SciPy's BLAS is
-    # first loaded, after this; a value the user set wins.
+    # SciPy's OpenBLAS gets one thread: nextrap calls it (nextrap.linalg.lowrank.gram's syrk) only when torch
+    # has one thread too, and several torch threads use torch's own product instead, so OpenBLAS's threads
+    # would only spin beside torch's OpenMP ones. Read when SciPy's BLAS is first loaded, after this; a value
+    # the user set wins.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if "torch" in sys.modules:
         import torch
